@@ -1,0 +1,253 @@
+/* bidlock.h - distributed locks on Redis for programs that run an event loop.
+ *
+ * Read this header top to bottom; it is the whole public API.
+ *
+ * The idea
+ *   Several instances of a scanner see the same marketplace posting; exactly
+ *   one may bid. Each (marketplace, posting) pair names one Redis lock, the
+ *   key "<prefix>:<marketplace>:<posting>" (prefix "bid_lock" by default).
+ *   Acquire is an atomic SET NX PX, release is a holder-verified
+ *   compare-and-delete; both run as Lua scripts on the server. A lock left
+ *   behind by a crashed instance expires after its TTL.
+ *
+ * The model (libuv's, on purpose)
+ *   - A bl_manager is a long-lived handle: one Redis connection, one holder
+ *     id "<hostname>:<pid>:<uuid4>", living on your loop (see bidlock/loop.h
+ *     and the adapters bidlock/libev.h, ...).
+ *   - A bl_lock is a request: bl_acquire() starts it and its callback ends
+ *     the acquire; bl_release() starts the release and its callback ends it.
+ *   - Nothing blocks. Waiting for a busy lock is a loop timer (exponential
+ *     backoff with jitter, 50 ms -> 1 s, x1.5, clamped to the deadline).
+ *   - Every function that takes a callback either returns 0 and then calls
+ *     the callback exactly once, later, from the loop - never from inside
+ *     the call that started it - or returns a negative BL_E* status and
+ *     never calls it.
+ *   - Everything runs on the loop thread. A manager is not thread-safe.
+ *
+ * A first program is in README.md and examples/.
+ */
+#ifndef BIDLOCK_H
+#define BIDLOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bidlock/loop.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(BIDLOCK_BUILDING) && defined(__GNUC__)
+#define BL_API __attribute__((visibility("default")))
+#else
+#define BL_API
+#endif
+
+#define BIDLOCK_VERSION "0.1.0"
+
+/* ---- Status codes ------------------------------------------------------ */
+
+/* 0 is success; every failure is negative and distinct. */
+enum bl_status {
+    BL_OK = 0,          /* acquired / released */
+    BL_ETIMEDOUT = -1,  /* not acquired before the request's wait deadline */
+    BL_EBUSY = -2,      /* try-once request (wait 0) found the lock taken */
+    BL_ENOTHELD = -3,   /* release: the lock expired or another holder owns it */
+    BL_ECONN = -4,      /* Redis not reachable / connection lost */
+    BL_EREDIS = -5,     /* Redis answered with an error; see bl_lock_errmsg() */
+    BL_EINVAL = -6,     /* invalid argument or call in the wrong state */
+    BL_ECANCELED = -7,  /* bl_cancel() or bl_manager_close() ended the request */
+    BL_ENOMEM = -8,     /* out of memory */
+    BL_ECLOSED = -9     /* the manager is closing; nothing was started */
+};
+
+/* A sentence for a status ("lock not acquired before the deadline").
+ * Static storage; never NULL, also for unknown values. */
+BL_API const char *bl_strerror(int status);
+/* The code's name ("BL_ETIMEDOUT"). Static storage; never NULL. */
+BL_API const char *bl_status_name(int status);
+
+/* ---- Configuration ----------------------------------------------------- */
+
+typedef struct bl_config {
+    /* Where Redis is. unix_path wins when set. host must be a numeric
+     * address (127.0.0.1, ::1): hiredis resolves names synchronously, which
+     * would block your loop. Defaults: "127.0.0.1", 6379, NULL. */
+    const char *host;
+    int port;
+    const char *unix_path;
+    /* First part of every key. Default "bid_lock". No whitespace or control
+     * characters, 1..64 bytes. */
+    const char *key_prefix;
+    /* Connect deadline, enforced with a loop timer. Default 5000 ms. */
+    uint32_t connect_timeout_ms;
+    /* Defaults for requests that do not say otherwise. */
+    uint64_t default_ttl_ms;     /* 300000 (300 s) */
+    uint64_t default_wait_ms;    /* 10000 (10 s); 0 = try once */
+    /* Waiting for a busy lock: first pause, cap, growth factor. A pause is
+     * drawn uniformly from [d/2, d] (jitter) and never runs past the deadline.
+     * Defaults 50, 1000, 1.5. */
+    uint32_t backoff_initial_ms;
+    uint32_t backoff_max_ms;
+    double backoff_multiplier;
+    /* How long bl_manager_close() waits for its best-effort releases before
+     * it drops the connection. Default 2000 ms. */
+    uint32_t close_timeout_ms;
+    /* After a lost connection, reconnect after this pause (doubling up to
+     * 30 s, with jitter). Default 100 ms. */
+    uint32_t reconnect_initial_ms;
+} bl_config;
+
+/* Fill *cfg with the defaults above. Always call it before setting fields,
+ * so fields added in later versions get their defaults. */
+BL_API void bl_config_init(bl_config *cfg);
+
+/* BL_OK if bl_manager_new would accept cfg; else BL_EINVAL and, when why is
+ * not NULL, a sentence naming the bad field in why[0..why_len). */
+BL_API int bl_config_validate(const bl_config *cfg, char *why, size_t why_len);
+
+/* ---- Manager: the long-lived handle ------------------------------------ */
+
+typedef struct bl_manager bl_manager;
+typedef struct bl_lock bl_lock;
+
+/* Create a manager on `loop` and start connecting (asynchronously).
+ * The bl_loop and every string in cfg are copied; the caller keeps
+ * ownership of both. cfg may be NULL for all defaults.
+ * Returns BL_OK and sets *out, or BL_EINVAL (bad config; *out untouched) or
+ * BL_ENOMEM. Requests may be started at once: they are queued until the
+ * connection is up, and end with BL_ECONN if it cannot be made. */
+BL_API int bl_manager_new(const bl_loop *loop, const bl_config *cfg, bl_manager **out);
+
+typedef void (*bl_close_cb)(bl_manager *m, void *data);
+
+/* Close the manager. Every request still acquiring ends with BL_ECANCELED;
+ * releases already started finish normally; locks still held are released
+ * (best effort, bounded by close_timeout_ms). Then cb (may be NULL) runs,
+ * and after it returns the manager and every bl_lock handle are freed.
+ * Returns BL_OK, or BL_ECLOSED if close was already called. */
+BL_API int bl_manager_close(bl_manager *m, bl_close_cb cb, void *data);
+
+/* This manager's holder id, "<hostname>:<pid>:<uuid4>". Owned by m. */
+BL_API const char *bl_manager_holder(const bl_manager *m);
+
+/* Why the last call on m that returned BL_EINVAL/BL_ECLOSED failed, in one
+ * sentence ("marketplace contains ':'"). Owned by m; valid until the next
+ * call on m. "" when there is nothing to tell. */
+BL_API const char *bl_manager_errmsg(const bl_manager *m);
+
+/* Counters since the manager was created. Each acquire *attempt* (one
+ * script call) ends as acquired, conflict or error, so
+ *   attempts == acquired + conflicts + errors_attempt.
+ * Each acquire *request* ends exactly once as acquired, busy, timeouts,
+ * cancelled or failed (connection/Redis error):
+ *   requests == acquired + busy + timeouts + cancelled + failed
+ * once nothing is in flight. */
+typedef struct bl_stats {
+    uint64_t requests;       /* bl_acquire calls that started */
+    uint64_t attempts;       /* acquire scripts sent */
+    uint64_t acquired;       /* successful acquisitions */
+    uint64_t conflicts;      /* attempts that found the lock taken */
+    uint64_t errors_attempt; /* attempts that ended in a connection/Redis error */
+    uint64_t busy;           /* try-once requests that found it taken */
+    uint64_t timeouts;       /* requests that hit their deadline */
+    uint64_t cancelled;      /* requests ended by bl_cancel/close */
+    uint64_t failed;         /* requests ended by a connection/Redis error */
+    uint64_t releases;       /* releases that deleted our lock */
+    uint64_t not_held;       /* releases that found the lock gone or taken */
+    uint64_t release_errors; /* releases that ended in an error */
+    uint64_t errors;         /* all connection + Redis errors seen */
+    uint64_t abandoned;      /* grants that came after cancel/close, given back */
+    uint64_t reconnects;     /* connections re-established after a loss */
+    uint64_t held;           /* gauge: locks held right now */
+    uint64_t waiting;        /* gauge: requests between attempts right now */
+} bl_stats;
+
+BL_API void bl_manager_stats(const bl_manager *m, bl_stats *out);
+
+/* ---- Locks: acquire, release, cancel ----------------------------------- */
+
+#define BL_WAIT_DEFAULT (-1)
+
+typedef struct bl_acquire_opts {
+    /* Lock lifetime in ms; Redis deletes the lock after it. 0 = the
+     * manager's default. Valid: 1 .. 30 days. */
+    int64_t ttl_ms;
+    /* How long to wait for a busy lock, in ms. 0 = try once (BL_EBUSY if
+     * taken); BL_WAIT_DEFAULT = the manager's default. Valid: up to 30 days. */
+    int64_t wait_ms;
+} bl_acquire_opts;
+
+BL_API void bl_acquire_opts_init(bl_acquire_opts *opts);
+
+/* Called once when an acquire ends. status is BL_OK (you hold the lock:
+ * release it with bl_release), BL_EBUSY, BL_ETIMEDOUT, BL_ECONN, BL_EREDIS,
+ * BL_ECANCELED or BL_ENOMEM. On any status but BL_OK the handle is freed
+ * when the callback returns. */
+typedef void (*bl_acquire_cb)(bl_lock *lock, int status, void *data);
+
+/* Start acquiring the lock for (marketplace, posting).
+ * Ids: 1..256 bytes, no whitespace or control characters; the marketplace
+ * may not contain ':' (else "a:b"+"c" and "a"+"b:c" would be one key).
+ * opts may be NULL for the defaults. Strings are copied.
+ * Returns BL_OK (cb will be called once; *lockp, if lockp is not NULL, is
+ * the handle, e.g. for bl_cancel), or BL_EINVAL / BL_ECLOSED / BL_ENOMEM
+ * synchronously: nothing is sent to Redis and cb is never called. */
+BL_API int bl_acquire(bl_manager *m, const char *marketplace, const char *posting,
+                      const bl_acquire_opts *opts, bl_acquire_cb cb, void *data,
+                      bl_lock **lockp);
+
+/* Called once when a release ends: BL_OK (our lock was deleted),
+ * BL_ENOTHELD (it had expired or belongs to another holder; nothing was
+ * deleted), BL_ECONN, BL_EREDIS. The handle is freed when it returns. */
+typedef void (*bl_release_cb)(bl_lock *lock, int status, void *data);
+
+/* Release a held lock (after its acquire callback said BL_OK). cb may be
+ * NULL. Returns BL_OK, or BL_EINVAL if the lock is not in the held state
+ * (e.g. a second release) / BL_ECLOSED while the manager closes; then
+ * nothing is sent and cb is never called. */
+BL_API int bl_release(bl_lock *lock, bl_release_cb cb, void *data);
+
+/* Stop an acquire that has not ended yet: its callback is called with
+ * BL_ECANCELED (later, from the loop). If the server granted the lock in
+ * the meantime, bidlock releases it. Returns BL_OK, or BL_EINVAL when the
+ * acquire already ended or is ending (its callback still comes). */
+BL_API int bl_cancel(bl_lock *lock);
+
+/* The lock's full key, "<prefix>:<marketplace>:<posting>". Owned by lock. */
+BL_API const char *bl_lock_key(const bl_lock *lock);
+/* For BL_EREDIS / BL_ECONN: the server's or the connection's message.
+ * Owned by lock; valid inside the callback. "" otherwise. */
+BL_API const char *bl_lock_errmsg(const bl_lock *lock);
+BL_API bl_manager *bl_lock_manager(const bl_lock *lock);
+
+/* ---- Scoped section: acquire, run, always release ---------------------- */
+
+/* Runs while the lock is held. Do your work (asynchronously if you like)
+ * and call bl_section_end(lock, your_status) exactly once when finished,
+ * success or failure: that releases the lock. */
+typedef void (*bl_section_fn)(bl_lock *lock, void *data);
+
+/* Called once at the end. If the acquire failed, status is its BL_E* code
+ * and the section never ran (section_status 0). Otherwise status is the
+ * release outcome and section_status what the section passed to
+ * bl_section_end. */
+typedef void (*bl_section_done_cb)(int status, int section_status, void *data);
+
+/* Acquire (marketplace, posting), run fn, release when fn's work ends.
+ * Same arguments and synchronous errors as bl_acquire. If the manager
+ * closes while the section runs, the lock is released and done is called
+ * with BL_ECANCELED. */
+BL_API int bl_with_lock(bl_manager *m, const char *marketplace, const char *posting,
+                        const bl_acquire_opts *opts, bl_section_fn fn,
+                        bl_section_done_cb done, void *data);
+
+/* End a section started by bl_with_lock. Returns BL_OK, or BL_EINVAL if
+ * lock is not a running section (e.g. called twice). */
+BL_API int bl_section_end(bl_lock *lock, int section_status);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,255 @@
+/* harness.c - see harness.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+#include <ev.h>
+
+#include "bidlock/libev.h"
+#include "harness.h"
+
+uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    socklen_t len = sizeof a;
+    cr_assert(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+int unused_port(void)
+{
+    return free_port(); /* bound and closed: nothing listens there */
+}
+
+static int ping(int port)
+{
+    struct timeval tv = {0, 200000};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return 0;
+    }
+    redisReply *r = redisCommand(c, "PING");
+    int ok = r && r->type == REDIS_REPLY_STATUS;
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return ok;
+}
+
+static pid_t spawn(redis_srv *s, const char *const *extra)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", s->port);
+    const char *argv[64] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", "no", "--daemonize", "no",
+                            "--dir", s->dir, "--loglevel", "warning"};
+    int n = 15;
+    for (int i = 0; extra && extra[i] && n < 62; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the test */
+        int dn = open("/dev/null", O_RDWR);
+        dup2(dn, 0);
+        dup2(dn, 1);
+        dup2(dn, 2);
+        execvp("redis-server", (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+void rs_start(redis_srv *s, const char *const *extra)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->dir, sizeof s->dir, "/tmp/bidlock-test-XXXXXX");
+    cr_assert(mkdtemp(s->dir), "mkdtemp: %s", strerror(errno));
+    for (int tries = 0; tries < 5; tries++) {
+        s->port = free_port();
+        s->pid = spawn(s, extra);
+        for (int i = 0; i < 250; i++) { /* up to ~5 s */
+            if (ping(s->port))
+                return;
+            int st;
+            if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+                cr_assert(!(WIFEXITED(st) && WEXITSTATUS(st) == 127),
+                          "redis-server not found: install redis-server");
+                break; /* port taken after all: try another */
+            }
+            usleep(20000);
+        }
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+    }
+    cr_assert_fail("redis-server did not start");
+}
+
+void rs_stop(redis_srv *s)
+{
+    if (s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+        s->pid = 0;
+    }
+    if (s->dir[0]) {
+        char path[128];
+        snprintf(path, sizeof path, "%s/dump.rdb", s->dir);
+        unlink(path);
+        rmdir(s->dir);
+        s->dir[0] = '\0';
+    }
+}
+
+redisContext *rs_connect(const redis_srv *s)
+{
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", s->port, tv);
+    cr_assert(c && !c->err, "connect to test redis failed");
+    redisSetTimeout(c, tv);
+    return c;
+}
+
+static redisReply *vcmd(const redis_srv *s, const char *fmt, va_list ap)
+{
+    redisContext *c = rs_connect(s);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    cr_assert(r, "command failed: %s", c->errstr);
+    redisFree(c);
+    return r;
+}
+
+redisReply *rs_cmd(const redis_srv *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = vcmd(s, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+long long rs_int(const redis_srv *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = vcmd(s, fmt, ap);
+    va_end(ap);
+    cr_assert_eq(r->type, REDIS_REPLY_INTEGER, "expected an integer reply (%s)",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "other type");
+    long long v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
+int rs_exists(const redis_srv *s, const char *key)
+{
+    return (int)rs_int(s, "EXISTS %s", key);
+}
+
+/* ---- libev test loop ------------------------------------------------------ */
+
+struct tloop {
+    struct ev_loop *loop;
+    bl_loop bl;
+    ev_timer tick;
+};
+
+static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+}
+
+tloop *tl_new(void)
+{
+    tloop *t = calloc(1, sizeof *t);
+    cr_assert(t);
+    t->loop = ev_loop_new(EVFLAG_AUTO);
+    cr_assert(t->loop);
+    bl_libev_loop(&t->bl, t->loop);
+    /* Wakes ev_run at least every 5 ms so waits are bounded in time. */
+    ev_timer_init(&t->tick, tick_cb, 0.005, 0.005);
+    return t;
+}
+
+const bl_loop *tl_bl(tloop *t)
+{
+    return &t->bl;
+}
+
+int tl_wait(tloop *t, const int *counter, int target, int timeout_ms)
+{
+    uint64_t end = mono_ms() + (uint64_t)timeout_ms;
+    ev_timer_start(t->loop, &t->tick);
+    while (*counter < target && mono_ms() < end)
+        ev_run(t->loop, EVRUN_ONCE);
+    ev_timer_stop(t->loop, &t->tick);
+    return *counter >= target;
+}
+
+void tl_run_for(tloop *t, int ms)
+{
+    int never = 0;
+    tl_wait(t, &never, 1, ms);
+}
+
+void tl_free(tloop *t)
+{
+    /* Let adapters finish deferred frees, then drop the loop. */
+    tl_run_for(t, 1);
+    ev_loop_destroy(t->loop);
+    free(t);
+}
+
+bl_manager *mk_manager(tloop *t, int port, const bl_config *cfg)
+{
+    bl_config c;
+    if (cfg)
+        c = *cfg;
+    else
+        bl_config_init(&c);
+    c.port = port;
+    bl_manager *m = NULL;
+    int rc = bl_manager_new(tl_bl(t), &c, &m);
+    cr_assert_eq(rc, BL_OK, "bl_manager_new: %s", bl_strerror(rc));
+    return m;
+}
+
+static void on_closed(bl_manager *m, void *data)
+{
+    (void)m;
+    (*(int *)data)++;
+}
+
+void close_manager(tloop *t, bl_manager *m)
+{
+    int closed = 0;
+    cr_assert_eq(bl_manager_close(m, on_closed, &closed), BL_OK);
+    cr_assert(tl_wait(t, &closed, 1, 10000), "close callback never ran");
+}

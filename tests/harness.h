@@ -1,0 +1,57 @@
+/* harness.h - what every suite shares: a private redis-server per test, a
+ * host loop to run bidlock on, and bounded waits. Blocking is allowed here
+ * (this is the test harness), never in the library. */
+#ifndef BIDLOCK_TEST_HARNESS_H
+#define BIDLOCK_TEST_HARNESS_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <hiredis/hiredis.h>
+
+#include "bidlock.h"
+
+/* ---- redis-server ------------------------------------------------------- */
+
+typedef struct redis_srv {
+    pid_t pid;
+    int port;
+    char dir[64];
+} redis_srv;
+
+/* Start redis-server on a free 127.0.0.1 port (extra args NULL-terminated
+ * array or NULL); returns when it answers PING. Dies with the test. */
+void rs_start(redis_srv *s, const char *const *extra);
+void rs_stop(redis_srv *s);
+/* A blocking connection for the test's own checks. */
+redisContext *rs_connect(const redis_srv *s);
+/* Run one command on a fresh blocking connection; caller frees. */
+redisReply *rs_cmd(const redis_srv *s, const char *fmt, ...);
+long long rs_int(const redis_srv *s, const char *fmt, ...);
+/* 1 if the key exists. */
+int rs_exists(const redis_srv *s, const char *key);
+/* A loopback port where nothing listens. */
+int unused_port(void);
+
+/* ---- host loop ------------------------------------------------------------ */
+
+typedef struct tloop tloop;
+tloop *tl_new(void);
+const bl_loop *tl_bl(tloop *t);
+/* Run the loop until *counter >= target or timeout_ms passed; returns 1 if
+ * the target was reached. */
+int tl_wait(tloop *t, const int *counter, int target, int timeout_ms);
+/* Run the loop for ms milliseconds. */
+void tl_run_for(tloop *t, int ms);
+void tl_free(tloop *t);
+
+/* ---- managers ------------------------------------------------------------- */
+
+/* A manager on t for the server's port, defaults otherwise (cfg may be NULL). */
+bl_manager *mk_manager(tloop *t, int port, const bl_config *cfg);
+/* Close m and run the loop until its close callback ran (asserts it does). */
+void close_manager(tloop *t, bl_manager *m);
+
+uint64_t mono_ms(void);
+
+#endif

@@ -1,0 +1,185 @@
+/* Unit tests: pure pieces of the engine, no server. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "internal.h"
+
+static char why[256];
+
+Test(ids, accepts_plain_ids)
+{
+    cr_assert_eq(bl_validate_id("ebay", 1, why, sizeof why), 0);
+    cr_assert_eq(bl_validate_id("posting-123_ä", 0, why, sizeof why), 0);
+    cr_assert_eq(bl_validate_id("a:b:c", 0, why, sizeof why), 0, "':' is fine in a posting");
+    char max[257];
+    memset(max, 'x', 256);
+    max[256] = '\0';
+    cr_assert_eq(bl_validate_id(max, 1, why, sizeof why), 0, "256 bytes is the limit");
+}
+
+Test(ids, rejects_bad_ids_with_a_reason)
+{
+    struct {
+        const char *id;
+        int mp;
+        const char *reason;
+    } cases[] = {
+        {NULL, 1, "NULL"},          {"", 0, "empty"},
+        {"a:b", 1, "':'"},          {"a b", 0, "whitespace"},
+        {"a\tb", 1, "whitespace"},  {"a\nb", 0, "control"},
+        {"a\x7f", 0, "control"},    {"\x01", 1, "control"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        why[0] = '\0';
+        cr_assert_eq(bl_validate_id(cases[i].id, cases[i].mp, why, sizeof why), BL_EINVAL,
+                     "case %zu accepted", i);
+        cr_assert(strstr(why, cases[i].reason), "case %zu: reason '%s'", i, why);
+        cr_assert(strstr(why, cases[i].mp ? "marketplace" : "posting"), "names the field");
+    }
+    char *big = malloc(258);
+    memset(big, 'x', 257);
+    big[257] = '\0';
+    cr_assert_eq(bl_validate_id(big, 0, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "256"));
+    free(big);
+}
+
+Test(ids, marketplace_colon_rule_prevents_key_collisions)
+{
+    /* "a:b"+"c" and "a"+"b:c" would both be prefix:a:b:c. */
+    cr_assert_eq(bl_validate_id("a:b", 1, why, sizeof why), BL_EINVAL);
+    size_t n;
+    char *k = bl_make_key("bid_lock", "a", "b:c", &n);
+    cr_assert_str_eq(k, "bid_lock:a:b:c");
+    cr_assert_eq(n, strlen(k));
+    free(k);
+}
+
+Test(ids, prefix_rules)
+{
+    cr_assert_eq(bl_validate_prefix("bid_lock", why, sizeof why), 0);
+    cr_assert_eq(bl_validate_prefix("app:locks", why, sizeof why), 0);
+    cr_assert_eq(bl_validate_prefix("", why, sizeof why), BL_EINVAL);
+    cr_assert_eq(bl_validate_prefix("a b", why, sizeof why), BL_EINVAL);
+    cr_assert_eq(bl_validate_prefix(NULL, why, sizeof why), BL_EINVAL);
+}
+
+Test(holder, has_host_pid_uuid4_and_is_unique)
+{
+    char a[BL_HOLDER_MAX], b[BL_HOLDER_MAX];
+    cr_assert_eq(bl_make_holder(a, sizeof a), 0);
+    cr_assert_eq(bl_make_holder(b, sizeof b), 0);
+    cr_assert_str_neq(a, b);
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    char pid[32];
+    snprintf(pid, sizeof pid, ":%ld:", (long)getpid());
+    cr_assert(strstr(a, pid), "pid field in %s", a);
+    /* Last field: a lower-case v4 uuid, 8-4-4-4-12 with version nibble 4. */
+    const char *u = strrchr(a, ':') + 1;
+    cr_assert_eq(strlen(u), 36);
+    cr_assert_eq(u[14], '4', "uuid version 4: %s", u);
+    cr_assert(strchr("89ab", u[19]), "uuid variant: %s", u);
+    for (const char *p = u; *p; p++)
+        cr_assert(*p == '-' || (*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'));
+    /* Host first, with ':' replaced so fields stay separable. */
+    size_t colons = 0;
+    for (const char *p = a; *p; p++)
+        colons += *p == ':';
+    cr_assert_eq(colons, 2);
+}
+
+Test(backoff, grows_by_factor_up_to_the_cap_with_jitter_in_range)
+{
+    bl_backoff b = {50, 1000, 1.5};
+    double step = 0;
+    uint64_t rng = 42, now = 0, deadline = 1000000;
+    double expect = 50;
+    for (int i = 0; i < 20; i++) {
+        uint64_t p = bl_backoff_next(&b, &step, bl_rand_next(&rng), now, deadline);
+        cr_assert_float_eq(step, expect, 1e-9, "step %d: %f", i, step);
+        cr_assert(p >= (uint64_t)(expect / 2) && p <= (uint64_t)(expect + 0.5),
+                  "pause %llu outside [%f/2, %f]", (unsigned long long)p, expect, expect);
+        expect = expect * 1.5 > 1000 ? 1000 : expect * 1.5;
+        now += p;
+    }
+    cr_assert_float_eq(step, 1000, 1e-9);
+}
+
+Test(backoff, never_passes_the_deadline_with_a_fake_clock)
+{
+    /* Walk a 10 s wait with the defaults: every pause ends at or before the
+     * deadline, the last one lands exactly on it, and the count is sane. */
+    bl_backoff b = {50, 1000, 1.5};
+    double step = 0;
+    uint64_t rng = 7, now = 5000, deadline = 15000;
+    int n = 0;
+    while (now < deadline) {
+        uint64_t p = bl_backoff_next(&b, &step, bl_rand_next(&rng), now, deadline);
+        cr_assert(p >= 1);
+        cr_assert(now + p <= deadline);
+        now += p;
+        n++;
+        cr_assert(n < 100, "bounded number of attempts");
+    }
+    cr_assert_eq(now, deadline);
+    cr_assert(n >= 12 && n <= 30, "attempts in 10 s: %d", n);
+    cr_assert_eq(bl_backoff_next(&b, &step, 1, deadline, deadline), 0);
+}
+
+Test(backoff, jitter_spreads_waiters)
+{
+    bl_backoff b = {50, 1000, 1.5};
+    uint64_t rng = 99;
+    int distinct = 0;
+    uint64_t seen[64] = {0};
+    for (int i = 0; i < 64; i++) {
+        double step = 800;
+        uint64_t p = bl_backoff_next(&b, &step, bl_rand_next(&rng), 0, 100000);
+        int dup = 0;
+        for (int j = 0; j < i; j++)
+            dup |= seen[j] == p;
+        distinct += !dup;
+        seen[i] = p;
+    }
+    cr_assert(distinct > 32, "only %d distinct pauses", distinct);
+}
+
+Test(status, every_code_has_a_distinct_message_and_name)
+{
+    int codes[] = {BL_OK, BL_ETIMEDOUT, BL_EBUSY, BL_ENOTHELD, BL_ECONN,
+                   BL_EREDIS, BL_EINVAL, BL_ECANCELED, BL_ENOMEM, BL_ECLOSED};
+    size_t n = sizeof codes / sizeof codes[0];
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++) {
+            cr_assert_str_neq(bl_strerror(codes[i]), bl_strerror(codes[j]));
+            cr_assert_str_neq(bl_status_name(codes[i]), bl_status_name(codes[j]));
+        }
+    cr_assert_str_eq(bl_status_name(12345), "BL_UNKNOWN");
+    cr_assert_not_null(bl_strerror(-999));
+}
+
+Test(config, defaults_are_valid_and_bad_fields_are_named)
+{
+    bl_config c;
+    bl_config_init(&c);
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_OK);
+    cr_assert_eq(c.default_ttl_ms, 300000);
+    cr_assert_eq(c.default_wait_ms, 10000);
+    cr_assert_str_eq(c.key_prefix, "bid_lock");
+    c.port = 70000;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "port"));
+    bl_config_init(&c);
+    c.backoff_multiplier = 0.5;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "multiplier"));
+    bl_config_init(&c);
+    c.default_ttl_ms = 0;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "ttl"));
+}
