@@ -70,13 +70,33 @@ BL_API const char *bl_status_name(int status);
 
 /* ---- Configuration ----------------------------------------------------- */
 
+/* Which store holds the locks. */
+enum bl_backend_kind {
+    BL_BACKEND_REDIS = 0, /* the real thing (default) */
+    BL_BACKEND_MEMORY = 1 /* one process only: development and tests */
+};
+
 typedef struct bl_config {
-    /* Where Redis is. unix_path wins when set. host must be a numeric
-     * address (127.0.0.1, ::1): hiredis resolves names synchronously, which
-     * would block your loop. Defaults: "127.0.0.1", 6379, NULL. */
+    /* Where Redis is. A url, when set, wins over the fields below it:
+     *   redis://[[user]:password@]host[:port][/db]
+     *   unix:///path/to/socket[?db=N]
+     * Otherwise unix_path wins over host/port. host must be a numeric
+     * address (127.0.0.1, ::1) or "localhost": hiredis resolves names
+     * synchronously, which would block your loop.
+     * Defaults: NULL, "127.0.0.1", 6379, NULL. */
+    const char *url;
     const char *host;
     int port;
     const char *unix_path;
+    /* Sent on every (re)connect: AUTH [username] password, then SELECT db.
+     * Never logged, never put in an error message. Defaults NULL, NULL, 0. */
+    const char *username;
+    const char *password;
+    int db;
+    /* BL_BACKEND_REDIS or BL_BACKEND_MEMORY. Default BL_BACKEND_REDIS.
+     * bidlock never switches backend by itself: a configured Redis that is
+     * down gives BL_ECONN (fail closed), not a local lock. */
+    int backend;
     /* First part of every key. Default "bid_lock". No whitespace or control
      * characters, 1..64 bytes. */
     const char *key_prefix;
@@ -102,6 +122,18 @@ typedef struct bl_config {
 /* Fill *cfg with the defaults above. Always call it before setting fields,
  * so fields added in later versions get their defaults. */
 BL_API void bl_config_init(bl_config *cfg);
+
+/* Fill connection and backend fields of *cfg from the environment (call
+ * bl_config_init first). Reads REDIS_URL, else REDIS_HOST, REDIS_PORT,
+ * REDIS_DB, REDIS_USERNAME, REDIS_PASSWORD; USE_REDIS_LOCKS (true/false)
+ * and BIDLOCK_ENV or ENV (production/development) choose the backend:
+ *   USE_REDIS_LOCKS=true  -> Redis;   USE_REDIS_LOCKS=false -> memory;
+ *   unset: Redis if REDIS_URL/REDIS_HOST is set, memory in development,
+ *   else Redis on 127.0.0.1:6379 (production fails closed).
+ * String fields point into the environment (bl_manager_new copies them).
+ * Returns BL_OK, or BL_EINVAL with a sentence naming the bad variable or URL
+ * part in why (never the password); *cfg is then unchanged. */
+BL_API int bl_config_from_env(bl_config *cfg, char *why, size_t why_len);
 
 /* BL_OK if bl_manager_new would accept cfg; else BL_EINVAL and, when why is
  * not NULL, a sentence naming the bad field in why[0..why_len). */
