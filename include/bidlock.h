@@ -59,7 +59,9 @@ enum bl_status {
     BL_EINVAL = -6,     /* invalid argument or call in the wrong state */
     BL_ECANCELED = -7,  /* bl_cancel() or bl_manager_close() ended the request */
     BL_ENOMEM = -8,     /* out of memory */
-    BL_ECLOSED = -9     /* the manager is closing; nothing was started */
+    BL_ECLOSED = -9,    /* the manager is closing; nothing was started */
+    BL_EDONE = -10,     /* acquire: the posting is marked done; no lock taken */
+    BL_ELOST = -11      /* auto-extend: the lock was lost while held */
 };
 
 /* A sentence for a status ("lock not acquired before the deadline").
@@ -117,7 +119,22 @@ typedef struct bl_config {
     /* After a lost connection, reconnect after this pause (doubling up to
      * 30 s, with jitter). Default 100 ms. */
     uint32_t reconnect_initial_ms;
+    /* How long a "done" marker lives (bl_release_done). Default 7 days. */
+    uint64_t done_ttl_ms;
+    /* Fair hand-off: a release hands a contended lock to the longest waiter
+     * and keeps it reserved for that waiter this long (if the waiter has
+     * vanished, the lock is free again afterwards). Default 250 ms. */
+    uint32_t handoff_ms;
+    /* Wake waiters when a lock is released (pub/sub on a second
+     * connection). 1 by default; 0 = poll with backoff only. */
+    int wake_on_release;
+    /* Log hook: called on the loop thread with a level and one line (no
+     * newline, never a password). NULL = silent. */
+    void (*log)(int level, const char *msg, void *data);
+    void *log_data;
 } bl_config;
+
+enum bl_log_level { BL_LOG_DEBUG = 0, BL_LOG_INFO = 1, BL_LOG_WARN = 2, BL_LOG_ERROR = 3 };
 
 /* Fill *cfg with the defaults above. Always call it before setting fields,
  * so fields added in later versions get their defaults. */
@@ -169,15 +186,14 @@ BL_API const char *bl_manager_holder(const bl_manager *m);
  * call on m. "" when there is nothing to tell. */
 BL_API const char *bl_manager_errmsg(const bl_manager *m);
 
-/* Counters since the manager was created. Each acquire *attempt* (one
- * script call) ends as acquired, conflict or error, so
- *   attempts == acquired + conflicts + errors_attempt.
- * Each acquire *request* ends exactly once as acquired, busy, timeouts,
- * cancelled or failed (connection/Redis error):
- *   requests == acquired + busy + timeouts + cancelled + failed
- * once nothing is in flight. */
+/* Counters since the manager was created. Once nothing is in flight:
+ * each acquire *attempt* (one script call) ends as a grant, a conflict or
+ * an error, and a grant is either acquired, done or abandoned:
+ *   attempts == acquired + done + abandoned + conflicts + errors_attempt
+ * each acquire *request* ends exactly once:
+ *   requests == acquired + busy + timeouts + cancelled + failed + done */
 typedef struct bl_stats {
-    uint64_t requests;       /* bl_acquire calls that started */
+    uint64_t requests;       /* bl_acquire/bl_with_lock calls that started */
     uint64_t attempts;       /* acquire scripts sent */
     uint64_t acquired;       /* successful acquisitions */
     uint64_t conflicts;      /* attempts that found the lock taken */
@@ -186,11 +202,18 @@ typedef struct bl_stats {
     uint64_t timeouts;       /* requests that hit their deadline */
     uint64_t cancelled;      /* requests ended by bl_cancel/close */
     uint64_t failed;         /* requests ended by a connection/Redis error */
-    uint64_t releases;       /* releases that deleted our lock */
+    uint64_t done;           /* requests that found the posting done */
+    uint64_t abandoned;      /* grants that came after cancel/close, given back */
+    uint64_t releases;       /* releases that deleted (or handed off) our lock */
+    uint64_t handoffs;       /* releases that handed the lock to a waiter */
     uint64_t not_held;       /* releases that found the lock gone or taken */
     uint64_t release_errors; /* releases that ended in an error */
-    uint64_t errors;         /* all connection + Redis errors seen */
-    uint64_t abandoned;      /* grants that came after cancel/close, given back */
+    uint64_t extends;        /* lease renewals that succeeded */
+    uint64_t lost;           /* held locks lost (on_lost calls) */
+    uint64_t wakeups;        /* waiting requests woken by a release */
+    uint64_t redis_errors;   /* error replies from Redis */
+    uint64_t conn_errors;    /* operations failed by the connection */
+    uint64_t errors;         /* redis_errors + conn_errors */
     uint64_t reconnects;     /* connections re-established after a loss */
     uint64_t held;           /* gauge: locks held right now */
     uint64_t waiting;        /* gauge: requests between attempts right now */
@@ -209,6 +232,15 @@ typedef struct bl_acquire_opts {
     /* How long to wait for a busy lock, in ms. 0 = try once (BL_EBUSY if
      * taken); BL_WAIT_DEFAULT = the manager's default. Valid: up to 30 days. */
     int64_t wait_ms;
+    /* Keep the lease alive while held: renew at about ttl/3 with a
+     * holder-verified compare-and-pexpire. If a renewal is refused, or
+     * renewals keep failing until the TTL has run out, on_lost is called
+     * once with BL_ELOST (the lock is no longer yours: stop the work) and
+     * renewing stops. The handle stays valid until you call bl_release,
+     * which then reports BL_ENOTHELD. Default 0. */
+    int auto_extend;
+    void (*on_lost)(bl_lock *lock, int status, void *data);
+    void *on_lost_data;
 } bl_acquire_opts;
 
 BL_API void bl_acquire_opts_init(bl_acquire_opts *opts);
@@ -241,6 +273,11 @@ typedef void (*bl_release_cb)(bl_lock *lock, int status, void *data);
  * nothing is sent and cb is never called. */
 BL_API int bl_release(bl_lock *lock, bl_release_cb cb, void *data);
 
+/* Like bl_release, and atomically (in the same script) mark the posting
+ * "done" for config.done_ttl_ms: every later acquire of it, by any manager,
+ * ends with BL_EDONE without taking the lock. Only the holder can mark. */
+BL_API int bl_release_done(bl_lock *lock, bl_release_cb cb, void *data);
+
 /* Stop an acquire that has not ended yet: its callback is called with
  * BL_ECANCELED (later, from the loop). If the server granted the lock in
  * the meantime, bidlock releases it. Returns BL_OK, or BL_EINVAL when the
@@ -253,6 +290,81 @@ BL_API const char *bl_lock_key(const bl_lock *lock);
  * Owned by lock; valid inside the callback. "" otherwise. */
 BL_API const char *bl_lock_errmsg(const bl_lock *lock);
 BL_API bl_manager *bl_lock_manager(const bl_lock *lock);
+/* The fencing token of a held lock: a number that strictly increases per
+ * lock across holders, releases and expiries. Pass it to the system you
+ * write to (the bid store) and have it reject a token lower than the last
+ * one it accepted: that stops a holder that was paused past its TTL.
+ * 0 before the lock is held. */
+BL_API uint64_t bl_lock_token(const bl_lock *lock);
+
+/* ---- Operations: health, inspection, cleanup, metrics ------------------ */
+
+/* Connection state as seen by the manager. */
+enum bl_conn_state { BL_CONN_DOWN = 0, BL_CONN_CONNECTING = 1, BL_CONN_UP = 2 };
+
+typedef struct bl_health {
+    int status;           /* BL_OK, BL_ECONN, BL_EREDIS */
+    int state;            /* enum bl_conn_state when the answer came */
+    double latency_ms;    /* PING round trip (memory backend: 0) */
+    const char *backend;  /* "redis" or "memory" */
+    const char *errmsg;   /* for failures; valid inside the callback */
+} bl_health;
+
+typedef void (*bl_health_cb)(bl_manager *m, const bl_health *h, void *data);
+
+/* Asynchronous PING. Returns BL_OK (cb once, later) or BL_ECLOSED/BL_ENOMEM. */
+BL_API int bl_health_check(bl_manager *m, bl_health_cb cb, void *data);
+BL_API int bl_manager_conn_state(const bl_manager *m);
+
+typedef struct bl_lock_info {
+    int status;          /* BL_OK, or an error (then the rest is empty) */
+    int held;            /* 1 if somebody holds the lock */
+    const char *holder;  /* holder id, or NULL; valid inside the callback */
+    int64_t pttl_ms;     /* remaining TTL, -1 when not held */
+    int done;            /* 1 if the posting is marked done */
+    uint64_t last_token; /* last fencing token handed out (0 if none kept) */
+    const char *errmsg;
+} bl_lock_info;
+
+typedef void (*bl_inspect_cb)(bl_manager *m, const bl_lock_info *info, void *data);
+
+/* Look up (marketplace, posting) without touching it. Same synchronous
+ * errors as bl_acquire. */
+BL_API int bl_inspect(bl_manager *m, const char *marketplace, const char *posting,
+                      bl_inspect_cb cb, void *data);
+
+typedef void (*bl_cleanup_cb)(bl_manager *m, int status, uint64_t removed, void *data);
+
+/* Remove every lock under this manager's prefix (mine_only = 0), or only
+ * the ones held by this manager's holder id (mine_only = 1), with
+ * SCAN + UNLINK (never KEYS). Fencing counters and done markers stay.
+ * Keys outside the prefix are never touched. cb gets how many locks it
+ * removed. */
+BL_API int bl_cleanup(bl_manager *m, int mine_only, bl_cleanup_cb cb, void *data);
+
+/* Latency histogram: counts[i] is the number of samples <= bounds_ms[i];
+ * the last bucket (+Inf) holds the rest. */
+#define BL_HIST_BUCKETS 14
+typedef struct bl_histogram {
+    uint64_t counts[BL_HIST_BUCKETS + 1];
+    uint64_t count;
+    double sum_ms;
+} bl_histogram;
+BL_API extern const double bl_hist_bounds_ms[BL_HIST_BUCKETS];
+
+typedef struct bl_metrics {
+    bl_stats stats;
+    int conn_state;
+    bl_histogram acquire_ms; /* bl_acquire -> acquired callback (successes) */
+    bl_histogram release_ms; /* bl_release -> release callback */
+} bl_metrics;
+
+BL_API void bl_manager_metrics(const bl_manager *m, bl_metrics *out);
+
+/* Render a metrics snapshot in Prometheus text exposition format (metric
+ * names bidlock_*, with # HELP and # TYPE lines). Writes at most len bytes
+ * including the NUL; returns the length it needed (like snprintf). */
+BL_API size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len);
 
 /* ---- Scoped section: acquire, run, always release ---------------------- */
 

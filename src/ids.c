@@ -54,6 +54,9 @@ int bl_validate_prefix(const char *prefix, char *why, size_t why_len)
         if (bad_byte((unsigned char)prefix[i]))
             return fail(why, why_len, "%s contains whitespace or a control character",
                         "key_prefix");
+    /* "<prefix>::..." names the fence/queue/done keys; keep them apart. */
+    if (prefix[n - 1] == ':' || strstr(prefix, "::"))
+        return fail(why, why_len, "%s may not end with ':' or contain '::'", "key_prefix");
     return 0;
 }
 
@@ -111,4 +114,25 @@ uint64_t bl_rand_next(uint64_t *state)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
+}
+
+char *bl_make_aux_key(const char *prefix, const char *kind, const char *mp, const char *posting,
+                      size_t *len)
+{
+    size_t a = strlen(prefix), k = strlen(kind), b = strlen(mp), c = strlen(posting);
+    size_t n = a + 2 + k + 1 + b + 1 + c;
+    char *key = malloc(n + 1);
+    if (!key)
+        return NULL;
+    snprintf(key, n + 1, "%s::%s:%s:%s", prefix, kind, mp, posting);
+    if (len)
+        *len = n;
+    return key;
+}
+
+uint64_t bl_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }

@@ -1,75 +1,23 @@
-/* lock.c - the manager handle and the lock request state machine.
+/* lock.c - the lock request state machine.
  *
  *  bl_acquire -> ACQUIRING --granted--> HELD --bl_release--> RELEASING --> DEAD
- *                  |    ^                 |
- *           taken  v    | timer           | (close: best-effort release)
- *               WAITING-+                 v
+ *                  |    ^                 |  ^
+ *           taken  v    | timer / wake    |  | renew timer (ttl/3): extend;
+ *               WAITING-+                 |  +- refused/expired -> on_lost once
  *                  +-- deadline/cancel --> ENDING --(timer 0)--> callback --> DEAD
  *
- * Only backend completions (bl_lock_op_done) and the request's own timer
- * move a request. The timer is reused: backoff pauses, and deferred
- * completions (a callback must never run inside the call that started it).
- * A request has at most one backend operation in flight; the handle lives
- * until the user is done with it (DEAD) and that operation has answered.
+ * Only backend completions (bl_lock_op_done), the request's own timer and
+ * wake-ups (bl_manager_wake) move a request. The timer is reused for
+ * backoff pauses, lease renewals and deferred completions (a callback must
+ * never run inside the call that started it). A request has at most one
+ * backend operation in flight; the handle lives until the user is done with
+ * it (DEAD) and that operation has answered.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
-
-enum lock_state { LS_ACQUIRING, LS_WAITING, LS_HELD, LS_RELEASING, LS_ENDING, LS_DEAD };
-
-struct bl_lock {
-    bl_manager *m;
-    bl_lock *prev, *next;
-    enum lock_state state;
-    enum bl_op_kind inflight;
-    int abandoned;     /* user no longer waits for this grant/lock: give it back */
-    char *key;
-    size_t keylen;
-    uint64_t ttl_ms;
-    uint64_t deadline; /* absolute, loop clock */
-    int try_once;
-    double step;       /* backoff state */
-    bl_timer *timer;
-    int pending_status;
-    enum bl_op_kind pending_kind; /* which callback ENDING fires */
-    bl_acquire_cb acb;
-    void *adata;
-    bl_release_cb rcb;
-    void *rdata;
-    /* bl_with_lock */
-    bl_section_fn sfn;
-    bl_section_done_cb sdone;
-    void *sdata;
-    int in_section;
-    int section_status;
-    char errmsg[BL_ERRMSG_MAX];
-};
-
-enum mgr_kick { KICK_NONE, KICK_SHUTDOWN, KICK_FINISH };
-
-struct bl_manager {
-    bl_loop loop;
-    bl_config cfg; /* string fields point at the copies below */
-    char *host, *unix_path, *prefix;
-    char holder[BL_HOLDER_MAX];
-    char errmsg[BL_ERRMSG_MAX];
-    bl_backend *be;
-    bl_lock *locks;
-    bl_stats stats;
-    bl_backoff backoff;
-    uint64_t rng;
-    bl_timer *kick_timer;  /* deferred shutdown / finish of close */
-    bl_timer *close_timer; /* close deadline */
-    enum mgr_kick kick;
-    int closing, shutdown_started, backend_closed;
-    bl_close_cb close_cb;
-    void *close_data;
-};
-
-/* ---- small helpers ------------------------------------------------------ */
+#include "core.h"
 
 static uint64_t now_ms(const bl_manager *m)
 {
@@ -81,17 +29,11 @@ static void set_errmsg(char *dst, const char *msg)
     snprintf(dst, BL_ERRMSG_MAX, "%s", msg ? msg : "");
 }
 
-static int mgr_fail(bl_manager *m, int status, const char *msg)
-{
-    set_errmsg(m->errmsg, msg);
-    return status;
-}
-
-static void check_close(bl_manager *m);
-
-static void lock_free(bl_lock *lock)
+void bl_lock_free(bl_lock *lock)
 {
     bl_manager *m = lock->m;
+    if (lock->wq)
+        bl_wq_leave(lock);
     if (lock->prev)
         lock->prev->next = lock->next;
     else
@@ -99,7 +41,6 @@ static void lock_free(bl_lock *lock)
     if (lock->next)
         lock->next->prev = lock->prev;
     m->loop.timer_free(lock->timer);
-    free(lock->key);
     free(lock);
 }
 
@@ -111,14 +52,15 @@ static void maybe_free(bl_lock *lock)
     if (lock->state != LS_DEAD || lock->inflight != BL_OP_NONE)
         return;
     if (m->closing) {
-        check_close(m);
+        bl_mgr_check_close(m);
         return;
     }
-    lock_free(lock);
+    bl_lock_free(lock);
 }
 
 static int start_op(bl_lock *lock, enum bl_op_kind kind)
 {
+    lock->op_sent = now_ms(lock->m);
     int rc = lock->m->be->vt->start(lock->m->be, lock, kind);
     if (rc == 0)
         lock->inflight = kind;
@@ -133,6 +75,23 @@ static void end_later(bl_lock *lock, enum bl_op_kind kind, int status)
     lock->m->loop.timer_start(lock->timer, 0);
 }
 
+/* ---- wait queues ------------------------------------------------------- */
+
+void bl_wq_join(bl_lock *lock); /* manager.c owns the map; see there */
+
+static void leave_queue(bl_lock *lock, int tell_server)
+{
+    if (!lock->wq)
+        return;
+    bl_manager *m = lock->m;
+    int last = lock->wq->nwait == 1;
+    bl_wq_leave(lock);
+    /* Our holder id sits in the server's queue: take it out so a release
+     * does not reserve the lock for a waiter that has gone. */
+    if (tell_server && last)
+        m->be->vt->leave(m->be, lock);
+}
+
 /* ---- completions -------------------------------------------------------- */
 
 static void fire_acquire(bl_lock *lock, int status)
@@ -143,11 +102,18 @@ static void fire_acquire(bl_lock *lock, int status)
     case BL_EBUSY: m->stats.busy++; break;
     case BL_ETIMEDOUT: m->stats.timeouts++; break;
     case BL_ECANCELED: m->stats.cancelled++; break;
+    case BL_EDONE: m->stats.done++; break;
     default: m->stats.failed++; break;
     }
+    /* Granted: the server took us out of its queue. Otherwise we say so. */
+    leave_queue(lock, status != BL_OK && status != BL_EDONE);
     if (status == BL_OK) {
         lock->state = LS_HELD;
         m->stats.held++;
+        bl_hist_add(&m->acquire_hist, (double)(bl_now_us() - lock->started_us) / 1000.0);
+        lock->lease_until = lock->op_sent + lock->ttl_ms;
+        if (lock->auto_extend)
+            m->loop.timer_start(lock->timer, lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1);
         if (lock->sfn) {
             lock->in_section = 1;
             lock->sfn(lock, lock->sdata);
@@ -173,6 +139,8 @@ static void fire_release(bl_lock *lock, int status)
     case BL_ECANCELED: break;
     default: m->stats.release_errors++; break;
     }
+    if (status != BL_ECANCELED)
+        bl_hist_add(&m->release_hist, (double)(bl_now_us() - lock->started_us) / 1000.0);
     lock->state = LS_DEAD;
     if (lock->in_section) {
         lock->in_section = 0;
@@ -181,6 +149,17 @@ static void fire_release(bl_lock *lock, int status)
         lock->rcb(lock, status, lock->rdata);
     }
     maybe_free(lock);
+}
+
+static void lose(bl_lock *lock)
+{
+    if (lock->lost)
+        return;
+    lock->lost = 1;
+    lock->m->stats.lost++;
+    bl_log(lock->m, BL_LOG_WARN, "lock %s was lost while held", lock->key);
+    if (lock->on_lost)
+        lock->on_lost(lock, BL_ELOST, lock->on_lost_data);
 }
 
 /* ---- the attempt loop --------------------------------------------------- */
@@ -195,6 +174,7 @@ static void attempt(bl_lock *lock)
     if (rc < 0) {
         m->stats.errors_attempt++;
         m->stats.errors++;
+        m->stats.conn_errors++;
         if (!lock->errmsg[0])
             set_errmsg(lock->errmsg, "not connected to Redis");
         end_later(lock, BL_OP_ACQUIRE, rc);
@@ -213,6 +193,8 @@ static void wait_or_give_up(bl_lock *lock)
         fire_acquire(lock, BL_ETIMEDOUT);
         return;
     }
+    if (!lock->wq && m->cfg.wake_on_release)
+        bl_wq_join(lock);
     uint64_t pause =
         bl_backoff_next(&m->backoff, &lock->step, bl_rand_next(&m->rng), now, lock->deadline);
     lock->state = LS_WAITING;
@@ -220,14 +202,58 @@ static void wait_or_give_up(bl_lock *lock)
     m->loop.timer_start(lock->timer, pause);
 }
 
+static void start_release_op(bl_lock *lock, enum bl_op_kind kind)
+{
+    bl_manager *m = lock->m;
+    int rc = start_op(lock, kind);
+    if (rc < 0) {
+        m->stats.errors++;
+        m->stats.conn_errors++;
+        if (!lock->errmsg[0])
+            set_errmsg(lock->errmsg, "not connected to Redis");
+        end_later(lock, BL_OP_RELEASE, rc);
+    }
+}
+
+/* The lease renewal answered. */
+static void extend_done(bl_lock *lock, const bl_op_result *r)
+{
+    bl_manager *m = lock->m;
+    if (lock->release_after != BL_OP_NONE) { /* bl_release came meanwhile */
+        enum bl_op_kind k = lock->release_after;
+        lock->release_after = BL_OP_NONE;
+        start_release_op(lock, k);
+        return;
+    }
+    if (lock->state != LS_HELD || lock->lost)
+        return;
+    uint64_t now = now_ms(m);
+    if (r->status == BL_OK) {
+        m->stats.extends++;
+        lock->lease_until = lock->op_sent + lock->ttl_ms; /* counted from when we asked */
+        m->loop.timer_start(lock->timer, lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1);
+    } else if (r->status == BL_ENOTHELD || now >= lock->lease_until) {
+        lose(lock);
+    } else {
+        /* Transient failure: try again soon, while the lease still runs. */
+        uint64_t left = lock->lease_until - now;
+        uint64_t again = lock->ttl_ms / 10 < 10 ? 10 : lock->ttl_ms / 10;
+        m->loop.timer_start(lock->timer, again < left ? again : left);
+    }
+}
+
 void bl_lock_op_done(bl_lock *lock, const bl_op_result *r)
 {
     bl_manager *m = lock->m;
     enum bl_op_kind kind = lock->inflight;
     lock->inflight = BL_OP_NONE;
-    int err = r->status != BL_OK && r->status != BL_EBUSY && r->status != BL_ENOTHELD;
+    int err = r->status == BL_ECONN || r->status == BL_EREDIS;
     if (err) {
         m->stats.errors++;
+        if (r->status == BL_ECONN)
+            m->stats.conn_errors++;
+        else
+            m->stats.redis_errors++;
         set_errmsg(lock->errmsg, r->errmsg);
     }
     if (kind == BL_OP_ACQUIRE) {
@@ -236,12 +262,15 @@ void bl_lock_op_done(bl_lock *lock, const bl_op_result *r)
         else if (err)
             m->stats.errors_attempt++;
     }
+    if (r->handed_off)
+        m->stats.handoffs++;
 
     if (lock->abandoned) {
-        /* Nobody waits for this answer. A late grant is given back at once
-         * so the lock does not sit until its TTL. */
-        if (kind == BL_OP_ACQUIRE && r->status == BL_OK) {
-            m->stats.abandoned++;
+        /* Nobody waits for this answer. A late grant, or a lease we were
+         * renewing, is given back at once so it does not sit until its TTL. */
+        if ((kind == BL_OP_ACQUIRE && r->status == BL_OK) || kind == BL_OP_EXTEND) {
+            if (kind == BL_OP_ACQUIRE)
+                m->stats.abandoned++;
             if (start_op(lock, BL_OP_RELEASE) == 0)
                 return;
         }
@@ -249,22 +278,31 @@ void bl_lock_op_done(bl_lock *lock, const bl_op_result *r)
         return;
     }
 
-    if (kind == BL_OP_ACQUIRE) {
+    switch (kind) {
+    case BL_OP_ACQUIRE:
+        if (r->status == BL_OK)
+            lock->token = r->token;
         if (r->status == BL_EBUSY)
             wait_or_give_up(lock);
         else
             fire_acquire(lock, r->status);
-    } else {
+        break;
+    case BL_OP_EXTEND:
+        extend_done(lock, r);
+        break;
+    default:
         fire_release(lock, r->status);
+        break;
     }
 }
 
 static void lock_timer_cb(void *data)
 {
     bl_lock *lock = data;
+    bl_manager *m = lock->m;
     switch (lock->state) {
     case LS_WAITING:
-        lock->m->stats.waiting--;
+        m->stats.waiting--;
         attempt(lock);
         break;
     case LS_ENDING:
@@ -273,18 +311,81 @@ static void lock_timer_cb(void *data)
         else
             fire_release(lock, lock->pending_status);
         break;
+    case LS_HELD: /* lease renewal */
+        if (lock->lost || lock->inflight != BL_OP_NONE)
+            break;
+        if (start_op(lock, BL_OP_EXTEND) < 0) {
+            bl_op_result r = {BL_ECONN, 0, 0, "not connected"};
+            extend_done(lock, &r);
+        }
+        break;
     default:
         break;
     }
+}
+
+/* Called from bl_manager_wake: a release on our key. */
+void bl_lock_wake(bl_lock *lock, int directed)
+{
+    bl_manager *m = lock->m;
+    if (lock->state != LS_WAITING)
+        return;
+    m->stats.wakeups++;
+    if (directed) {
+        /* The lock is reserved for us: go now. */
+        m->loop.timer_stop(lock->timer);
+        m->stats.waiting--;
+        attempt(lock);
+    } else {
+        /* Everyone was woken: spread the retries over a few ms. */
+        m->loop.timer_start(lock->timer, bl_rand_next(&m->rng) % 4);
+    }
+}
+
+/* Close: end or abandon this request. */
+void bl_lock_close_one(bl_lock *lock)
+{
+    bl_manager *m = lock->m;
+    switch (lock->state) {
+    case LS_WAITING:
+    case LS_ACQUIRING:
+        bl_cancel(lock);
+        break;
+    case LS_HELD:
+        /* Best effort: give the lock back now rather than at its TTL. */
+        m->stats.held--;
+        lock->abandoned = 1;
+        m->loop.timer_stop(lock->timer);
+        if (lock->inflight == BL_OP_NONE && start_op(lock, BL_OP_RELEASE) != 0)
+            m->stats.release_errors++;
+        if (lock->in_section)
+            end_later(lock, BL_OP_RELEASE, BL_ECANCELED);
+        else
+            lock->state = LS_DEAD;
+        break;
+    default: /* RELEASING, ENDING: their callback still comes; DEAD: nothing */
+        break;
+    }
+}
+
+/* The backend is gone: a due completion runs now, before the close callback. */
+void bl_lock_flush_ending(bl_lock *lock)
+{
+    if (lock->state != LS_ENDING)
+        return;
+    lock->m->loop.timer_stop(lock->timer);
+    lock_timer_cb(lock);
 }
 
 /* ---- public: requests ---------------------------------------------------- */
 
 void bl_acquire_opts_init(bl_acquire_opts *opts)
 {
-    opts->ttl_ms = 0;
+    memset(opts, 0, sizeof *opts);
     opts->wait_ms = BL_WAIT_DEFAULT;
 }
+
+static const char *const aux_names[BL_AUX_COUNT] = {"q", "fence", "done"};
 
 static int start_request(bl_manager *m, const char *mp, const char *posting,
                          const bl_acquire_opts *opts, bl_lock **out)
@@ -292,39 +393,59 @@ static int start_request(bl_manager *m, const char *mp, const char *posting,
     if (!m)
         return BL_EINVAL;
     if (m->closing)
-        return mgr_fail(m, BL_ECLOSED, "the manager is closing");
+        return bl_mgr_fail(m, BL_ECLOSED, "the manager is closing");
     char why[BL_ERRMSG_MAX];
     if (bl_validate_id(mp, 1, why, sizeof why) || bl_validate_id(posting, 0, why, sizeof why))
-        return mgr_fail(m, BL_EINVAL, why);
+        return bl_mgr_fail(m, BL_EINVAL, why);
     uint64_t ttl = m->cfg.default_ttl_ms, wait = m->cfg.default_wait_ms;
     if (opts) {
         if (opts->ttl_ms < 0 || (uint64_t)opts->ttl_ms > BL_MAX_MS)
-            return mgr_fail(m, BL_EINVAL, "ttl_ms must be 1 ms .. 30 days (0 = default)");
+            return bl_mgr_fail(m, BL_EINVAL, "ttl_ms must be 1 ms .. 30 days (0 = default)");
         if (opts->ttl_ms > 0)
             ttl = (uint64_t)opts->ttl_ms;
         if (opts->wait_ms != BL_WAIT_DEFAULT) {
             if (opts->wait_ms < 0 || (uint64_t)opts->wait_ms > BL_MAX_MS)
-                return mgr_fail(m, BL_EINVAL,
-                                "wait_ms must be 0 .. 30 days (or BL_WAIT_DEFAULT)");
+                return bl_mgr_fail(m, BL_EINVAL,
+                                   "wait_ms must be 0 .. 30 days (or BL_WAIT_DEFAULT)");
             wait = (uint64_t)opts->wait_ms;
         }
+        if (opts->auto_extend && ttl < 3)
+            return bl_mgr_fail(m, BL_EINVAL, "auto_extend needs ttl_ms >= 3");
     }
-    bl_lock *lock = calloc(1, sizeof *lock);
+    /* One block: the request and its four key strings. */
+    size_t plen = strlen(m->prefix), mlen = strlen(mp), xlen = strlen(posting);
+    size_t keylen = plen + 1 + mlen + 1 + xlen;
+    size_t total = keylen + 1;
+    for (int i = 0; i < BL_AUX_COUNT; i++)
+        total += plen + 2 + strlen(aux_names[i]) + 1 + mlen + 1 + xlen + 1;
+    bl_lock *lock = calloc(1, sizeof *lock + total);
     if (!lock)
-        return mgr_fail(m, BL_ENOMEM, "out of memory");
+        return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
+    char *p = (char *)(lock + 1);
+    lock->key = p;
+    lock->keylen = (size_t)sprintf(p, "%s:%s:%s", m->prefix, mp, posting);
+    p += lock->keylen + 1;
+    for (int i = 0; i < BL_AUX_COUNT; i++) {
+        lock->aux[i] = p;
+        lock->auxlen[i] = (size_t)sprintf(p, "%s::%s:%s:%s", m->prefix, aux_names[i], mp, posting);
+        p += lock->auxlen[i] + 1;
+    }
     lock->m = m;
-    lock->key = bl_make_key(m->prefix, mp, posting, &lock->keylen);
     lock->timer = m->loop.timer_new(m->loop.impl, lock_timer_cb, lock);
-    if (!lock->key || !lock->timer) {
-        if (lock->timer)
-            m->loop.timer_free(lock->timer);
-        free(lock->key);
+    if (!lock->timer) {
         free(lock);
-        return mgr_fail(m, BL_ENOMEM, "out of memory");
+        return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
     }
     lock->ttl_ms = ttl;
     lock->try_once = wait == 0;
-    lock->deadline = now_ms(m) + wait;
+    lock->started = now_ms(m);
+    lock->started_us = bl_now_us();
+    lock->deadline = lock->started + wait;
+    if (opts && opts->auto_extend) {
+        lock->auto_extend = 1;
+        lock->on_lost = opts->on_lost;
+        lock->on_lost_data = opts->on_lost_data;
+    }
     lock->next = m->locks;
     if (m->locks)
         m->locks->prev = lock;
@@ -338,7 +459,7 @@ int bl_acquire(bl_manager *m, const char *marketplace, const char *posting,
                const bl_acquire_opts *opts, bl_acquire_cb cb, void *data, bl_lock **lockp)
 {
     if (m && !cb)
-        return mgr_fail(m, BL_EINVAL, "callback is NULL");
+        return bl_mgr_fail(m, BL_EINVAL, "callback is NULL");
     bl_lock *lock;
     int rc = start_request(m, marketplace, posting, opts, &lock);
     if (rc)
@@ -346,9 +467,9 @@ int bl_acquire(bl_manager *m, const char *marketplace, const char *posting,
     lock->acb = cb;
     lock->adata = data;
     m->stats.requests++;
-    attempt(lock);
     if (lockp)
         *lockp = lock;
+    attempt(lock);
     return BL_OK;
 }
 
@@ -357,7 +478,7 @@ int bl_with_lock(bl_manager *m, const char *marketplace, const char *posting,
                  void *data)
 {
     if (m && (!fn || !done))
-        return mgr_fail(m, BL_EINVAL, "section or done callback is NULL");
+        return bl_mgr_fail(m, BL_EINVAL, "section or done callback is NULL");
     bl_lock *lock;
     int rc = start_request(m, marketplace, posting, opts, &lock);
     if (rc)
@@ -370,36 +491,57 @@ int bl_with_lock(bl_manager *m, const char *marketplace, const char *posting,
     return BL_OK;
 }
 
-static int start_release(bl_lock *lock)
+static int start_release(bl_lock *lock, enum bl_op_kind kind)
 {
     bl_manager *m = lock->m;
     lock->state = LS_RELEASING;
     m->stats.held--;
     lock->errmsg[0] = '\0';
-    int rc = start_op(lock, BL_OP_RELEASE);
-    if (rc < 0) {
-        m->stats.errors++;
-        if (!lock->errmsg[0])
-            set_errmsg(lock->errmsg, "not connected to Redis");
-        end_later(lock, BL_OP_RELEASE, rc);
+    lock->started_us = bl_now_us();
+    m->loop.timer_stop(lock->timer); /* lease renewal */
+    if (lock->inflight == BL_OP_EXTEND) {
+        lock->release_after = kind; /* one operation at a time */
+        return BL_OK;
     }
+    start_release_op(lock, kind);
     return BL_OK;
 }
 
-int bl_release(bl_lock *lock, bl_release_cb cb, void *data)
+static int check_releasable(bl_lock *lock)
 {
     if (!lock)
         return BL_EINVAL;
     bl_manager *m = lock->m;
     if (m->closing)
-        return mgr_fail(m, BL_ECLOSED, "the manager is closing; it releases held locks itself");
+        return bl_mgr_fail(m, BL_ECLOSED, "the manager is closing; it releases held locks itself");
     if (lock->state != LS_HELD)
-        return mgr_fail(m, BL_EINVAL, "the lock is not held (released twice, or still acquiring)");
+        return bl_mgr_fail(m, BL_EINVAL,
+                           "the lock is not held (released twice, or still acquiring)");
+    return BL_OK;
+}
+
+int bl_release(bl_lock *lock, bl_release_cb cb, void *data)
+{
+    int rc = check_releasable(lock);
+    if (rc)
+        return rc;
     if (lock->in_section)
-        return mgr_fail(m, BL_EINVAL, "a section's lock is released by bl_section_end");
+        return bl_mgr_fail(lock->m, BL_EINVAL, "a section's lock is released by bl_section_end");
     lock->rcb = cb;
     lock->rdata = data;
-    return start_release(lock);
+    return start_release(lock, BL_OP_RELEASE);
+}
+
+int bl_release_done(bl_lock *lock, bl_release_cb cb, void *data)
+{
+    int rc = check_releasable(lock);
+    if (rc)
+        return rc;
+    if (lock->in_section)
+        return bl_mgr_fail(lock->m, BL_EINVAL, "a section's lock is released by bl_section_end");
+    lock->rcb = cb;
+    lock->rdata = data;
+    return start_release(lock, BL_OP_RELEASE_DONE);
 }
 
 int bl_section_end(bl_lock *lock, int section_status)
@@ -407,9 +549,9 @@ int bl_section_end(bl_lock *lock, int section_status)
     if (!lock)
         return BL_EINVAL;
     if (!lock->in_section || lock->state != LS_HELD)
-        return mgr_fail(lock->m, BL_EINVAL, "not a running section (ended twice?)");
+        return bl_mgr_fail(lock->m, BL_EINVAL, "not a running section (ended twice?)");
     lock->section_status = section_status;
-    return start_release(lock);
+    return start_release(lock, BL_OP_RELEASE);
 }
 
 int bl_cancel(bl_lock *lock)
@@ -427,270 +569,33 @@ int bl_cancel(bl_lock *lock)
         end_later(lock, BL_OP_ACQUIRE, BL_ECANCELED);
         return BL_OK;
     default:
-        return mgr_fail(lock->m, BL_EINVAL, "the acquire has already ended");
+        return bl_mgr_fail(lock->m, BL_EINVAL, "the acquire has already ended");
     }
 }
 
 const char *bl_lock_key(const bl_lock *lock) { return lock->key; }
 const char *bl_lock_errmsg(const bl_lock *lock) { return lock->errmsg; }
 bl_manager *bl_lock_manager(const bl_lock *lock) { return lock->m; }
+uint64_t bl_lock_token(const bl_lock *lock) { return lock->token; }
 const char *bl_lock_key_len(const bl_lock *lock, size_t *len)
 {
     *len = lock->keylen;
     return lock->key;
 }
+const char *bl_lock_aux_key(const bl_lock *lock, int which, size_t *len)
+{
+    *len = lock->auxlen[which];
+    return lock->aux[which];
+}
 uint64_t bl_lock_ttl(const bl_lock *lock) { return lock->ttl_ms; }
+uint64_t bl_lock_queue_ttl(const bl_lock *lock)
+{
+    const bl_manager *m = lock->m;
+    if (lock->try_once || !m->cfg.wake_on_release)
+        return 0;
+    uint64_t now = now_ms(m);
+    uint64_t left = lock->deadline > now ? lock->deadline - now : 0;
+    return left + m->cfg.handoff_ms + 1000;
+}
 enum bl_op_kind bl_lock_inflight(const bl_lock *lock) { return lock->inflight; }
 char *bl_lock_errbuf(bl_lock *lock) { return lock->errmsg; }
-
-/* ---- manager ------------------------------------------------------------- */
-
-void bl_config_init(bl_config *cfg)
-{
-    memset(cfg, 0, sizeof *cfg);
-    cfg->host = "127.0.0.1";
-    cfg->port = 6379;
-    cfg->key_prefix = "bid_lock";
-    cfg->connect_timeout_ms = 5000;
-    cfg->default_ttl_ms = 300000;
-    cfg->default_wait_ms = 10000;
-    cfg->backoff_initial_ms = 50;
-    cfg->backoff_max_ms = 1000;
-    cfg->backoff_multiplier = 1.5;
-    cfg->close_timeout_ms = 2000;
-    cfg->reconnect_initial_ms = 100;
-}
-
-int bl_config_validate(const bl_config *c, char *why, size_t why_len)
-{
-#define BAD(msg)                                                                           \
-    do {                                                                                   \
-        if (why && why_len)                                                                \
-            snprintf(why, why_len, "%s", msg);                                             \
-        return BL_EINVAL;                                                                  \
-    } while (0)
-    if (!c)
-        BAD("config is NULL");
-    if (bl_validate_prefix(c->key_prefix, why, why_len))
-        return BL_EINVAL;
-    if (c->unix_path) {
-        if (!*c->unix_path || strlen(c->unix_path) >= 108)
-            BAD("unix_path must be 1..107 bytes");
-    } else {
-        if (!c->host || !*c->host)
-            BAD("host is empty");
-        if (c->port < 1 || c->port > 65535)
-            BAD("port must be 1..65535");
-    }
-    if (c->connect_timeout_ms == 0)
-        BAD("connect_timeout_ms must be > 0");
-    if (c->default_ttl_ms == 0 || c->default_ttl_ms > BL_MAX_MS)
-        BAD("default_ttl_ms must be 1 ms .. 30 days");
-    if (c->default_wait_ms > BL_MAX_MS)
-        BAD("default_wait_ms must be at most 30 days");
-    if (c->backoff_initial_ms == 0 || c->backoff_max_ms < c->backoff_initial_ms)
-        BAD("backoff needs 0 < backoff_initial_ms <= backoff_max_ms");
-    if (!(c->backoff_multiplier >= 1.0 && c->backoff_multiplier <= 16.0))
-        BAD("backoff_multiplier must be 1.0 .. 16.0");
-    if (c->reconnect_initial_ms == 0)
-        BAD("reconnect_initial_ms must be > 0");
-    return BL_OK;
-#undef BAD
-}
-
-static char *dup_or_null(const char *s, int *oom)
-{
-    if (!s)
-        return NULL;
-    char *d = strdup(s);
-    if (!d)
-        *oom = 1;
-    return d;
-}
-
-static void kick_cb(void *data);
-static void close_timeout_cb(void *data);
-
-static void manager_free(bl_manager *m)
-{
-    while (m->locks)
-        lock_free(m->locks);
-    if (m->be)
-        m->be->vt->free(m->be);
-    if (m->kick_timer)
-        m->loop.timer_free(m->kick_timer);
-    if (m->close_timer)
-        m->loop.timer_free(m->close_timer);
-    free(m->host);
-    free(m->unix_path);
-    free(m->prefix);
-    free(m);
-}
-
-int bl_manager_new(const bl_loop *loop, const bl_config *cfg, bl_manager **out)
-{
-    bl_config defaults;
-    if (!cfg) {
-        bl_config_init(&defaults);
-        cfg = &defaults;
-    }
-    if (!loop || !out || !loop->attach || !loop->timer_new || !loop->timer_start ||
-        !loop->timer_stop || !loop->timer_free || !loop->now_ms)
-        return BL_EINVAL;
-    if (bl_config_validate(cfg, NULL, 0))
-        return BL_EINVAL;
-    bl_manager *m = calloc(1, sizeof *m);
-    if (!m)
-        return BL_ENOMEM;
-    m->loop = *loop;
-    m->cfg = *cfg;
-    int oom = 0;
-    m->host = dup_or_null(cfg->host, &oom);
-    m->unix_path = dup_or_null(cfg->unix_path, &oom);
-    m->prefix = dup_or_null(cfg->key_prefix, &oom);
-    m->cfg.host = m->host;
-    m->cfg.unix_path = m->unix_path;
-    m->cfg.key_prefix = m->prefix;
-    m->backoff.initial_ms = cfg->backoff_initial_ms;
-    m->backoff.max_ms = cfg->backoff_max_ms;
-    m->backoff.multiplier = cfg->backoff_multiplier;
-    m->rng = bl_random_seed();
-    if (!oom)
-        oom = bl_make_holder(m->holder, sizeof m->holder) != 0;
-    if (!oom) {
-        m->kick_timer = loop->timer_new(loop->impl, kick_cb, m);
-        m->close_timer = loop->timer_new(loop->impl, close_timeout_cb, m);
-        oom = !m->kick_timer || !m->close_timer;
-    }
-    if (oom || bl_redis_backend_new(m, &m->be) != 0) {
-        manager_free(m);
-        return BL_ENOMEM;
-    }
-    *out = m;
-    return BL_OK;
-}
-
-/* Every request is DEAD with nothing in flight: the backend may close. */
-static void check_close(bl_manager *m)
-{
-    if (!m->closing || m->shutdown_started || m->kick != KICK_NONE)
-        return;
-    for (bl_lock *l = m->locks; l; l = l->next)
-        if (l->state != LS_DEAD || l->inflight != BL_OP_NONE)
-            return;
-    m->kick = KICK_SHUTDOWN; /* from the loop, not from inside a reply callback */
-    m->loop.timer_start(m->kick_timer, 0);
-}
-
-void bl_manager_backend_closed(bl_manager *m)
-{
-    m->backend_closed = 1;
-    m->loop.timer_stop(m->close_timer);
-    m->kick = KICK_FINISH;
-    m->loop.timer_start(m->kick_timer, 0);
-}
-
-static void kick_cb(void *data)
-{
-    bl_manager *m = data;
-    enum mgr_kick k = m->kick;
-    m->kick = KICK_NONE;
-    if (k == KICK_SHUTDOWN && !m->shutdown_started) {
-        m->shutdown_started = 1;
-        m->be->vt->shutdown(m->be, 0);
-    } else if (k == KICK_FINISH) {
-        if (m->close_cb)
-            m->close_cb(m, m->close_data);
-        manager_free(m);
-    }
-}
-
-/* Releases or the server took too long: drop the connection. Every reply
- * callback then runs with an error, which completes what is still open. */
-static void close_timeout_cb(void *data)
-{
-    bl_manager *m = data;
-    if (m->backend_closed)
-        return;
-    m->shutdown_started = 1;
-    m->be->vt->shutdown(m->be, 1);
-}
-
-int bl_manager_close(bl_manager *m, bl_close_cb cb, void *data)
-{
-    if (!m)
-        return BL_EINVAL;
-    if (m->closing)
-        return mgr_fail(m, BL_ECLOSED, "bl_manager_close was already called");
-    m->closing = 1;
-    m->close_cb = cb;
-    m->close_data = data;
-    for (bl_lock *l = m->locks; l; l = l->next) {
-        switch (l->state) {
-        case LS_WAITING:
-        case LS_ACQUIRING:
-            bl_cancel(l);
-            break;
-        case LS_HELD:
-            /* Best effort: give the lock back now rather than at its TTL. */
-            m->stats.held--;
-            l->abandoned = 1;
-            if (start_op(l, BL_OP_RELEASE) != 0)
-                m->stats.release_errors++;
-            if (l->in_section)
-                end_later(l, BL_OP_RELEASE, BL_ECANCELED);
-            else
-                l->state = LS_DEAD;
-            break;
-        default: /* RELEASING, ENDING: their callback still comes; DEAD: nothing */
-            break;
-        }
-    }
-    m->loop.timer_start(m->close_timer, m->cfg.close_timeout_ms);
-    check_close(m);
-    return BL_OK;
-}
-
-const char *bl_manager_holder(const bl_manager *m) { return m->holder; }
-const char *bl_manager_errmsg(const bl_manager *m) { return m->errmsg; }
-void bl_manager_stats(const bl_manager *m, bl_stats *out) { *out = m->stats; }
-const bl_loop *bl_manager_loop(const bl_manager *m) { return &m->loop; }
-const bl_config *bl_manager_config(const bl_manager *m) { return &m->cfg; }
-bl_stats *bl_manager_stats_mut(bl_manager *m) { return &m->stats; }
-uint64_t bl_manager_rand(bl_manager *m) { return bl_rand_next(&m->rng); }
-
-/* ---- status strings ----------------------------------------------------- */
-
-const char *bl_strerror(int status)
-{
-    switch (status) {
-    case BL_OK: return "success";
-    case BL_ETIMEDOUT: return "lock not acquired before the deadline";
-    case BL_EBUSY: return "lock is held by another holder";
-    case BL_ENOTHELD: return "lock is not held by this holder (expired or taken over)";
-    case BL_ECONN: return "Redis connection error";
-    case BL_EREDIS: return "Redis replied with an error";
-    case BL_EINVAL: return "invalid argument";
-    case BL_ECANCELED: return "request cancelled";
-    case BL_ENOMEM: return "out of memory";
-    case BL_ECLOSED: return "manager is closing";
-    default: return "unknown status";
-    }
-}
-
-const char *bl_status_name(int status)
-{
-    switch (status) {
-    case BL_OK: return "BL_OK";
-    case BL_ETIMEDOUT: return "BL_ETIMEDOUT";
-    case BL_EBUSY: return "BL_EBUSY";
-    case BL_ENOTHELD: return "BL_ENOTHELD";
-    case BL_ECONN: return "BL_ECONN";
-    case BL_EREDIS: return "BL_EREDIS";
-    case BL_EINVAL: return "BL_EINVAL";
-    case BL_ECANCELED: return "BL_ECANCELED";
-    case BL_ENOMEM: return "BL_ENOMEM";
-    case BL_ECLOSED: return "BL_ECLOSED";
-    default: return "BL_UNKNOWN";
-    }
-}

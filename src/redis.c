@@ -1,6 +1,7 @@
-/* redis.c - the Redis backend: one hiredis async connection, the Lua
- * scripts, reconnect. No lock logic lives here: it turns operations into
- * script calls and replies into bl_op_result.
+/* redis.c - the Redis backend: a command connection (scripts, admin) and a
+ * subscriber connection (wake-ups), reconnect, AUTH/SELECT. No lock logic
+ * lives here: it turns operations into script calls and replies into
+ * bl_op_result.
  *
  * hiredis 0.14.1 facts this file leans on (see DESIGN.md):
  *  - attach the loop adapter before redisAsyncSetConnectCallback;
@@ -8,7 +9,9 @@
  *    context is freed or the connection fails;
  *  - after a failed connect or a disconnect, hiredis frees the context
  *    itself; there is no async reconnect, so we make a new context;
- *  - never free the context inside its connect or disconnect callback.
+ *  - never free the context inside its connect or disconnect callback;
+ *  - a subscribed connection (RESP2) takes only (UN)SUBSCRIBE: we send it
+ *    AUTH/SELECT first and nothing else afterwards.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,74 +25,257 @@
 
 enum conn_state { CONN_DOWN, CONN_CONNECTING, CONN_UP };
 enum timer_role { TR_NONE, TR_CONNECT_DEADLINE, TR_RECONNECT };
+enum sub_state { SUB_NONE = 0, SUB_PENDING, SUB_ON, SUB_LEAVING };
 
-typedef struct redis_be {
-    bl_backend base;
+#define LINGER_MS 1000 /* keep a subscription this long after the last waiter */
+#define EVALSHA_SCRIPTS 3 /* acquire, release, extend run by sha */
+
+typedef struct redis_be redis_be;
+
+typedef struct conn {
+    redis_be *r;
+    int is_sub;
     redisAsyncContext *ac;
     enum conn_state state;
     bl_timer *timer;
     enum timer_role role;
+    double reconnect_step;
+    int ever_up;
+    char last_err[160];
+} conn;
+
+struct redis_be {
+    bl_backend base;
+    conn cmd, sub;
+    int sub_started;
     char sha[BL_SCRIPT_COUNT][41];
     int sha_ok[BL_SCRIPT_COUNT];
-    int shutting, closed_notified, ever_up;
-    double reconnect_step;
-    char last_err[128];
-} redis_be;
+    int shutting, closed_notified;
+    /* where to connect */
+    bl_url url;
+    const char *host, *unix_path, *username, *password;
+    int port, db;
+    /* admin operations that end without the server (down, closing) */
+    bl_aop *deferred;
+    bl_timer *defer_timer;
+    bl_timer *linger_timer;
+    int linger_armed;
+    char ttl_buf[24];
+};
 
-/* Set by the connect deadline: hiredis has no message for a context we
- * freed ourselves. */
-static const char *conn_errmsg(redis_be *r, const redisAsyncContext *ac)
+static bl_manager *M(redis_be *r) { return r->base.m; }
+static const bl_loop *LOOP(redis_be *r) { return bl_manager_loop(r->base.m); }
+
+/* ---- connections ---------------------------------------------------------- */
+
+static const char *conn_errmsg(conn *c, const redisAsyncContext *ac)
 {
     if (ac && ac->c.errstr[0])
         return ac->c.errstr;
-    if (r->last_err[0])
-        return r->last_err;
+    if (c->last_err[0])
+        return c->last_err;
     return "connection to Redis lost";
 }
 
 static void notify_closed(redis_be *r)
 {
-    if (r->closed_notified)
+    if (r->closed_notified || r->cmd.ac || r->sub.ac)
         return;
     r->closed_notified = 1;
-    bl_manager_backend_closed(r->base.m);
+    bl_manager_backend_closed(M(r));
 }
 
-static void schedule_reconnect(redis_be *r)
+static void schedule_reconnect(conn *c)
 {
-    const bl_manager *m = r->base.m;
-    const bl_config *cfg = bl_manager_config(m);
+    redis_be *r = c->r;
     if (r->shutting) {
         notify_closed(r);
         return;
     }
+    const bl_config *cfg = bl_manager_config(M(r));
     bl_backoff b = {cfg->reconnect_initial_ms, 30000.0, 2.0};
-    uint64_t pause = bl_backoff_next(&b, &r->reconnect_step, bl_manager_rand(r->base.m), 0,
-                                     UINT64_MAX);
-    r->role = TR_RECONNECT;
-    bl_manager_loop(m)->timer_start(r->timer, pause);
+    uint64_t pause =
+        bl_backoff_next(&b, &c->reconnect_step, bl_manager_rand(M(r)), 0, UINT64_MAX);
+    c->role = TR_RECONNECT;
+    LOOP(r)->timer_start(c->timer, pause);
 }
 
-/* ---- replies ------------------------------------------------------------ */
+static void subscribe_wq(redis_be *r, bl_wq *w);
+
+static void resubscribe_each(bl_wq *w, void *arg)
+{
+    if (w->nwait > 0 && w->sub == SUB_NONE)
+        subscribe_wq(arg, w);
+}
+
+static void forget_subs_each(bl_wq *w, void *arg)
+{
+    w->sub = SUB_NONE;
+    if (w->nwait == 0)
+        bl_manager_wq_drop(M(arg), w);
+}
+
+static void went_down(conn *c, const char *why)
+{
+    redis_be *r = c->r;
+    snprintf(c->last_err, sizeof c->last_err, "%s", why);
+    c->ac = NULL;
+    c->state = CONN_DOWN;
+    if (c->is_sub)
+        bl_manager_wq_each(M(r), forget_subs_each, r);
+    if (!r->shutting)
+        bl_log(M(r), BL_LOG_WARN, "bidlock: %s connection down: %s",
+               c->is_sub ? "subscriber" : "Redis", why);
+    schedule_reconnect(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    conn *c = ac->data;
+    if (!c)
+        return;
+    redis_be *r = c->r;
+    LOOP(r)->timer_stop(c->timer);
+    c->role = TR_NONE;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this and fails every queued
+         * command with a NULL reply. */
+        went_down(c, ac->c.errstr[0] ? ac->c.errstr : "connect failed");
+        return;
+    }
+    c->state = CONN_UP;
+    c->reconnect_step = 0;
+    if (c->ever_up && !c->is_sub) {
+        bl_manager_stats_mut(M(r))->reconnects++;
+        bl_log(M(r), BL_LOG_INFO, "bidlock: reconnected to Redis");
+    }
+    c->ever_up = 1;
+    c->last_err[0] = '\0';
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    conn *c = ac->data;
+    (void)status;
+    if (!c || c->ac != ac)
+        return;
+    went_down(c, ac->c.errstr[0] ? ac->c.errstr : "connection closed");
+    notify_closed(c->r);
+}
+
+/* Drop the context ourselves (deadline, bad AUTH, close). Pending callbacks
+ * run now with NULL; on_disconnect ignores a context we dropped. */
+static void drop_connection(conn *c, const char *why)
+{
+    redisAsyncContext *ac = c->ac;
+    snprintf(c->last_err, sizeof c->last_err, "%s", why);
+    c->ac = NULL;
+    c->state = CONN_DOWN;
+    if (ac)
+        redisAsyncFree(ac);
+    if (c->is_sub)
+        bl_manager_wq_each(M(c->r), forget_subs_each, c->r);
+}
+
+/* AUTH / SELECT answers. A refusal makes the connection useless: drop it
+ * (from the loop, not inside hiredis's callback) and retry with backoff. */
+static void setup_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    conn *c = ac->data;
+    const char *what = priv;
+    if (!c || !reply || reply->type != REDIS_REPLY_ERROR || c->ac != ac)
+        return;
+    /* Server messages never contain the password. */
+    snprintf(c->last_err, sizeof c->last_err, "%s failed: %s", what, reply->str);
+    bl_log(M(c->r), BL_LOG_ERROR, "bidlock: %s", c->last_err);
+    c->state = CONN_DOWN; /* new operations fail fast from now on */
+    c->role = TR_CONNECT_DEADLINE; /* reuse the deadline path: drop + retry */
+    LOOP(c->r)->timer_start(c->timer, 0);
+}
 
 static void script_load_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
-    redis_be *r = ac->data;
+    conn *c = ac->data;
     int i = (int)(intptr_t)priv;
-    if (!r || !reply || reply->type != REDIS_REPLY_STRING || reply->len != 40)
+    if (!c || !reply || reply->type != REDIS_REPLY_STRING || reply->len != 40)
         return; /* EVAL keeps working without the cache; next connect retries */
-    memcpy(r->sha[i], reply->str, 40);
-    r->sha[i][40] = '\0';
-    r->sha_ok[i] = 1;
+    memcpy(c->r->sha[i], reply->str, 40);
+    c->r->sha[i][40] = '\0';
+    c->r->sha_ok[i] = 1;
 }
 
 static void load_scripts(redis_be *r)
 {
-    for (int i = 0; i < BL_SCRIPT_COUNT; i++)
-        redisAsyncCommand(r->ac, script_load_cb, (void *)(intptr_t)i, "SCRIPT LOAD %s",
+    for (int i = 0; i < EVALSHA_SCRIPTS; i++)
+        redisAsyncCommand(r->cmd.ac, script_load_cb, (void *)(intptr_t)i, "SCRIPT LOAD %s",
                           bl_scripts[i].body);
 }
+
+static void sub_cb(redisAsyncContext *ac, void *reply, void *priv);
+
+static void connect_now(conn *c)
+{
+    redis_be *r = c->r;
+    const bl_config *cfg = bl_manager_config(M(r));
+    redisAsyncContext *ac =
+        r->unix_path ? redisAsyncConnectUnix(r->unix_path) : redisAsyncConnect(r->host, r->port);
+    if (!ac || ac->err) {
+        const char *why = ac && ac->errstr[0] ? ac->errstr : "cannot create a connection";
+        snprintf(c->last_err, sizeof c->last_err, "%s", why);
+        if (ac)
+            redisAsyncFree(ac);
+        went_down(c, c->last_err);
+        return;
+    }
+    ac->data = c;
+    if (LOOP(r)->attach(LOOP(r)->impl, ac) != 0) {
+        redisAsyncFree(ac);
+        went_down(c, "cannot attach the connection to the loop");
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    c->ac = ac;
+    c->state = CONN_CONNECTING;
+    c->last_err[0] = '\0';
+    c->role = TR_CONNECT_DEADLINE;
+    LOOP(r)->timer_start(c->timer, cfg->connect_timeout_ms);
+    /* Pipelined behind the connect: hiredis sends them once it is up. */
+    if (r->password) {
+        if (r->username)
+            redisAsyncCommand(ac, setup_reply_cb, "AUTH", "AUTH %s %s", r->username, r->password);
+        else
+            redisAsyncCommand(ac, setup_reply_cb, "AUTH", "AUTH %s", r->password);
+    }
+    if (r->db)
+        redisAsyncCommand(ac, setup_reply_cb, "SELECT", "SELECT %d", r->db);
+    if (c->is_sub)
+        bl_manager_wq_each(M(r), resubscribe_each, r);
+    else
+        load_scripts(r);
+}
+
+static void conn_timer_cb(void *data)
+{
+    conn *c = data;
+    enum timer_role role = c->role;
+    c->role = TR_NONE;
+    if (role == TR_CONNECT_DEADLINE && c->ac) {
+        /* A connect deadline, or AUTH/SELECT refused (message already set). */
+        if (!c->last_err[0]) {
+            snprintf(c->last_err, sizeof c->last_err, "connect timed out");
+            bl_log(M(c->r), BL_LOG_WARN, "bidlock: Redis connect timed out");
+        }
+        drop_connection(c, c->last_err);
+        schedule_reconnect(c);
+    } else if (role == TR_RECONNECT && !c->r->shutting) {
+        connect_now(c);
+    }
+}
+
+/* ---- lock operations -------------------------------------------------------- */
 
 static int send_op(redis_be *r, bl_lock *lock, enum bl_op_kind kind, int by_body);
 
@@ -97,21 +283,20 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     bl_lock *lock = priv;
-    redis_be *r = ac->data;
+    conn *c = ac->data;
     enum bl_op_kind kind = bl_lock_inflight(lock);
-    bl_op_result res = {BL_EREDIS, NULL};
+    bl_op_result res = {BL_EREDIS, 0, 0, NULL};
 
     if (!reply) {
         res.status = BL_ECONN;
-        res.errmsg = conn_errmsg(r, ac);
+        res.errmsg = conn_errmsg(c, ac);
     } else if (reply->type == REDIS_REPLY_ERROR) {
-        if (strncmp(reply->str, "NOSCRIPT", 8) == 0 && r && r->ac == ac) {
+        if (strncmp(reply->str, "NOSCRIPT", 8) == 0 && c && c->ac == ac) {
             /* The server lost its script cache (restart, SCRIPT FLUSH):
              * run this call by body, which also caches it, and reload. */
-            int s = kind == BL_OP_ACQUIRE ? BL_SCRIPT_ACQUIRE : BL_SCRIPT_RELEASE;
-            r->sha_ok[s] = 0;
-            if (send_op(r, lock, kind, 1) == 0) {
-                load_scripts(r);
+            memset(c->r->sha_ok, 0, sizeof c->r->sha_ok);
+            if (send_op(c->r, lock, kind, 1) == 0) {
+                load_scripts(c->r);
                 return;
             }
             res.status = BL_ECONN;
@@ -119,44 +304,94 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
         } else {
             res.errmsg = reply->str;
         }
-    } else if (reply->type == REDIS_REPLY_INTEGER && (reply->integer == 0 || reply->integer == 1)) {
-        if (reply->integer == 1)
-            res.status = BL_OK;
-        else
-            res.status = kind == BL_OP_ACQUIRE ? BL_EBUSY : BL_ENOTHELD;
+    } else if (reply->type == REDIS_REPLY_INTEGER) {
+        long long v = reply->integer;
+        switch (kind) {
+        case BL_OP_ACQUIRE:
+            if (v > 0)
+                res.status = BL_OK, res.token = (uint64_t)v;
+            else if (v == BL_ACQ_BUSY)
+                res.status = BL_EBUSY;
+            else if (v == BL_ACQ_DONE)
+                res.status = BL_EDONE;
+            break;
+        case BL_OP_EXTEND:
+            if (v == 0 || v == 1)
+                res.status = v ? BL_OK : BL_ENOTHELD;
+            break;
+        default:
+            if (v >= 0 && v <= 2) {
+                res.status = v ? BL_OK : BL_ENOTHELD;
+                res.handed_off = v == BL_REL_HANDED_OFF;
+            }
+            break;
+        }
+        if (res.status == BL_EREDIS)
+            res.errmsg = "unexpected reply from a bidlock script";
     } else {
         res.errmsg = "unexpected reply from a bidlock script";
     }
     bl_lock_op_done(lock, &res);
 }
 
-/* ---- commands ----------------------------------------------------------- */
-
 static int send_op(redis_be *r, bl_lock *lock, enum bl_op_kind kind, int by_body)
 {
-    int s = kind == BL_OP_ACQUIRE ? BL_SCRIPT_ACQUIRE : BL_SCRIPT_RELEASE;
-    const char *holder = bl_manager_holder(r->base.m);
-    size_t keylen;
-    const char *key = bl_lock_key_len(lock, &keylen);
-    char ttl[24];
-    int ttl_len = snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)bl_lock_ttl(lock));
-
-    const char *argv[6];
-    size_t lens[6];
+    const bl_config *cfg = bl_manager_config(M(r));
+    int s = kind == BL_OP_ACQUIRE ? BL_SCRIPT_ACQUIRE
+            : kind == BL_OP_EXTEND ? BL_SCRIPT_EXTEND
+                                   : BL_SCRIPT_RELEASE;
+    const char *holder = bl_manager_holder(M(r));
+    char n1[24], n2[24], n3[24];
+    const char *argv[12];
+    size_t lens[12];
     int argc = 0;
+#define ARG(p, n) (argv[argc] = (p), lens[argc++] = (n))
+#define NUM(buf, v) ARG(buf, (size_t)snprintf(buf, sizeof buf, "%llu", (unsigned long long)(v)))
     if (by_body || !r->sha_ok[s]) {
-        argv[argc] = "EVAL", lens[argc++] = 4;
-        argv[argc] = bl_scripts[s].body, lens[argc++] = strlen(bl_scripts[s].body);
+        ARG("EVAL", 4);
+        ARG(bl_scripts[s].body, strlen(bl_scripts[s].body));
     } else {
-        argv[argc] = "EVALSHA", lens[argc++] = 7;
-        argv[argc] = r->sha[s], lens[argc++] = 40;
+        ARG("EVALSHA", 7);
+        ARG(r->sha[s], 40);
     }
-    argv[argc] = "1", lens[argc++] = 1;
-    argv[argc] = key, lens[argc++] = keylen;
-    argv[argc] = holder, lens[argc++] = strlen(holder);
-    if (kind == BL_OP_ACQUIRE)
-        argv[argc] = ttl, lens[argc++] = (size_t)ttl_len;
-    if (redisAsyncCommandArgv(r->ac, op_reply_cb, lock, argc, argv, lens) != REDIS_OK)
+    size_t len;
+    const char *key = bl_lock_key_len(lock, &len);
+    switch (kind) {
+    case BL_OP_ACQUIRE:
+        ARG("4", 1);
+        ARG(key, len);
+        for (int i = 0; i < 3; i++) {
+            static const int order[3] = {BL_AUX_FENCE, BL_AUX_DONE, BL_AUX_QUEUE};
+            const char *k = bl_lock_aux_key(lock, order[i], &len);
+            ARG(k, len);
+        }
+        ARG(holder, strlen(holder));
+        NUM(n1, bl_lock_ttl(lock));
+        NUM(n2, BL_FENCE_TTL_MS);
+        NUM(n3, bl_lock_queue_ttl(lock));
+        break;
+    case BL_OP_EXTEND:
+        ARG("1", 1);
+        ARG(key, len);
+        ARG(holder, strlen(holder));
+        NUM(n1, bl_lock_ttl(lock));
+        break;
+    default: {
+        ARG("3", 1);
+        ARG(key, len);
+        const char *k = bl_lock_aux_key(lock, BL_AUX_DONE, &len);
+        ARG(k, len);
+        k = bl_lock_aux_key(lock, BL_AUX_QUEUE, &len);
+        ARG(k, len);
+        ARG(holder, strlen(holder));
+        NUM(n1, kind == BL_OP_RELEASE_DONE ? cfg->done_ttl_ms : 0);
+        NUM(n2, cfg->handoff_ms);
+        break;
+    }
+    }
+#undef ARG
+#undef NUM
+    if (redisAsyncCommandArgv(r->cmd.ac, op_reply_cb, lock, argc, argv, lens) != REDIS_OK)
         return BL_ECONN;
     return 0;
 }
@@ -164,9 +399,9 @@ static int send_op(redis_be *r, bl_lock *lock, enum bl_op_kind kind, int by_body
 static int be_start(bl_backend *be, bl_lock *lock, enum bl_op_kind kind)
 {
     redis_be *r = (redis_be *)be;
-    if (r->state == CONN_DOWN || !r->ac) {
+    if (r->cmd.state == CONN_DOWN || !r->cmd.ac) {
         snprintf(bl_lock_errbuf(lock), BL_ERRMSG_MAX, "not connected to Redis: %s",
-                 r->last_err[0] ? r->last_err : "connection down");
+                 r->cmd.last_err[0] ? r->cmd.last_err : "connection down");
         return BL_ECONN;
     }
     /* While connecting, hiredis buffers the command until the socket is up
@@ -174,156 +409,423 @@ static int be_start(bl_backend *be, bl_lock *lock, enum bl_op_kind kind)
     return send_op(r, lock, kind, 0);
 }
 
-/* ---- connection --------------------------------------------------------- */
-
-static void connect_now(redis_be *r);
-
-static void on_connect(const redisAsyncContext *ac, int status)
+static void be_leave(bl_backend *be, bl_lock *lock)
 {
-    redis_be *r = ac->data;
-    if (!r)
-        return;
-    const bl_loop *loop = bl_manager_loop(r->base.m);
-    loop->timer_stop(r->timer);
-    r->role = TR_NONE;
-    if (status != REDIS_OK) {
-        /* hiredis frees the context after this callback and fails every
-         * queued command with a NULL reply. */
-        snprintf(r->last_err, sizeof r->last_err, "%s",
-                 ac->c.errstr[0] ? ac->c.errstr : "connect failed");
-        r->ac = NULL;
-        r->state = CONN_DOWN;
-        schedule_reconnect(r);
-        return;
-    }
-    r->state = CONN_UP;
-    r->reconnect_step = 0;
-    if (r->ever_up)
-        bl_manager_stats_mut(r->base.m)->reconnects++;
-    r->ever_up = 1;
-    r->last_err[0] = '\0';
+    redis_be *r = (redis_be *)be;
+    if (r->cmd.state != CONN_UP)
+        return; /* the queue entry expires with its TTL */
+    size_t len;
+    const char *q = bl_lock_aux_key(lock, BL_AUX_QUEUE, &len);
+    const char *holder = bl_manager_holder(M(r));
+    redisAsyncCommand(r->cmd.ac, NULL, NULL, "ZREM %b %s", q, len, holder);
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+/* ---- wake-ups: the subscriber connection --------------------------------------- */
+
+static void subscribe_wq(redis_be *r, bl_wq *w)
 {
-    redis_be *r = ac->data;
-    (void)status;
-    if (!r)
+    if (!r->sub.ac || r->shutting)
         return;
-    if (ac->c.errstr[0])
-        snprintf(r->last_err, sizeof r->last_err, "%s", ac->c.errstr);
-    else
-        snprintf(r->last_err, sizeof r->last_err, "connection closed");
-    r->ac = NULL;
-    r->state = CONN_DOWN;
-    schedule_reconnect(r);
+    if (redisAsyncCommand(r->sub.ac, sub_cb, r, "SUBSCRIBE %b", w->key, w->keylen) == REDIS_OK)
+        w->sub = SUB_PENDING;
 }
 
-static void connect_now(redis_be *r)
+static void sub_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
-    const bl_config *cfg = bl_manager_config(r->base.m);
-    const bl_loop *loop = bl_manager_loop(r->base.m);
-    redisAsyncContext *ac = cfg->unix_path ? redisAsyncConnectUnix(cfg->unix_path)
-                                           : redisAsyncConnect(cfg->host, cfg->port);
-    if (!ac || ac->err) {
-        snprintf(r->last_err, sizeof r->last_err, "%s",
-                 ac && ac->errstr ? ac->errstr : "cannot create a connection");
-        if (ac)
-            redisAsyncFree(ac);
-        r->state = CONN_DOWN;
-        schedule_reconnect(r);
+    redisReply *reply = reply_;
+    redis_be *r = priv;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        r->sub.ac != ac)
+        return; /* NULL: the connection went; went_down resets the states */
+    const redisReply *type = reply->element[0], *ch = reply->element[1], *arg = reply->element[2];
+    if (type->type != REDIS_REPLY_STRING || ch->type != REDIS_REPLY_STRING)
         return;
-    }
-    ac->data = r;
-    if (loop->attach(loop->impl, ac) != 0) {
-        snprintf(r->last_err, sizeof r->last_err, "cannot attach the connection to the loop");
-        redisAsyncFree(ac);
-        r->state = CONN_DOWN;
-        schedule_reconnect(r);
-        return;
-    }
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    r->ac = ac;
-    r->state = CONN_CONNECTING;
-    r->role = TR_CONNECT_DEADLINE;
-    loop->timer_start(r->timer, cfg->connect_timeout_ms);
-    load_scripts(r);
-}
-
-/* Drop the context ourselves (deadline, forced close). Pending callbacks
- * run now with NULL; no connect/disconnect callback follows for a context
- * that never connected, and on_disconnect ignores one that did. */
-static void drop_connection(redis_be *r, const char *why)
-{
-    redisAsyncContext *ac = r->ac;
-    snprintf(r->last_err, sizeof r->last_err, "%s", why);
-    r->ac = NULL;
-    r->state = CONN_DOWN;
-    if (ac) {
-        ac->data = r; /* reply callbacks still read it for the message */
-        ac->onDisconnect = NULL; /* the setter only sets an unset callback */
-        redisAsyncFree(ac);
+    bl_manager *m = M(r);
+    bl_wq *w = bl_manager_wq_find(m, ch->str, ch->len);
+    if (strcmp(type->str, "message") == 0) {
+        if (arg->type == REDIS_REPLY_STRING)
+            bl_manager_wake(m, ch->str, ch->len, arg->str, arg->len);
+    } else if (strcmp(type->str, "subscribe") == 0) {
+        if (!w)
+            return;
+        w->sub = SUB_ON;
+        /* A release between our busy attempt and this subscription was not
+         * heard: everyone waiting retries once now. */
+        if (w->nwait > 0)
+            bl_manager_wake(m, ch->str, ch->len, "*", 1);
+    } else if (strcmp(type->str, "unsubscribe") == 0) {
+        if (!w)
+            return;
+        w->sub = SUB_NONE;
+        if (w->nwait > 0)
+            subscribe_wq(r, w); /* a waiter came back meanwhile */
+        else
+            bl_manager_wq_drop(m, w);
     }
 }
 
-static void timer_cb(void *data)
+typedef struct sweep {
+    redis_be *r;
+    uint64_t now;
+    int lingering;
+} sweep;
+
+static void sweep_each(bl_wq *w, void *arg)
+{
+    sweep *s = arg;
+    if (w->nwait > 0 || w->sub != SUB_ON)
+        return;
+    if (s->now - w->idle_since >= LINGER_MS) {
+        if (redisAsyncCommand(s->r->sub.ac, NULL, NULL, "UNSUBSCRIBE %b", w->key, w->keylen) ==
+            REDIS_OK)
+            w->sub = SUB_LEAVING;
+    } else {
+        s->lingering = 1;
+    }
+}
+
+static void linger_cb(void *data)
 {
     redis_be *r = data;
-    enum timer_role role = r->role;
-    r->role = TR_NONE;
-    if (role == TR_CONNECT_DEADLINE && r->state == CONN_CONNECTING) {
-        drop_connection(r, "connect timed out");
-        schedule_reconnect(r);
-    } else if (role == TR_RECONNECT && !r->shutting) {
-        connect_now(r);
+    r->linger_armed = 0;
+    if (!r->sub.ac || r->sub.state != CONN_UP || r->shutting)
+        return;
+    sweep s = {r, LOOP(r)->now_ms(LOOP(r)->impl), 0};
+    bl_manager_wq_each(M(r), sweep_each, &s);
+    if (s.lingering) {
+        r->linger_armed = 1;
+        LOOP(r)->timer_start(r->linger_timer, LINGER_MS / 2);
     }
 }
+
+static void be_watch(bl_backend *be, bl_wq *w, int on)
+{
+    redis_be *r = (redis_be *)be;
+    if (r->shutting)
+        return;
+    if (on) {
+        if (!r->sub_started) {
+            r->sub_started = 1;
+            connect_now(&r->sub); /* subscribes every waiting key itself */
+            return;
+        }
+        if (w->sub == SUB_NONE)
+            subscribe_wq(r, w);
+        return;
+    }
+    if (w->sub != SUB_NONE && !r->linger_armed) {
+        r->linger_armed = 1;
+        LOOP(r)->timer_start(r->linger_timer, LINGER_MS);
+    }
+}
+
+/* ---- admin operations ----------------------------------------------------------- */
+
+static void defer_cb(void *data)
+{
+    redis_be *r = data;
+    bl_aop *list = r->deferred;
+    r->deferred = NULL;
+    while (list) {
+        bl_aop *op = list;
+        list = op->next;
+        bl_aop_done(op);
+    }
+}
+
+static void end_later(redis_be *r, bl_aop *op, int status, const char *msg)
+{
+    op->status = status;
+    snprintf(op->errmsg, sizeof op->errmsg, "%s", msg);
+    op->next = r->deferred;
+    r->deferred = op;
+    LOOP(r)->timer_start(r->defer_timer, 0);
+}
+
+static void admin_fail(bl_aop *op, redisAsyncContext *ac, const redisReply *reply)
+{
+    conn *c = ac->data;
+    op->status = reply ? BL_EREDIS : BL_ECONN;
+    snprintf(op->errmsg, sizeof op->errmsg, "%s",
+             reply && reply->type == REDIS_REPLY_ERROR ? reply->str
+             : reply                                   ? "unexpected reply"
+                                                       : conn_errmsg(c, ac));
+    bl_aop_done(op);
+}
+
+static void ping_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    if (!reply || reply->type != REDIS_REPLY_STATUS) {
+        admin_fail(op, ac, reply);
+        return;
+    }
+    op->latency_ms = (double)(bl_now_us() - op->started_us) / 1000.0;
+    op->status = BL_OK;
+    bl_aop_done(op);
+}
+
+static void inspect_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
+        admin_fail(op, ac, reply);
+        return;
+    }
+    redisReply **e = reply->element;
+    if (e[0]->type == REDIS_REPLY_STRING) {
+        const char *v = e[0]->str;
+        op->info.held = 1;
+        op->holder_buf = strdup(v[0] == '~' ? v + 1 : v); /* "~": handed to it */
+        op->info.holder = op->holder_buf;
+    }
+    op->info.pttl_ms = op->info.held && e[1]->type == REDIS_REPLY_INTEGER ? e[1]->integer : -1;
+    op->info.done = e[2]->type == REDIS_REPLY_INTEGER && e[2]->integer == 1;
+    if (e[3]->type == REDIS_REPLY_STRING)
+        op->info.last_token = strtoull(e[3]->str, NULL, 10);
+    op->status = BL_OK;
+    bl_aop_done(op);
+}
+
+static int scan_step(redis_be *r, bl_aop *op);
+
+/* A lock key is "<prefix>:<mp>:<posting>" with a non-empty mp: not "P::". */
+static int is_lock_key(const char *k, size_t n, const char *prefix, size_t plen)
+{
+    if (n < plen + 4 || memcmp(k, prefix, plen) != 0 || k[plen] != ':' || k[plen + 1] == ':')
+        return 0;
+    return memchr(k + plen + 2, ':', n - plen - 2) != NULL;
+}
+
+static void cleanup_batch_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+        admin_fail(op, ac, reply);
+        return;
+    }
+    op->removed += (uint64_t)reply->integer;
+    conn *c = ac->data;
+    if (strcmp(op->cursor, "0") == 0) {
+        op->status = BL_OK;
+        bl_aop_done(op);
+    } else if (scan_step(c->r, op) != 0) {
+        admin_fail(op, ac, NULL);
+    }
+}
+
+static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    conn *c = ac->data;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        admin_fail(op, ac, reply);
+        return;
+    }
+    redis_be *r = c->r;
+    snprintf(op->cursor, sizeof op->cursor, "%s", reply->element[0]->str);
+    const char *prefix = bl_manager_prefix(M(r));
+    size_t plen = strlen(prefix);
+    redisReply *keys = reply->element[1];
+    const char **argv = malloc((keys->elements + 6) * sizeof *argv);
+    size_t *lens = malloc((keys->elements + 6) * sizeof *lens);
+    if (!argv || !lens) {
+        free(argv);
+        free(lens);
+        op->status = BL_ENOMEM;
+        snprintf(op->errmsg, sizeof op->errmsg, "out of memory");
+        bl_aop_done(op);
+        return;
+    }
+    int argc = 3, nkeys = 0;
+    for (size_t i = 0; i < keys->elements; i++) {
+        redisReply *k = keys->element[i];
+        if (k->type == REDIS_REPLY_STRING && is_lock_key(k->str, k->len, prefix, plen)) {
+            argv[argc] = k->str;
+            lens[argc++] = k->len;
+            nkeys++;
+        }
+    }
+    int rc;
+    if (nkeys > 0) {
+        char nk[24];
+        const char *holder = op->mine_only ? bl_manager_holder(M(r)) : "";
+        argv[0] = "EVAL", lens[0] = 4;
+        argv[1] = bl_scripts[BL_SCRIPT_CLEANUP].body;
+        lens[1] = strlen(argv[1]);
+        argv[2] = nk, lens[2] = (size_t)snprintf(nk, sizeof nk, "%d", nkeys);
+        argv[argc] = holder, lens[argc++] = strlen(holder);
+        rc = redisAsyncCommandArgv(ac, cleanup_batch_cb, op, argc, argv, lens);
+    } else if (strcmp(op->cursor, "0") == 0) {
+        free(argv);
+        free(lens);
+        op->status = BL_OK;
+        bl_aop_done(op);
+        return;
+    } else {
+        rc = scan_step(r, op);
+    }
+    free(argv);
+    free(lens);
+    if (rc != REDIS_OK)
+        admin_fail(op, ac, NULL);
+}
+
+static int scan_step(redis_be *r, bl_aop *op)
+{
+    /* MATCH takes a glob: escape the prefix's glob characters. */
+    const char *prefix = bl_manager_prefix(M(r));
+    char pat[2 * BL_PREFIX_MAX + 4], *p = pat;
+    for (const char *s = prefix; *s; s++) {
+        if (strchr("*?[]\\", *s))
+            *p++ = '\\';
+        *p++ = *s;
+    }
+    *p++ = ':';
+    *p++ = '*';
+    *p = '\0';
+    return redisAsyncCommand(r->cmd.ac, scan_cb, op, "SCAN %s MATCH %s COUNT 1000", op->cursor,
+                             pat);
+}
+
+static int be_admin(bl_backend *be, bl_aop *op)
+{
+    redis_be *r = (redis_be *)be;
+    if (r->cmd.state == CONN_DOWN || !r->cmd.ac) {
+        char msg[BL_ERRMSG_MAX];
+        snprintf(msg, sizeof msg, "not connected to Redis: %s",
+                 r->cmd.last_err[0] ? r->cmd.last_err : "connection down");
+        end_later(r, op, BL_ECONN, msg);
+        return 0;
+    }
+    int rc;
+    switch (op->kind) {
+    case BL_AOP_PING:
+        rc = redisAsyncCommand(r->cmd.ac, ping_cb, op, "PING");
+        break;
+    case BL_AOP_INSPECT:
+        rc = redisAsyncCommand(r->cmd.ac, inspect_cb, op, "EVAL %s 3 %s %s %s",
+                               bl_scripts[BL_SCRIPT_INSPECT].body, op->key, op->done_key,
+                               op->fence_key);
+        break;
+    default:
+        snprintf(op->cursor, sizeof op->cursor, "0");
+        rc = scan_step(r, op);
+        break;
+    }
+    if (rc != REDIS_OK) {
+        end_later(r, op, BL_ECONN, "connection to Redis is closing");
+        return 0;
+    }
+    return 0;
+}
+
+static int be_conn_state(const bl_backend *be)
+{
+    const redis_be *r = (const redis_be *)be;
+    return r->cmd.state == CONN_UP ? BL_CONN_UP
+           : r->cmd.state == CONN_CONNECTING ? BL_CONN_CONNECTING
+                                             : BL_CONN_DOWN;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------- */
 
 static void be_shutdown(bl_backend *be, int force)
 {
     redis_be *r = (redis_be *)be;
-    const bl_loop *loop = bl_manager_loop(be->m);
     r->shutting = 1;
-    loop->timer_stop(r->timer);
-    r->role = TR_NONE;
-    if (!r->ac) {
-        notify_closed(r);
-    } else if (force || r->state != CONN_UP) {
-        drop_connection(r, force ? "manager closed before Redis answered" : "manager closed");
-        notify_closed(r);
-    } else {
-        /* Graceful: hiredis waits for pending replies, then disconnects
-         * and calls on_disconnect, which reports closed. */
-        redisAsyncDisconnect(r->ac);
+    LOOP(r)->timer_stop(r->cmd.timer);
+    LOOP(r)->timer_stop(r->sub.timer);
+    LOOP(r)->timer_stop(r->linger_timer);
+    r->cmd.role = r->sub.role = TR_NONE;
+    if (r->sub.ac)
+        drop_connection(&r->sub, "manager closed");
+    if (r->cmd.ac && (force || r->cmd.state != CONN_UP)) {
+        drop_connection(&r->cmd, force ? "manager closed before Redis answered" : "manager closed");
+    } else if (r->cmd.ac) {
+        /* Graceful: hiredis waits for pending replies, then disconnects and
+         * calls on_disconnect, which reports closed. */
+        redisAsyncDisconnect(r->cmd.ac);
+        return;
     }
+    notify_closed(r);
 }
 
 static void be_free(bl_backend *be)
 {
     redis_be *r = (redis_be *)be;
-    if (r->ac)
-        drop_connection(r, "manager freed");
-    bl_manager_loop(be->m)->timer_free(r->timer);
+    const bl_loop *loop = LOOP(r);
+    if (r->sub.ac)
+        drop_connection(&r->sub, "manager freed");
+    if (r->cmd.ac)
+        drop_connection(&r->cmd, "manager freed");
+    bl_timer *timers[] = {r->cmd.timer, r->sub.timer, r->defer_timer, r->linger_timer};
+    for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
+        if (timers[i])
+            loop->timer_free(timers[i]);
+    while (r->deferred) { /* not reached: close waits for admin ops */
+        bl_aop *op = r->deferred;
+        r->deferred = op->next;
+        bl_aop_done(op);
+    }
+    bl_url_free(&r->url);
     free(r);
 }
 
-static const bl_backend_vt redis_vt = {be_start, be_shutdown, be_free};
+static const bl_backend_vt redis_vt = {
+    "redis", be_start, be_leave, be_watch, be_admin, be_conn_state, be_shutdown, be_free,
+};
 
 int bl_redis_backend_new(bl_manager *m, bl_backend **out)
 {
+    const bl_config *cfg = bl_manager_config(m);
     redis_be *r = calloc(1, sizeof *r);
     if (!r)
         return BL_ENOMEM;
     r->base.vt = &redis_vt;
     r->base.m = m;
+    if (cfg->url) {
+        int rc = bl_url_parse(cfg->url, &r->url, NULL, 0);
+        if (rc != BL_OK) {
+            free(r);
+            return rc;
+        }
+        r->host = r->url.host;
+        r->port = r->url.port;
+        r->unix_path = r->url.unix_path;
+        r->username = r->url.username;
+        r->password = r->url.password;
+        r->db = r->url.db;
+    } else {
+        r->host = cfg->host;
+        r->port = cfg->port;
+        r->unix_path = cfg->unix_path;
+        r->username = cfg->username;
+        r->password = cfg->password;
+        r->db = cfg->db;
+    }
+    /* hiredis would resolve a name synchronously: keep the loop free. */
+    if (r->host && strcmp(r->host, "localhost") == 0)
+        r->host = "127.0.0.1";
     const bl_loop *loop = bl_manager_loop(m);
-    r->timer = loop->timer_new(loop->impl, timer_cb, r);
-    if (!r->timer) {
-        free(r);
+    r->cmd.r = r->sub.r = r;
+    r->sub.is_sub = 1;
+    r->cmd.timer = loop->timer_new(loop->impl, conn_timer_cb, &r->cmd);
+    r->sub.timer = loop->timer_new(loop->impl, conn_timer_cb, &r->sub);
+    r->defer_timer = loop->timer_new(loop->impl, defer_cb, r);
+    r->linger_timer = loop->timer_new(loop->impl, linger_cb, r);
+    if (!r->cmd.timer || !r->sub.timer || !r->defer_timer || !r->linger_timer) {
+        r->base.vt = &redis_vt;
+        be_free(&r->base);
         return BL_ENOMEM;
     }
-    connect_now(r);
+    connect_now(&r->cmd);
     *out = &r->base;
     return 0;
 }

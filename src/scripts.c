@@ -1,14 +1,87 @@
-/* scripts.c - Lua bodies. KEYS[1] is the lock key, ARGV[1] the holder id.
- * Both return 1 (done) or 0 (taken / not ours); anything else is an error. */
+/* scripts.c - Lua bodies.
+ *
+ * Keys of one posting (prefix P, marketplace M, posting X):
+ *   P:M:X          the lock: holder id, or "~"..holder while a release has
+ *                  reserved it for that waiter (fair hand-off, short PX)
+ *   P::q:M:X       waiters: sorted set holder -> arrival ms (server clock)
+ *   P::fence:M:X   last fencing token handed out
+ *   P::done:M:X    done marker (holder that marked it)
+ * A marketplace is never empty, so "P::..." can never be a lock key.
+ * The pub/sub channel of a lock is its key (channels are not keys).
+ *
+ * Fencing tokens are max(last + 1, server time in us): strictly increasing
+ * while the fence key lives, and still increasing after it expired as long
+ * as the server clock does not step back past the last token.
+ */
 #include "scripts.h"
 
 const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
+    /* KEYS: lock fence done queue
+     * ARGV: holder ttl_ms fence_ttl_ms queue_ttl_ms(0 = try once, no queue)
+     * -> token > 0 | 0 busy | -2 done */
     [BL_SCRIPT_ACQUIRE] = {"acquire",
-                           /* ARGV[2]: TTL in ms */
-                           "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then "
-                           "return 1 end return 0"},
+        "if redis.call('EXISTS', KEYS[3]) == 1 then\n"
+        "  redis.call('ZREM', KEYS[4], ARGV[1])\n"
+        "  return -2\n"
+        "end\n"
+        "local v = redis.call('GET', KEYS[1])\n"
+        "if v and v ~= '~' .. ARGV[1] then\n"
+        "  local qt = tonumber(ARGV[4])\n"
+        "  if qt > 0 then\n"
+        "    local t = redis.call('TIME')\n"
+        "    redis.call('ZADD', KEYS[4], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])\n"
+        "    if redis.call('PTTL', KEYS[4]) < qt then redis.call('PEXPIRE', KEYS[4], qt) end\n"
+        "  end\n"
+        "  return 0\n"
+        "end\n"
+        "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+        "redis.call('ZREM', KEYS[4], ARGV[1])\n"
+        "local t = redis.call('TIME')\n"
+        "local tok = t[1] * 1000000 + t[2]\n"
+        "local prev = tonumber(redis.call('GET', KEYS[2]))\n"
+        "if prev and prev >= tok then tok = prev + 1 end\n"
+        "redis.call('SET', KEYS[2], string.format('%.0f', tok), 'PX', ARGV[3])\n"
+        "return tok\n"},
+    /* KEYS: lock done queue   ARGV: holder done_ttl_ms(0 = no) handoff_ms
+     * -> 0 not held | 1 released | 2 handed off to the longest waiter */
     [BL_SCRIPT_RELEASE] = {"release",
-                           /* Compare-and-delete: only the holder deletes. */
-                           "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                           "return redis.call('DEL', KEYS[1]) end return 0"},
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+        "if tonumber(ARGV[2]) > 0 then\n"
+        "  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])\n"
+        "  redis.call('DEL', KEYS[1])\n"
+        "  if redis.call('DEL', KEYS[3]) == 1 then redis.call('PUBLISH', KEYS[1], '*') end\n"
+        "  return 1\n"
+        "end\n"
+        "local w = redis.call('ZPOPMIN', KEYS[3])\n"
+        "if w[1] then\n"
+        "  redis.call('SET', KEYS[1], '~' .. w[1], 'PX', ARGV[3])\n"
+        "  redis.call('PUBLISH', KEYS[1], w[1])\n"
+        "  return 2\n"
+        "end\n"
+        "redis.call('DEL', KEYS[1])\n"
+        "return 1\n"},
+    /* KEYS: lock   ARGV: holder ttl_ms  -> 1 renewed | 0 not held */
+    [BL_SCRIPT_EXTEND] = {"extend",
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+        "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+        "end\n"
+        "return 0\n"},
+    /* KEYS: lock done fence  -> {value|nil, pttl, done(0/1), token|nil} */
+    [BL_SCRIPT_INSPECT] = {"inspect",
+        "local ok, v = pcall(redis.call, 'GET', KEYS[1])\n"
+        "if not ok then v = false end\n"
+        "return {v, redis.call('PTTL', KEYS[1]), redis.call('EXISTS', KEYS[2]),\n"
+        "        redis.call('GET', KEYS[3])}\n"},
+    /* KEYS: candidate lock keys   ARGV: holder ('' = any) -> removed */
+    [BL_SCRIPT_CLEANUP] = {"cleanup",
+        "local n = 0\n"
+        "for _, k in ipairs(KEYS) do\n"
+        "  local mine = ARGV[1] == ''\n"
+        "  if not mine then\n"
+        "    local v = redis.pcall('GET', k)\n"
+        "    mine = v == ARGV[1] or v == '~' .. ARGV[1]\n"
+        "  end\n"
+        "  if mine then n = n + redis.call('UNLINK', k) end\n"
+        "end\n"
+        "return n\n"},
 };

@@ -3,7 +3,14 @@
 #ifndef BIDLOCK_SCRIPTS_H
 #define BIDLOCK_SCRIPTS_H
 
-enum { BL_SCRIPT_ACQUIRE, BL_SCRIPT_RELEASE, BL_SCRIPT_COUNT };
+enum {
+    BL_SCRIPT_ACQUIRE,
+    BL_SCRIPT_RELEASE,
+    BL_SCRIPT_EXTEND,
+    BL_SCRIPT_INSPECT,
+    BL_SCRIPT_CLEANUP,
+    BL_SCRIPT_COUNT
+};
 
 typedef struct bl_script {
     const char *name;
@@ -11,5 +18,13 @@ typedef struct bl_script {
 } bl_script;
 
 extern const bl_script bl_scripts[BL_SCRIPT_COUNT];
+
+/* Acquire results besides a positive fencing token. */
+#define BL_ACQ_BUSY 0
+#define BL_ACQ_DONE (-2)
+/* Release results. */
+#define BL_REL_NOT_HELD 0
+#define BL_REL_OK 1
+#define BL_REL_HANDED_OFF 2
 
 #endif

@@ -253,3 +253,14 @@ void close_manager(tloop *t, bl_manager *m)
     cr_assert_eq(bl_manager_close(m, on_closed, &closed), BL_OK);
     cr_assert(tl_wait(t, &closed, 1, 10000), "close callback never ran");
 }
+
+long long rs_lock_count(const redis_srv *s)
+{
+    redisReply *r = rs_cmd(s, "KEYS bid_lock:*");
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+    long long n = 0;
+    for (size_t i = 0; i < r->elements; i++)
+        n += strncmp(r->element[i]->str, "bid_lock::", 10) != 0;
+    freeReplyObject(r);
+    return n;
+}

@@ -30,6 +30,8 @@ redisReply *rs_cmd(const redis_srv *s, const char *fmt, ...);
 long long rs_int(const redis_srv *s, const char *fmt, ...);
 /* 1 if the key exists. */
 int rs_exists(const redis_srv *s, const char *key);
+/* Lock keys ("bid_lock:mp:posting"), not fences, queues or done markers. */
+long long rs_lock_count(const redis_srv *s);
 /* A loopback port where nothing listens. */
 int unused_port(void);
 

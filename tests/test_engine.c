@@ -192,14 +192,14 @@ Test(engine, many_postings_concurrently_are_independent)
     cr_assert(tl_wait(T, &g_done, 2 * N, 20000));
     for (int i = 0; i < 2 * N; i++)
         cr_assert_eq(r[i].status, BL_OK, "request %d: %s", i, bl_strerror(r[i].status));
-    cr_assert_eq(rs_int(&srv, "DBSIZE"), 2 * N);
+    cr_assert_eq(rs_lock_count(&srv), 2 * N);
     static rec rel[2 * N];
     for (int i = 0; i < 2 * N; i++)
         cr_assert_eq(bl_release(r[i].lock, on_rel, &rel[i]), BL_OK);
     cr_assert(tl_wait(T, &g_done, 4 * N, 20000));
     for (int i = 0; i < 2 * N; i++)
         cr_assert_eq(rel[i].status, BL_OK);
-    cr_assert_eq(rs_int(&srv, "DBSIZE"), 0);
+    cr_assert_eq(rs_lock_count(&srv), 0);
     close_manager(T, a);
     close_manager(T, b);
 }
@@ -288,7 +288,7 @@ Test(engine, bid_workflow_with_several_managers_bids_once_per_posting)
         }
     }
     cr_assert_eq(placed, WF_POSTINGS);
-    cr_assert_eq(rs_int(&srv, "DBSIZE"), 0, "every lock released");
+    cr_assert_eq(rs_lock_count(&srv), 0, "every lock released");
     for (int i = 0; i < WF_MANAGERS; i++)
         close_manager(T, m[i]);
 }
@@ -526,7 +526,7 @@ Test(engine, different_marketplaces_are_independent)
     cr_assert_eq(rs_exists(&srv, "bid_lock:etsy:same-id"), 1);
     close_manager(T, a);
     close_manager(T, b);
-    cr_assert_eq(rs_int(&srv, "DBSIZE"), 0, "close released both");
+    cr_assert_eq(rs_lock_count(&srv), 0, "close released both");
 }
 
 typedef struct cycler {
@@ -717,7 +717,7 @@ Test(engine, bad_input_gets_invalid_argument_and_sends_nothing)
     redisReply *info = rs_cmd(&srv, "INFO commandstats");
     cr_assert_null(strstr(info->str, "cmdstat_eval"), "a script ran:\n%s", info->str);
     freeReplyObject(info);
-    cr_assert_eq(rs_int(&srv, "DBSIZE"), 0);
+    cr_assert_eq(rs_lock_count(&srv), 0);
     close_manager(T, m);
 }
 

@@ -1,0 +1,360 @@
+/* memory.c - the in-memory backend, for development and tests.
+ *
+ * Same semantics as Redis for one process: TTL expiry, holder-verified
+ * release and extend, busy/timeout outcomes, fencing tokens, done markers,
+ * wake-ups on release. Every manager of the process that uses it shares one
+ * store, so several "instances" in one process exclude each other - but
+ * nothing is shared with other processes. Callbacks stay asynchronous: an
+ * operation runs when the loop drains the backend's queue (timer 0), in
+ * order, like a server would. The store is not thread-safe: keep every
+ * memory-backed manager on one loop thread. Differences from Redis: a
+ * release wakes every waiter (no reserved hand-off), and expiry is checked
+ * when a key is touched.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define MEM_BUCKETS 1024
+
+typedef struct mem_entry {
+    struct mem_entry *next;
+    char *holder;         /* NULL when free */
+    uint64_t expires_ms;  /* when held */
+    uint64_t done_until;  /* 0 = not done */
+    char *done_by;
+    uint64_t last_token;
+    size_t keylen;
+    char key[];
+} mem_entry;
+
+typedef struct mem_op {
+    struct mem_op *next;
+    bl_lock *lock;      /* lock operation, or */
+    bl_aop *aop;        /* admin operation */
+    enum bl_op_kind kind;
+} mem_op;
+
+typedef struct mem_be {
+    bl_backend base;
+    struct mem_be *next_be;
+    mem_op *head, *tail;
+    bl_timer *timer;
+    int shutting;
+} mem_be;
+
+static struct {
+    mem_entry *buckets[MEM_BUCKETS];
+    mem_be *backends;
+    uint64_t last_token_floor;
+} store;
+
+static unsigned bucket(const char *k, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)k[i]) * 16777619u;
+    return h % MEM_BUCKETS;
+}
+
+static uint64_t now_ms(mem_be *b)
+{
+    const bl_loop *l = bl_manager_loop(b->base.m);
+    return l->now_ms(l->impl);
+}
+
+static mem_entry *find(const char *key, size_t n, int create)
+{
+    unsigned i = bucket(key, n);
+    for (mem_entry *e = store.buckets[i]; e; e = e->next)
+        if (e->keylen == n && memcmp(e->key, key, n) == 0)
+            return e;
+    if (!create)
+        return NULL;
+    mem_entry *e = calloc(1, sizeof *e + n + 1);
+    if (!e)
+        return NULL;
+    memcpy(e->key, key, n);
+    e->keylen = n;
+    e->next = store.buckets[i];
+    store.buckets[i] = e;
+    return e;
+}
+
+/* Lazy expiry, and forget entries that carry nothing. Tokens survive the
+ * entry: they are floored by a process-wide monotonic clock. */
+static void settle(mem_entry *e, uint64_t now)
+{
+    if (e->holder && now >= e->expires_ms) {
+        free(e->holder);
+        e->holder = NULL;
+    }
+    if (e->done_until && now >= e->done_until) {
+        e->done_until = 0;
+        free(e->done_by);
+        e->done_by = NULL;
+    }
+}
+
+static void maybe_drop(mem_entry *e)
+{
+    if (e->holder || e->done_until)
+        return;
+    mem_entry **pp = &store.buckets[bucket(e->key, e->keylen)];
+    while (*pp != e)
+        pp = &(*pp)->next;
+    *pp = e->next;
+    free(e);
+}
+
+static uint64_t next_token(mem_entry *e)
+{
+    uint64_t t = bl_now_us();
+    if (t <= e->last_token)
+        t = e->last_token + 1;
+    if (t <= store.last_token_floor)
+        t = store.last_token_floor + 1;
+    e->last_token = t;
+    store.last_token_floor = t;
+    return t;
+}
+
+static void wake_all(const char *key, size_t n)
+{
+    for (mem_be *b = store.backends; b; b = b->next_be)
+        if (!b->shutting)
+            bl_manager_wake(b->base.m, key, n, "*", 1);
+}
+
+/* ---- running operations ------------------------------------------------------ */
+
+static void run_lock_op(mem_be *b, bl_lock *lock, enum bl_op_kind kind)
+{
+    bl_manager *m = b->base.m;
+    const char *holder = bl_manager_holder(m);
+    uint64_t now = now_ms(b);
+    size_t n;
+    const char *key = bl_lock_key_len(lock, &n);
+    bl_op_result r = {BL_OK, 0, 0, NULL};
+    mem_entry *e = find(key, n, kind == BL_OP_ACQUIRE);
+    if (!e && kind == BL_OP_ACQUIRE) {
+        r.status = BL_EREDIS;
+        r.errmsg = "out of memory in the memory backend";
+        bl_lock_op_done(lock, &r);
+        return;
+    }
+    if (e)
+        settle(e, now);
+    int woke = 0;
+    switch (kind) {
+    case BL_OP_ACQUIRE:
+        if (e->done_until)
+            r.status = BL_EDONE;
+        else if (e->holder)
+            r.status = BL_EBUSY;
+        else if (!(e->holder = strdup(holder)))
+            r.status = BL_EREDIS, r.errmsg = "out of memory in the memory backend";
+        else {
+            e->expires_ms = now + bl_lock_ttl(lock);
+            r.token = next_token(e);
+        }
+        break;
+    case BL_OP_EXTEND:
+        if (e && e->holder && strcmp(e->holder, holder) == 0)
+            e->expires_ms = now + bl_lock_ttl(lock);
+        else
+            r.status = BL_ENOTHELD;
+        break;
+    default: /* release, release + done */
+        if (!e || !e->holder || strcmp(e->holder, holder) != 0) {
+            r.status = BL_ENOTHELD;
+            break;
+        }
+        free(e->holder);
+        e->holder = NULL;
+        if (kind == BL_OP_RELEASE_DONE) {
+            free(e->done_by);
+            e->done_by = strdup(holder);
+            e->done_until = now + bl_manager_config(m)->done_ttl_ms;
+        }
+        woke = 1;
+        break;
+    }
+    if (e)
+        maybe_drop(e);
+    bl_lock_op_done(lock, &r);
+    if (woke)
+        wake_all(key, n);
+}
+
+static int prefix_matches(const mem_entry *e, const char *prefix, size_t plen)
+{
+    return e->keylen > plen + 1 && memcmp(e->key, prefix, plen) == 0 && e->key[plen] == ':' &&
+           e->key[plen + 1] != ':';
+}
+
+static void run_admin(mem_be *b, bl_aop *op)
+{
+    bl_manager *m = b->base.m;
+    uint64_t now = now_ms(b);
+    op->status = BL_OK;
+    if (op->kind == BL_AOP_INSPECT) {
+        mem_entry *e = find(op->key, strlen(op->key), 0);
+        if (e) {
+            settle(e, now);
+            if (e->holder) {
+                op->info.held = 1;
+                op->holder_buf = strdup(e->holder);
+                op->info.holder = op->holder_buf;
+                op->info.pttl_ms = (int64_t)(e->expires_ms - now);
+            }
+            op->info.done = e->done_until != 0;
+            op->info.last_token = e->last_token;
+            maybe_drop(e);
+        }
+    } else if (op->kind == BL_AOP_CLEANUP) {
+        const char *prefix = bl_manager_prefix(m), *holder = bl_manager_holder(m);
+        size_t plen = strlen(prefix);
+        for (int i = 0; i < MEM_BUCKETS; i++) {
+            mem_entry *e = store.buckets[i];
+            while (e) {
+                mem_entry *next = e->next;
+                settle(e, now);
+                if (e->holder && prefix_matches(e, prefix, plen) &&
+                    (!op->mine_only || strcmp(e->holder, holder) == 0)) {
+                    free(e->holder);
+                    e->holder = NULL;
+                    op->removed++;
+                }
+                maybe_drop(e);
+                e = next;
+            }
+        }
+    }
+    bl_aop_done(op);
+}
+
+static void drain(void *data)
+{
+    mem_be *b = data;
+    /* Operations queued while draining run on the next turn of the loop. */
+    mem_op *list = b->head;
+    b->head = b->tail = NULL;
+    while (list) {
+        mem_op *op = list;
+        list = op->next;
+        if (op->lock)
+            run_lock_op(b, op->lock, op->kind);
+        else
+            run_admin(b, op->aop);
+        free(op);
+    }
+    if (b->shutting && !b->head)
+        bl_manager_backend_closed(b->base.m);
+}
+
+static int enqueue(mem_be *b, bl_lock *lock, bl_aop *aop, enum bl_op_kind kind)
+{
+    mem_op *op = calloc(1, sizeof *op);
+    if (!op)
+        return BL_ENOMEM;
+    op->lock = lock;
+    op->aop = aop;
+    op->kind = kind;
+    if (b->tail)
+        b->tail->next = op;
+    else
+        b->head = op;
+    b->tail = op;
+    bl_manager_loop(b->base.m)->timer_start(b->timer, 0);
+    return 0;
+}
+
+static int be_start(bl_backend *be, bl_lock *lock, enum bl_op_kind kind)
+{
+    return enqueue((mem_be *)be, lock, NULL, kind);
+}
+
+static int be_admin(bl_backend *be, bl_aop *op)
+{
+    return enqueue((mem_be *)be, NULL, op, BL_OP_NONE);
+}
+
+static void be_leave(bl_backend *be, bl_lock *lock)
+{
+    (void)be;
+    (void)lock;
+}
+
+static void be_watch(bl_backend *be, bl_wq *wq, int on)
+{
+    (void)be;
+    (void)wq;
+    (void)on;
+}
+
+static int be_conn_state(const bl_backend *be)
+{
+    (void)be;
+    return BL_CONN_UP;
+}
+
+static void be_shutdown(bl_backend *be, int force)
+{
+    mem_be *b = (mem_be *)be;
+    (void)force; /* nothing can hang: the queue drains on the next turn */
+    b->shutting = 1;
+    bl_manager_loop(be->m)->timer_start(b->timer, 0);
+}
+
+static void be_free(bl_backend *be)
+{
+    mem_be *b = (mem_be *)be;
+    mem_be **pp = &store.backends;
+    while (*pp && *pp != b)
+        pp = &(*pp)->next_be;
+    if (*pp)
+        *pp = b->next_be;
+    while (b->head) { /* not reached after a close: it drains first */
+        mem_op *op = b->head;
+        b->head = op->next;
+        free(op);
+    }
+    if (b->timer)
+        bl_manager_loop(be->m)->timer_free(b->timer);
+    free(b);
+    if (!store.backends) { /* last one out frees the store */
+        for (int i = 0; i < MEM_BUCKETS; i++)
+            while (store.buckets[i]) {
+                mem_entry *e = store.buckets[i];
+                store.buckets[i] = e->next;
+                free(e->holder);
+                free(e->done_by);
+                free(e);
+            }
+    }
+}
+
+static const bl_backend_vt mem_vt = {
+    "memory", be_start, be_leave, be_watch, be_admin, be_conn_state, be_shutdown, be_free,
+};
+
+int bl_memory_backend_new(bl_manager *m, bl_backend **out)
+{
+    mem_be *b = calloc(1, sizeof *b);
+    if (!b)
+        return BL_ENOMEM;
+    b->base.vt = &mem_vt;
+    b->base.m = m;
+    const bl_loop *l = bl_manager_loop(m);
+    b->timer = l->timer_new(l->impl, drain, b);
+    if (!b->timer) {
+        free(b);
+        return BL_ENOMEM;
+    }
+    b->next_be = store.backends;
+    store.backends = b;
+    *out = &b->base;
+    return 0;
+}

@@ -1,0 +1,86 @@
+/* metrics.c - Prometheus text exposition of a metrics snapshot. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct out {
+    char *buf;
+    size_t len, used; /* used may pass len: we report what was needed */
+} out;
+
+static void put(out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(out *o, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    size_t room = o->used < o->len ? o->len - o->used : 0;
+    int n = vsnprintf(room ? o->buf + o->used : NULL, room, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        o->used += (size_t)n;
+}
+
+static void counter(out *o, const char *name, const char *help, uint64_t v)
+{
+    put(o, "# HELP bidlock_%s %s\n# TYPE bidlock_%s counter\nbidlock_%s %llu\n", name, help, name,
+        name, (unsigned long long)v);
+}
+
+static void gauge(out *o, const char *name, const char *help, uint64_t v)
+{
+    put(o, "# HELP bidlock_%s %s\n# TYPE bidlock_%s gauge\nbidlock_%s %llu\n", name, help, name,
+        name, (unsigned long long)v);
+}
+
+static void histogram(out *o, const char *name, const char *help, const bl_histogram *h)
+{
+    put(o, "# HELP bidlock_%s %s\n# TYPE bidlock_%s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (int i = 0; i < BL_HIST_BUCKETS; i++) {
+        cum += h->counts[i];
+        put(o, "bidlock_%s_bucket{le=\"%g\"} %llu\n", name, bl_hist_bounds_ms[i] / 1000.0,
+            (unsigned long long)cum);
+    }
+    cum += h->counts[BL_HIST_BUCKETS];
+    put(o, "bidlock_%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    put(o, "bidlock_%s_sum %.6f\nbidlock_%s_count %llu\n", name, h->sum_ms / 1000.0, name,
+        (unsigned long long)h->count);
+}
+
+size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len)
+{
+    out o = {buf, len, 0};
+    if (buf && len)
+        buf[0] = '\0';
+    const bl_stats *s = &mt->stats;
+    counter(&o, "acquire_requests_total", "Acquire requests started.", s->requests);
+    counter(&o, "acquire_attempts_total", "Acquire scripts sent to the backend.", s->attempts);
+    counter(&o, "acquired_total", "Locks acquired.", s->acquired);
+    counter(&o, "conflicts_total", "Acquire attempts that found the lock taken.", s->conflicts);
+    counter(&o, "busy_total", "Try-once requests that found the lock taken.", s->busy);
+    counter(&o, "timeouts_total", "Requests that hit their wait deadline.", s->timeouts);
+    counter(&o, "cancelled_total", "Requests cancelled.", s->cancelled);
+    counter(&o, "failed_total", "Requests ended by a connection or Redis error.", s->failed);
+    counter(&o, "done_total", "Requests that found their posting marked done.", s->done);
+    counter(&o, "releases_total", "Releases that gave our lock back.", s->releases);
+    counter(&o, "handoffs_total", "Releases that handed the lock to a waiter.", s->handoffs);
+    counter(&o, "not_held_total", "Releases that found the lock expired or taken.", s->not_held);
+    counter(&o, "extends_total", "Lease renewals that succeeded.", s->extends);
+    counter(&o, "lost_total", "Held locks lost while held.", s->lost);
+    counter(&o, "wakeups_total", "Waiting requests woken by a release.", s->wakeups);
+    counter(&o, "redis_errors_total", "Error replies from Redis.", s->redis_errors);
+    counter(&o, "connection_errors_total", "Operations failed by the connection.",
+            s->conn_errors);
+    counter(&o, "reconnects_total", "Connections re-established after a loss.", s->reconnects);
+    gauge(&o, "locks_held", "Locks held right now.", s->held);
+    gauge(&o, "requests_waiting", "Requests waiting between attempts right now.", s->waiting);
+    gauge(&o, "connection_up", "1 if the Redis connection is up.",
+          mt->conn_state == BL_CONN_UP ? 1 : 0);
+    histogram(&o, "acquire_seconds", "Time from bl_acquire to the lock being held.",
+              &mt->acquire_ms);
+    histogram(&o, "release_seconds", "Time from bl_release to its answer.", &mt->release_ms);
+    return o.used + 1;
+}
