@@ -61,6 +61,8 @@ int bl_config_validate(const bl_config *c, char *why, size_t why_len)
         return BL_EINVAL;
     if (c->backend != BL_BACKEND_REDIS && c->backend != BL_BACKEND_MEMORY)
         BAD("backend must be BL_BACKEND_REDIS or BL_BACKEND_MEMORY");
+    if (c->url && bl_url_parse(c->url, NULL, why, why_len) != BL_OK)
+        return BL_EINVAL;
     if (c->backend == BL_BACKEND_REDIS && !c->url) {
         if (c->unix_path) {
             if (!*c->unix_path || strlen(c->unix_path) >= 108)

@@ -183,9 +183,11 @@ static void run_lock_op(mem_be *b, bl_lock *lock, enum bl_op_kind kind)
     }
     if (e)
         maybe_drop(e);
-    bl_lock_op_done(lock, &r);
+    /* Wake first: completing may free the lock and with it `key`. Woken
+     * requests only queue their attempt, which runs on a later drain. */
     if (woke)
         wake_all(key, n);
+    bl_lock_op_done(lock, &r);
 }
 
 static int prefix_matches(const mem_entry *e, const char *prefix, size_t plen)

@@ -41,6 +41,7 @@ typedef struct conn {
     enum timer_role role;
     double reconnect_step;
     int ever_up;
+    int setup_failed; /* AUTH/SELECT refused: last_err says why */
     char last_err[160];
 } conn;
 
@@ -79,7 +80,7 @@ static const char *conn_errmsg(conn *c, const redisAsyncContext *ac)
 
 static void notify_closed(redis_be *r)
 {
-    if (r->closed_notified || r->cmd.ac || r->sub.ac)
+    if (!r->shutting || r->closed_notified || r->cmd.ac || r->sub.ac)
         return;
     r->closed_notified = 1;
     bl_manager_backend_closed(M(r));
@@ -118,7 +119,8 @@ static void forget_subs_each(bl_wq *w, void *arg)
 static void went_down(conn *c, const char *why)
 {
     redis_be *r = c->r;
-    snprintf(c->last_err, sizeof c->last_err, "%s", why);
+    if (why != c->last_err)
+        snprintf(c->last_err, sizeof c->last_err, "%s", why);
     c->ac = NULL;
     c->state = CONN_DOWN;
     if (c->is_sub)
@@ -168,7 +170,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 static void drop_connection(conn *c, const char *why)
 {
     redisAsyncContext *ac = c->ac;
-    snprintf(c->last_err, sizeof c->last_err, "%s", why);
+    if (why != c->last_err)
+        snprintf(c->last_err, sizeof c->last_err, "%s", why);
     c->ac = NULL;
     c->state = CONN_DOWN;
     if (ac)
@@ -190,6 +193,7 @@ static void setup_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
     snprintf(c->last_err, sizeof c->last_err, "%s failed: %s", what, reply->str);
     bl_log(M(c->r), BL_LOG_ERROR, "bidlock: %s", c->last_err);
     c->state = CONN_DOWN; /* new operations fail fast from now on */
+    c->setup_failed = 1;
     c->role = TR_CONNECT_DEADLINE; /* reuse the deadline path: drop + retry */
     LOOP(c->r)->timer_start(c->timer, 0);
 }
@@ -239,7 +243,6 @@ static void connect_now(conn *c)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->ac = ac;
     c->state = CONN_CONNECTING;
-    c->last_err[0] = '\0';
     c->role = TR_CONNECT_DEADLINE;
     LOOP(r)->timer_start(c->timer, cfg->connect_timeout_ms);
     /* Pipelined behind the connect: hiredis sends them once it is up. */
@@ -264,10 +267,11 @@ static void conn_timer_cb(void *data)
     c->role = TR_NONE;
     if (role == TR_CONNECT_DEADLINE && c->ac) {
         /* A connect deadline, or AUTH/SELECT refused (message already set). */
-        if (!c->last_err[0]) {
+        if (!c->setup_failed) {
             snprintf(c->last_err, sizeof c->last_err, "connect timed out");
             bl_log(M(c->r), BL_LOG_WARN, "bidlock: Redis connect timed out");
         }
+        c->setup_failed = 0;
         drop_connection(c, c->last_err);
         schedule_reconnect(c);
     } else if (role == TR_RECONNECT && !c->r->shutting) {

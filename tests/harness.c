@@ -53,7 +53,7 @@ static int ping(int port)
         return 0;
     }
     redisReply *r = redisCommand(c, "PING");
-    int ok = r && r->type == REDIS_REPLY_STATUS;
+    int ok = r != NULL; /* PONG, or NOAUTH from a server that wants a password */
     if (r)
         freeReplyObject(r);
     redisFree(c);
@@ -88,6 +88,7 @@ static pid_t spawn(redis_srv *s, const char *const *extra)
 void rs_start(redis_srv *s, const char *const *extra)
 {
     memset(s, 0, sizeof *s);
+    s->extra = extra;
     snprintf(s->dir, sizeof s->dir, "/tmp/bidlock-test-XXXXXX");
     cr_assert(mkdtemp(s->dir), "mkdtemp: %s", strerror(errno));
     for (int tries = 0; tries < 5; tries++) {
@@ -132,7 +133,38 @@ redisContext *rs_connect(const redis_srv *s)
     redisContext *c = redisConnectWithTimeout("127.0.0.1", s->port, tv);
     cr_assert(c && !c->err, "connect to test redis failed");
     redisSetTimeout(c, tv);
+    if (s->password[0]) {
+        redisReply *r = redisCommand(c, "AUTH %s", s->password);
+        cr_assert(r && r->type == REDIS_REPLY_STATUS, "AUTH for the test's connection");
+        freeReplyObject(r);
+    }
     return c;
+}
+
+void rs_kill(redis_srv *s)
+{
+    if (s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+        s->pid = 0;
+    }
+}
+
+void rs_restart(redis_srv *s)
+{
+    for (int tries = 0; tries < 100; tries++) { /* the port may linger briefly */
+        s->pid = spawn(s, s->extra);
+        for (int i = 0; i < 100; i++) {
+            if (ping(s->port))
+                return;
+            if (waitpid(s->pid, NULL, WNOHANG) == s->pid)
+                break;
+            usleep(20000);
+        }
+        rs_kill(s);
+        usleep(50000);
+    }
+    cr_assert_fail("redis-server did not come back on port %d", s->port);
 }
 
 static redisReply *vcmd(const redis_srv *s, const char *fmt, va_list ap)

@@ -17,12 +17,17 @@ typedef struct redis_srv {
     pid_t pid;
     int port;
     char dir[64];
+    char password[64]; /* set it (after rs_start) when extra args add requirepass */
+    const char *const *extra;
 } redis_srv;
 
 /* Start redis-server on a free 127.0.0.1 port (extra args NULL-terminated
  * array or NULL); returns when it answers PING. Dies with the test. */
 void rs_start(redis_srv *s, const char *const *extra);
 void rs_stop(redis_srv *s);
+/* SIGKILL the server, keep its port; rs_restart brings it back there. */
+void rs_kill(redis_srv *s);
+void rs_restart(redis_srv *s);
 /* A blocking connection for the test's own checks. */
 redisContext *rs_connect(const redis_srv *s);
 /* Run one command on a fresh blocking connection; caller frees. */

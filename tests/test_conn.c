@@ -1,0 +1,286 @@
+/* Connecting: AUTH (password, ACL user), SELECT, URLs, fail-closed, and
+ * recovery after CLIENT KILL, server restarts and drops mid-flight. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "harness.h"
+
+static tloop *T;
+static char logbuf[8192];
+
+static void on_log(int level, const char *msg, void *data)
+{
+    (void)level;
+    (void)data;
+    size_t n = strlen(logbuf);
+    snprintf(logbuf + n, sizeof logbuf - n, "%s\n", msg);
+}
+
+static void setup(void)
+{
+    T = tl_new();
+    logbuf[0] = '\0';
+}
+
+static void teardown(void)
+{
+    tl_free(T);
+}
+
+TestSuite(conn, .init = setup, .fini = teardown, .timeout = 60);
+
+typedef struct rec {
+    int n, status;
+    bl_lock *lock;
+    char errmsg[256];
+} rec;
+
+static void on_acq(bl_lock *lock, int status, void *data)
+{
+    rec *r = data;
+    r->n++;
+    r->status = status;
+    r->lock = status == BL_OK ? lock : NULL;
+    snprintf(r->errmsg, sizeof r->errmsg, "%s", bl_lock_errmsg(lock));
+}
+
+static rec acq(bl_manager *m, const char *posting)
+{
+    rec r = {0};
+    bl_acquire_opts o;
+    bl_acquire_opts_init(&o);
+    o.wait_ms = 0;
+    cr_assert_eq(bl_acquire(m, "ebay", posting, &o, on_acq, &r, NULL), BL_OK, "%s",
+                 bl_manager_errmsg(m));
+    cr_assert(tl_wait(T, &r.n, 1, 10000));
+    return r;
+}
+
+static bl_config cfg_for(const redis_srv *s)
+{
+    bl_config c;
+    bl_config_init(&c);
+    c.port = s->port;
+    c.log = on_log;
+    c.reconnect_initial_ms = 20;
+    return c;
+}
+
+static bl_manager *mgr(const bl_config *c)
+{
+    bl_manager *m = NULL;
+    int rc = bl_manager_new(tl_bl(T), c, &m);
+    cr_assert_eq(rc, BL_OK, "%s", bl_strerror(rc));
+    return m;
+}
+
+static int exists_in_db(const redis_srv *s, int db, const char *key)
+{
+    redisContext *c = rs_connect(s);
+    freeReplyObject(redisCommand(c, "SELECT %d", db));
+    redisReply *r = redisCommand(c, "EXISTS %s", key);
+    int v = (int)r->integer;
+    freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
+static const char *const with_auth[] = {"--requirepass", "s3cret-pw",
+                                        "--user", "alice", "on", ">wonder-pw", "~*", "&*", "+@all",
+                                        "--user", "pinger", "on", ">ping-pw", "~*", "+ping",
+                                        NULL};
+
+Test(conn, auth_with_a_password_and_with_an_acl_user)
+{
+    redis_srv s;
+    rs_start(&s, with_auth);
+    snprintf(s.password, sizeof s.password, "s3cret-pw");
+    bl_config c = cfg_for(&s);
+    c.password = "s3cret-pw";
+    bl_manager *a = mgr(&c);
+    cr_assert_eq(acq(a, "p1").status, BL_OK);
+    c.username = "alice";
+    c.password = "wonder-pw";
+    bl_manager *b = mgr(&c);
+    cr_assert_eq(acq(b, "p2").status, BL_OK);
+    cr_assert_eq(acq(b, "p1").status, BL_EBUSY, "same server, same locks");
+    /* A user without the rights gets the server's refusal, verbatim. */
+    c.username = "pinger";
+    c.password = "ping-pw";
+    bl_manager *p = mgr(&c);
+    rec r = acq(p, "p3");
+    cr_assert_eq(r.status, BL_EREDIS);
+    cr_assert(strstr(r.errmsg, "NOPERM"), "message: %s", r.errmsg);
+    close_manager(T, a);
+    close_manager(T, b);
+    close_manager(T, p);
+    rs_stop(&s);
+}
+
+Test(conn, a_wrong_password_is_a_clear_error_that_never_shows_the_password)
+{
+    redis_srv s;
+    rs_start(&s, with_auth);
+    bl_config c = cfg_for(&s);
+    c.password = "not-the-pw-4711";
+    bl_manager *a = mgr(&c);
+    tl_run_for(T, 200);
+    rec r = acq(a, "p");
+    cr_assert(r.status == BL_ECONN || r.status == BL_EREDIS, "%s", bl_status_name(r.status));
+    cr_assert(strstr(r.errmsg, "WRONGPASS") || strstr(r.errmsg, "AUTH"), "message: %s", r.errmsg);
+    cr_assert_null(strstr(r.errmsg, "4711"));
+    cr_assert(strstr(logbuf, "AUTH failed"), "logged: %s", logbuf);
+    cr_assert_null(strstr(logbuf, "4711"), "password in the log: %s", logbuf);
+    /* No password at all: the server's NOAUTH comes through. */
+    bl_config none = cfg_for(&s);
+    bl_manager *b = mgr(&none);
+    r = acq(b, "p");
+    /* Redis 7 answers NOAUTH, or - for a long command from a client that
+     * has not authenticated - a protocol error that says so. */
+    cr_assert_eq(r.status, BL_EREDIS);
+    cr_assert(strstr(r.errmsg, "NOAUTH") || strstr(r.errmsg, "unauthenticated"), "message: %s",
+              r.errmsg);
+    close_manager(T, a);
+    close_manager(T, b);
+    rs_stop(&s);
+}
+
+Test(conn, select_and_urls_are_honoured)
+{
+    redis_srv s;
+    char sock[96];
+    snprintf(sock, sizeof sock, "/tmp/bidlock-conn-%d.sock", (int)getpid());
+    const char *const extra[] = {"--unixsocket", sock, "--unixsocketperm", "700", NULL};
+    rs_start(&s, extra);
+    bl_config c = cfg_for(&s);
+    c.db = 3;
+    bl_manager *a = mgr(&c);
+    cr_assert_eq(acq(a, "in3").status, BL_OK);
+    cr_assert_eq(exists_in_db(&s, 3, "bid_lock:ebay:in3"), 1);
+    cr_assert_eq(exists_in_db(&s, 0, "bid_lock:ebay:in3"), 0);
+
+    char url[160];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/2", s.port);
+    bl_config u = cfg_for(&s);
+    u.port = 1; /* the url wins */
+    u.url = url;
+    bl_manager *b = mgr(&u);
+    cr_assert_eq(acq(b, "in2").status, BL_OK);
+    cr_assert_eq(exists_in_db(&s, 2, "bid_lock:ebay:in2"), 1);
+
+    snprintf(url, sizeof url, "unix://%s?db=5", sock);
+    bl_manager *x = mgr(&u);
+    cr_assert_eq(acq(x, "in5").status, BL_OK);
+    cr_assert_eq(exists_in_db(&s, 5, "bid_lock:ebay:in5"), 1);
+
+    u.url = "redis://127.0.0.1:99999/";
+    bl_manager *bad = NULL;
+    cr_assert_eq(bl_manager_new(tl_bl(T), &u, &bad), BL_EINVAL);
+    char why[256];
+    cr_assert_eq(bl_config_validate(&u, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "port"), "why: %s", why);
+    close_manager(T, a);
+    close_manager(T, b);
+    close_manager(T, x);
+    rs_stop(&s);
+    unlink(sock);
+}
+
+Test(conn, a_configured_redis_that_is_down_fails_closed)
+{
+    bl_config c;
+    bl_config_init(&c);
+    c.port = unused_port();
+    c.log = on_log;
+    bl_manager *a = mgr(&c);
+    for (int i = 0; i < 3; i++) {
+        rec r = acq(a, "p");
+        cr_assert_eq(r.status, BL_ECONN, "never a local lock: got %s", bl_status_name(r.status));
+        tl_run_for(T, 50);
+    }
+    cr_assert_null(strstr(logbuf, "in-memory"), "no silent fallback");
+    close_manager(T, a);
+}
+
+static int wait_up(bl_manager *m, int ms)
+{
+    uint64_t end = mono_ms() + (uint64_t)ms;
+    while (mono_ms() < end) {
+        if (bl_manager_conn_state(m) == BL_CONN_UP)
+            return 1;
+        tl_run_for(T, 10);
+    }
+    return 0;
+}
+
+Test(conn, reconnects_after_client_kill)
+{
+    redis_srv s;
+    rs_start(&s, NULL);
+    bl_config c = cfg_for(&s);
+    bl_manager *a = mgr(&c);
+    rec held = acq(a, "k1");
+    cr_assert_eq(held.status, BL_OK);
+    cr_assert(rs_int(&s, "CLIENT KILL TYPE normal") >= 1);
+    tl_run_for(T, 50);
+    cr_assert(wait_up(a, 5000), "reconnected");
+    cr_assert_eq(acq(a, "k2").status, BL_OK, "works after the reconnect");
+    bl_stats st;
+    bl_manager_stats(a, &st);
+    cr_assert(st.reconnects >= 1);
+    /* The lock held across the drop is still ours: release works. */
+    rec r = {0};
+    cr_assert_eq(bl_release(held.lock, (bl_release_cb)on_acq, &r), BL_OK);
+    cr_assert(tl_wait(T, &r.n, 1, 5000));
+    cr_assert_eq(r.status, BL_OK);
+    cr_assert(strstr(logbuf, "reconnected"), "log: %s", logbuf);
+    close_manager(T, a);
+    rs_stop(&s);
+}
+
+Test(conn, requests_in_flight_when_the_server_dies_end_once_and_it_recovers_after_restart)
+{
+    redis_srv s;
+    rs_start(&s, NULL);
+    bl_config c = cfg_for(&s);
+    bl_manager *a = mgr(&c);
+    cr_assert_eq(acq(a, "warm").status, BL_OK);
+    kill(s.pid, SIGSTOP); /* requests now sit unanswered */
+    enum { N = 5 };
+    rec r[N] = {{0}};
+    bl_acquire_opts o;
+    bl_acquire_opts_init(&o);
+    o.wait_ms = 0;
+    char id[8];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "f%d", i);
+        cr_assert_eq(bl_acquire(a, "ebay", id, &o, on_acq, &r[i], NULL), BL_OK);
+    }
+    tl_run_for(T, 100);
+    rs_kill(&s); /* SIGKILL also ends a stopped process */
+    int total = 0;
+    uint64_t end = mono_ms() + 5000;
+    while (total < N && mono_ms() < end) {
+        tl_run_for(T, 10);
+        total = 0;
+        for (int i = 0; i < N; i++)
+            total += r[i].n;
+    }
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(r[i].n, 1, "request %d: %d callbacks", i, r[i].n);
+        cr_assert_eq(r[i].status, BL_ECONN);
+    }
+    cr_assert_eq(acq(a, "down").status, BL_ECONN, "fails closed while down");
+    rs_restart(&s);
+    cr_assert(wait_up(a, 10000), "reconnected to the restarted server");
+    cr_assert_eq(acq(a, "back").status, BL_OK, "scripts reloaded on the new server");
+    tl_run_for(T, 50);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(r[i].n, 1, "never twice");
+    close_manager(T, a);
+    rs_stop(&s);
+}

@@ -1,0 +1,581 @@
+/* Beyond polling: wake-ups, fair hand-off, fencing tokens, done markers,
+ * lease auto-extension - and the operations API (health, inspect, cleanup,
+ * metrics) - against a real redis-server. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "harness.h"
+
+static redis_srv srv;
+static tloop *T;
+
+static void setup(void)
+{
+    rs_start(&srv, NULL);
+    T = tl_new();
+}
+
+static void teardown(void)
+{
+    tl_free(T);
+    rs_stop(&srv);
+}
+
+TestSuite(features, .init = setup, .fini = teardown, .timeout = 60);
+
+typedef struct rec {
+    int n, status;
+    bl_lock *lock;
+    uint64_t at, token;
+} rec;
+
+static void on_acq(bl_lock *lock, int status, void *data)
+{
+    rec *r = data;
+    r->n++;
+    r->status = status;
+    r->lock = status == BL_OK ? lock : NULL;
+    r->token = status == BL_OK ? bl_lock_token(lock) : 0;
+    r->at = mono_ms();
+}
+
+static void on_rel(bl_lock *lock, int status, void *data)
+{
+    (void)lock;
+    rec *r = data;
+    r->n++;
+    r->status = status;
+    r->at = mono_ms();
+}
+
+static bl_acquire_opts opts(int64_t wait_ms, int64_t ttl_ms)
+{
+    bl_acquire_opts o;
+    bl_acquire_opts_init(&o);
+    o.wait_ms = wait_ms;
+    o.ttl_ms = ttl_ms;
+    return o;
+}
+
+static rec acq(bl_manager *m, const char *posting, int64_t wait_ms, int64_t ttl_ms)
+{
+    rec r = {0};
+    bl_acquire_opts o = opts(wait_ms, ttl_ms);
+    cr_assert_eq(bl_acquire(m, "ebay", posting, &o, on_acq, &r, NULL), BL_OK, "%s",
+                 bl_manager_errmsg(m));
+    cr_assert(tl_wait(T, &r.n, 1, 20000));
+    return r;
+}
+
+static int rel(bl_lock *lock, int done)
+{
+    rec r = {0};
+    cr_assert_eq((done ? bl_release_done : bl_release)(lock, on_rel, &r), BL_OK);
+    cr_assert(tl_wait(T, &r.n, 1, 20000));
+    return r.status;
+}
+
+static bl_manager *slow_backoff_manager(uint32_t backoff_ms)
+{
+    bl_config c;
+    bl_config_init(&c);
+    c.backoff_initial_ms = backoff_ms;
+    c.backoff_max_ms = backoff_ms;
+    return mk_manager(T, srv.port, &c);
+}
+
+/* ---- wake-ups and hand-off ------------------------------------------------- */
+
+Test(features, a_waiter_wakes_on_release_without_waiting_for_its_backoff)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL);
+    bl_manager *b = slow_backoff_manager(5000); /* pauses of 2.5 .. 5 s */
+    rec ra = acq(a, "wake", 0, 0);
+    cr_assert_eq(ra.status, BL_OK);
+    rec rb = {0};
+    bl_acquire_opts o = opts(20000, 0);
+    cr_assert_eq(bl_acquire(b, "ebay", "wake", &o, on_acq, &rb, NULL), BL_OK);
+    tl_run_for(T, 300); /* b is queued and subscribed, its timer far away */
+    cr_assert_eq(rb.n, 0);
+    uint64_t t0 = mono_ms();
+    cr_assert_eq(rel(ra.lock, 0), BL_OK);
+    cr_assert(tl_wait(T, &rb.n, 1, 10000));
+    cr_assert_eq(rb.status, BL_OK);
+    uint64_t handoff = rb.at - t0;
+    cr_log_info("hand-off after release: %llu ms", (unsigned long long)handoff);
+    cr_assert(handoff < 1000, "woken by the release, not by a >= 2.5 s timer (%llu ms)",
+              (unsigned long long)handoff);
+    bl_stats s;
+    bl_manager_stats(a, &s);
+    cr_assert_eq(s.handoffs, 1, "the release handed it to the queued waiter");
+    bl_manager_stats(b, &s);
+    cr_assert(s.wakeups >= 1);
+    cr_assert(s.attempts <= 4, "no polling: %llu attempts", (unsigned long long)s.attempts);
+    close_manager(T, a);
+    close_manager(T, b);
+}
+
+Test(features, a_lost_notification_falls_back_to_the_timer)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL);
+    bl_config c;
+    bl_config_init(&c);
+    c.backoff_initial_ms = c.backoff_max_ms = 300;
+    c.reconnect_initial_ms = 20000; /* the subscriber stays away: only the timer helps */
+    bl_manager *b = mk_manager(T, srv.port, &c);
+    rec ra = acq(a, "lost-note", 0, 0);
+    rec rb = {0};
+    bl_acquire_opts o = opts(20000, 0);
+    cr_assert_eq(bl_acquire(b, "ebay", "lost-note", &o, on_acq, &rb, NULL), BL_OK);
+    tl_run_for(T, 200);
+    bl_stats before;
+    bl_manager_stats(b, &before);
+    /* Cut the subscriber connection: the release's message is lost. */
+    cr_assert(rs_int(&srv, "CLIENT KILL TYPE pubsub") >= 1);
+    cr_assert_eq(rel(ra.lock, 0), BL_OK);
+    cr_assert(tl_wait(T, &rb.n, 1, 10000), "the backoff timer still retries");
+    cr_assert_eq(rb.status, BL_OK);
+    bl_stats s;
+    bl_manager_stats(b, &s);
+    cr_assert_eq(s.wakeups, before.wakeups, "no notification reached b");
+    cr_assert(s.conflicts > before.conflicts || s.attempts > before.attempts);
+    close_manager(T, a);
+    close_manager(T, b);
+}
+
+Test(features, waiters_get_the_lock_in_arrival_order_not_the_releaser)
+{
+    bl_manager *m[3];
+    for (int i = 0; i < 3; i++)
+        m[i] = slow_backoff_manager(2000);
+    rec first = acq(m[0], "fair", 0, 0);
+    cr_assert_eq(first.status, BL_OK);
+    rec w1 = {0}, w2 = {0}, again = {0};
+    bl_acquire_opts o = opts(20000, 0);
+    cr_assert_eq(bl_acquire(m[1], "ebay", "fair", &o, on_acq, &w1, NULL), BL_OK);
+    tl_run_for(T, 100);
+    cr_assert_eq(bl_acquire(m[2], "ebay", "fair", &o, on_acq, &w2, NULL), BL_OK);
+    tl_run_for(T, 100);
+    /* The releaser asks again at once: it must queue behind the others. */
+    cr_assert_eq(rel(first.lock, 0), BL_OK);
+    cr_assert_eq(bl_acquire(m[0], "ebay", "fair", &o, on_acq, &again, NULL), BL_OK);
+    cr_assert(tl_wait(T, &w1.n, 1, 5000));
+    cr_assert_eq(w1.status, BL_OK, "longest waiter first");
+    tl_run_for(T, 50);
+    cr_assert_eq(w2.n + again.n, 0, "nobody else while it is held");
+    cr_assert_eq(rel(w1.lock, 0), BL_OK);
+    cr_assert(tl_wait(T, &w2.n, 1, 5000));
+    cr_assert_eq(w2.status, BL_OK, "second waiter next");
+    cr_assert_eq(again.n, 0, "the releaser is last");
+    cr_assert_eq(rel(w2.lock, 0), BL_OK);
+    cr_assert(tl_wait(T, &again.n, 1, 5000));
+    cr_assert_eq(again.status, BL_OK);
+    cr_assert(w1.token < w2.token && w2.token < again.token);
+    cr_assert_eq(rel(again.lock, 0), BL_OK);
+    for (int i = 0; i < 3; i++)
+        close_manager(T, m[i]);
+}
+
+/* ---- fencing tokens -------------------------------------------------------------- */
+
+typedef struct looper {
+    bl_manager *m;
+    int *left, *done_flag;
+    uint64_t *tokens;
+    int *ntok;
+    int bad;
+} looper;
+
+static void loop_acquired(bl_lock *lock, int status, void *data);
+
+static void loop_next(looper *l)
+{
+    if (*l->left <= 0) {
+        (*l->done_flag)++;
+        return;
+    }
+    (*l->left)--;
+    bl_acquire_opts o = opts(20000, 0);
+    if (bl_acquire(l->m, "ebay", "tokens", &o, loop_acquired, l, NULL) != BL_OK)
+        l->bad++;
+}
+
+static void loop_released(bl_lock *lock, int status, void *data)
+{
+    (void)lock;
+    looper *l = data;
+    if (status != BL_OK)
+        l->bad++;
+    loop_next(l);
+}
+
+static void loop_acquired(bl_lock *lock, int status, void *data)
+{
+    looper *l = data;
+    if (status != BL_OK) {
+        l->bad++;
+        (*l->left)++;
+        loop_next(l);
+        return;
+    }
+    l->tokens[(*l->ntok)++] = bl_lock_token(lock);
+    bl_release(lock, loop_released, l);
+}
+
+Test(features, tokens_strictly_increase_across_a_thousand_acquisitions_by_several_managers)
+{
+    enum { MGRS = 4, TOTAL = 1000 };
+    static uint64_t tokens[TOTAL + MGRS];
+    int left = TOTAL, finished = 0, ntok = 0;
+    looper l[MGRS];
+    bl_config c;
+    bl_config_init(&c);
+    c.backoff_initial_ms = 2;
+    c.backoff_max_ms = 20;
+    for (int i = 0; i < MGRS; i++) {
+        l[i] = (looper){mk_manager(T, srv.port, &c), &left, &finished, tokens, &ntok, 0};
+        loop_next(&l[i]);
+    }
+    cr_assert(tl_wait(T, &finished, MGRS, 50000), "only %d of %d done", ntok, TOTAL);
+    cr_assert_eq(ntok, TOTAL);
+    for (int i = 0; i < MGRS; i++)
+        cr_assert_eq(l[i].bad, 0);
+    for (int i = 1; i < TOTAL; i++)
+        cr_assert(tokens[i] > tokens[i - 1], "token %d: %llu after %llu", i,
+                  (unsigned long long)tokens[i], (unsigned long long)tokens[i - 1]);
+    for (int i = 0; i < MGRS; i++)
+        close_manager(T, l[i].m);
+}
+
+Test(features, tokens_increase_across_ttl_expiry_and_fence_key_loss)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL);
+    rec r1 = acq(a, "expiry", 0, 100);
+    cr_assert_eq(r1.status, BL_OK);
+    cr_assert(r1.token > 0);
+    tl_run_for(T, 250); /* expired without release */
+    rec r2 = acq(a, "expiry", 0, 100);
+    cr_assert_eq(r2.status, BL_OK);
+    cr_assert(r2.token > r1.token);
+    cr_assert_eq(rel(r2.lock, 0), BL_OK);
+    /* Even with the counter key gone (evicted, expired), tokens go up. */
+    freeReplyObject(rs_cmd(&srv, "DEL bid_lock::fence:ebay:expiry"));
+    rec r3 = acq(a, "expiry", 0, 0);
+    cr_assert_eq(r3.status, BL_OK);
+    cr_assert(r3.token > r2.token, "%llu after %llu", (unsigned long long)r3.token,
+              (unsigned long long)r2.token);
+    close_manager(T, a);
+}
+
+Test(features, a_holder_not_renewed_gets_not_held_and_an_older_token)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
+    rec ra = acq(a, "stale", 0, 200); /* no auto-extend */
+    cr_assert_eq(ra.status, BL_OK);
+    tl_run_for(T, 350);
+    rec rb = acq(b, "stale", 0, 0);
+    cr_assert_eq(rb.status, BL_OK);
+    cr_assert_eq(rel(ra.lock, 0), BL_ENOTHELD);
+    cr_assert(ra.token < rb.token, "the bid store can reject the stale holder");
+    cr_assert_eq(rs_exists(&srv, "bid_lock:ebay:stale"), 1, "b's lock is untouched");
+    close_manager(T, a);
+    close_manager(T, b);
+}
+
+/* ---- done markers ---------------------------------------------------------------- */
+
+Test(features, a_done_posting_is_never_acquired_again_by_any_manager)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
+    rec ra = acq(a, "sold", 0, 0);
+    cr_assert_eq(ra.status, BL_OK);
+    /* b waits while a bids; a's release marks it done; b learns at once. */
+    rec rb = {0};
+    bl_acquire_opts o = opts(20000, 0);
+    cr_assert_eq(bl_acquire(b, "ebay", "sold", &o, on_acq, &rb, NULL), BL_OK);
+    tl_run_for(T, 200);
+    uint64_t t0 = mono_ms();
+    cr_assert_eq(rel(ra.lock, 1), BL_OK);
+    cr_assert(tl_wait(T, &rb.n, 1, 10000));
+    cr_assert_eq(rb.status, BL_EDONE, "got %s", bl_status_name(rb.status));
+    cr_assert(rb.at - t0 < 2000);
+    cr_assert_eq(acq(a, "sold", 0, 0).status, BL_EDONE);
+    cr_assert_eq(acq(b, "sold", 5000, 0).status, BL_EDONE);
+    bl_manager *c = mk_manager(T, srv.port, NULL);
+    cr_assert_eq(acq(c, "sold", 0, 0).status, BL_EDONE);
+    cr_assert_eq(rs_exists(&srv, "bid_lock:ebay:sold"), 0, "no lock taken");
+    long long pttl = rs_int(&srv, "PTTL bid_lock::done:ebay:sold");
+    cr_assert(pttl > 6LL * 24 * 3600 * 1000, "done marker has its own long TTL (%lld)", pttl);
+    bl_stats s;
+    bl_manager_stats(b, &s);
+    cr_assert_eq(s.done, 2);
+    cr_assert_eq(acq(a, "other", 0, 0).status, BL_OK, "other postings unaffected");
+    close_manager(T, a);
+    close_manager(T, b);
+    close_manager(T, c);
+}
+
+Test(features, only_the_holder_can_mark_done)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
+    rec ra = acq(a, "mark", 0, 150);
+    tl_run_for(T, 300);
+    rec rb = acq(b, "mark", 0, 0);
+    cr_assert_eq(rb.status, BL_OK);
+    cr_assert_eq(rel(ra.lock, 1), BL_ENOTHELD);
+    cr_assert_eq(rs_exists(&srv, "bid_lock::done:ebay:mark"), 0);
+    close_manager(T, a);
+    close_manager(T, b);
+}
+
+/* ---- lease auto-extension ----------------------------------------------------------- */
+
+static void count_lost(bl_lock *lock, int status, void *data)
+{
+    (void)lock;
+    rec *r = data;
+    r->n++;
+    r->status = status;
+}
+
+Test(features, auto_extension_keeps_a_lock_alive_for_ten_times_its_ttl)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
+    rec lost = {0}, ra = {0};
+    bl_acquire_opts o = opts(0, 200);
+    o.auto_extend = 1;
+    o.on_lost = count_lost;
+    o.on_lost_data = &lost;
+    cr_assert_eq(bl_acquire(a, "ebay", "long", &o, on_acq, &ra, NULL), BL_OK);
+    cr_assert(tl_wait(T, &ra.n, 1, 5000));
+    cr_assert_eq(ra.status, BL_OK);
+    uint64_t end = mono_ms() + 2000;
+    while (mono_ms() < end) {
+        tl_run_for(T, 150);
+        cr_assert_eq(acq(b, "long", 0, 0).status, BL_EBUSY, "still held");
+    }
+    cr_assert_eq(lost.n, 0);
+    bl_stats s;
+    bl_manager_stats(a, &s);
+    cr_assert(s.extends >= 8, "renewed %llu times", (unsigned long long)s.extends);
+    cr_assert_eq(rel(ra.lock, 0), BL_OK);
+    tl_run_for(T, 300);
+    cr_assert_eq(lost.n, 0, "no renewal after release");
+    close_manager(T, a);
+    close_manager(T, b);
+}
+
+Test(features, a_refused_renewal_calls_on_lost_once_and_stops)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL);
+    rec lost = {0}, ra = {0};
+    bl_acquire_opts o = opts(0, 300);
+    o.auto_extend = 1;
+    o.on_lost = count_lost;
+    o.on_lost_data = &lost;
+    cr_assert_eq(bl_acquire(a, "ebay", "stolen", &o, on_acq, &ra, NULL), BL_OK);
+    cr_assert(tl_wait(T, &ra.n, 1, 5000));
+    freeReplyObject(rs_cmd(&srv, "SET bid_lock:ebay:stolen thief PX 10000"));
+    cr_assert(tl_wait(T, &lost.n, 1, 3000), "on_lost was called");
+    cr_assert_eq(lost.status, BL_ELOST);
+    tl_run_for(T, 400);
+    cr_assert_eq(lost.n, 1, "exactly once");
+    redisReply *v = rs_cmd(&srv, "GET bid_lock:ebay:stolen");
+    cr_assert_str_eq(v->str, "thief", "nothing renewed or deleted");
+    freeReplyObject(v);
+    cr_assert_eq(rel(ra.lock, 0), BL_ENOTHELD);
+    bl_stats s;
+    bl_manager_stats(a, &s);
+    cr_assert_eq(s.lost, 1);
+    close_manager(T, a);
+}
+
+/* ---- operations: health, inspect, cleanup, metrics ---------------------------------- */
+
+typedef struct hrec {
+    int n, status, state;
+    double latency;
+    char backend[16];
+} hrec;
+
+static void on_health(bl_manager *m, const bl_health *h, void *data)
+{
+    (void)m;
+    hrec *r = data;
+    r->n++;
+    r->status = h->status;
+    r->state = h->state;
+    r->latency = h->latency_ms;
+    snprintf(r->backend, sizeof r->backend, "%s", h->backend);
+}
+
+Test(features, health_check_measures_ping_and_reports_the_state)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL);
+    hrec h = {0};
+    cr_assert_eq(bl_health_check(a, on_health, &h), BL_OK);
+    cr_assert_eq(h.n, 0);
+    cr_assert(tl_wait(T, &h.n, 1, 5000));
+    cr_assert_eq(h.status, BL_OK);
+    cr_assert_eq(h.state, BL_CONN_UP);
+    cr_assert(h.latency >= 0 && h.latency < 5000);
+    cr_assert_str_eq(h.backend, "redis");
+    close_manager(T, a);
+
+    bl_manager *down = mk_manager(T, unused_port(), NULL);
+    tl_run_for(T, 50);
+    h = (hrec){0};
+    cr_assert_eq(bl_health_check(down, on_health, &h), BL_OK);
+    cr_assert_eq(h.n, 0, "never from inside the call");
+    cr_assert(tl_wait(T, &h.n, 1, 5000));
+    cr_assert_eq(h.status, BL_ECONN);
+    cr_assert_eq(h.state, BL_CONN_DOWN);
+    close_manager(T, down);
+}
+
+typedef struct irec {
+    int n, status, held, done;
+    int64_t pttl;
+    uint64_t token;
+    char holder[400];
+} irec;
+
+static void on_inspect(bl_manager *m, const bl_lock_info *i, void *data)
+{
+    (void)m;
+    irec *r = data;
+    r->n++;
+    r->status = i->status;
+    r->held = i->held;
+    r->done = i->done;
+    r->pttl = i->pttl_ms;
+    r->token = i->last_token;
+    snprintf(r->holder, sizeof r->holder, "%s", i->holder ? i->holder : "(null)");
+}
+
+static irec inspect(bl_manager *m, const char *posting)
+{
+    irec r = {0};
+    cr_assert_eq(bl_inspect(m, "ebay", posting, on_inspect, &r), BL_OK);
+    cr_assert(tl_wait(T, &r.n, 1, 5000));
+    cr_assert_eq(r.status, BL_OK);
+    return r;
+}
+
+Test(features, inspect_reports_holder_ttl_done_and_token)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
+    irec i = inspect(b, "look");
+    cr_assert_eq(i.held, 0);
+    cr_assert_eq(i.pttl, -1);
+    cr_assert_str_eq(i.holder, "(null)");
+    rec ra = acq(a, "look", 0, 60000);
+    i = inspect(b, "look");
+    cr_assert_eq(i.held, 1);
+    cr_assert_str_eq(i.holder, bl_manager_holder(a));
+    cr_assert(i.pttl > 50000 && i.pttl <= 60000);
+    cr_assert_eq(i.token, ra.token);
+    cr_assert_eq(i.done, 0);
+    cr_assert_eq(rel(ra.lock, 1), BL_OK);
+    i = inspect(b, "look");
+    cr_assert_eq(i.held, 0);
+    cr_assert_eq(i.done, 1);
+    cr_assert_eq(bl_inspect(b, "a:b", "x", on_inspect, &i), BL_EINVAL);
+    close_manager(T, a);
+    close_manager(T, b);
+}
+
+typedef struct crec {
+    int n, status;
+    uint64_t removed;
+} crec;
+
+static void on_cleanup(bl_manager *m, int status, uint64_t removed, void *data)
+{
+    (void)m;
+    crec *r = data;
+    r->n++;
+    r->status = status;
+    r->removed = removed;
+}
+
+Test(features, cleanup_removes_only_locks_under_the_prefix)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
+    char id[16];
+    for (int i = 0; i < 30; i++) {
+        snprintf(id, sizeof id, "a%d", i);
+        cr_assert_eq(acq(a, id, 0, 0).status, BL_OK);
+        snprintf(id, sizeof id, "b%d", i);
+        cr_assert_eq(acq(b, id, 0, 0).status, BL_OK);
+    }
+    const char *outside[] = {"other:ebay:x", "bid_lockX:ebay:y", "bid_lock", "bid_lock:noposting",
+                             "BID_LOCK:ebay:z"};
+    for (size_t i = 0; i < sizeof outside / sizeof outside[0]; i++)
+        freeReplyObject(rs_cmd(&srv, "SET %s keep", outside[i]));
+    crec c = {0};
+    cr_assert_eq(bl_cleanup(a, 1, on_cleanup, &c), BL_OK);
+    cr_assert(tl_wait(T, &c.n, 1, 10000));
+    cr_assert_eq(c.status, BL_OK);
+    cr_assert_eq(c.removed, 30, "only a's own locks");
+    cr_assert_eq(rs_lock_count(&srv), 30 + 1 /* bid_lock:noposting */);
+    c = (crec){0};
+    cr_assert_eq(bl_cleanup(a, 0, on_cleanup, &c), BL_OK);
+    cr_assert(tl_wait(T, &c.n, 1, 10000));
+    cr_assert_eq(c.removed, 30);
+    for (size_t i = 0; i < sizeof outside / sizeof outside[0]; i++)
+        cr_assert_eq(rs_exists(&srv, outside[i]), 1, "%s untouched", outside[i]);
+    cr_assert(rs_exists(&srv, "bid_lock::fence:ebay:a0"), "fencing counters stay");
+    close_manager(T, a);
+    close_manager(T, b);
+}
+
+Test(features, prometheus_text_parses_and_counts_match)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL);
+    rec r = acq(a, "prom", 0, 0);
+    cr_assert_eq(rel(r.lock, 0), BL_OK);
+    cr_assert_eq(acq(a, "prom", 0, 0).status, BL_OK);
+    bl_metrics mt;
+    bl_manager_metrics(a, &mt);
+    cr_assert_eq(mt.acquire_ms.count, 2);
+    cr_assert_eq(mt.release_ms.count, 1);
+    size_t need = bl_metrics_prometheus(&mt, NULL, 0);
+    char *buf = malloc(need);
+    cr_assert_eq(bl_metrics_prometheus(&mt, buf, need), need);
+    cr_assert_eq(strlen(buf) + 1, need);
+    char small[64];
+    cr_assert_eq(bl_metrics_prometheus(&mt, small, sizeof small), need, "reports what it needs");
+    cr_assert_eq(strlen(small), sizeof small - 1, "truncated, terminated");
+    /* Every sample line: name{labels} value, with HELP and TYPE before it. */
+    int samples = 0, acquired_seen = 0;
+    char *save, *line = strtok_r(buf, "\n", &save);
+    char typed[128] = "";
+    for (; line; line = strtok_r(NULL, "\n", &save)) {
+        if (strncmp(line, "# HELP bidlock_", 15) == 0)
+            continue;
+        if (strncmp(line, "# TYPE bidlock_", 15) == 0) {
+            sscanf(line + 7, "%127s", typed);
+            continue;
+        }
+        char name[128], value[64];
+        cr_assert_eq(sscanf(line, "%127s %63s", name, value), 2, "line: %s", line);
+        cr_assert(strncmp(name, "bidlock_", 8) == 0, "name: %s", name);
+        cr_assert(strncmp(name, typed, strlen(typed)) == 0, "%s has no TYPE line", name);
+        char *end;
+        strtod(value, &end);
+        cr_assert_eq(*end, '\0', "value: %s", value);
+        for (char *p = name; *p && *p != '{'; p++)
+            cr_assert(strchr("abcdefghijklmnopqrstuvwxyz_", *p), "name char in %s", name);
+        samples++;
+        if (strcmp(name, "bidlock_acquired_total") == 0)
+            acquired_seen = atoi(value);
+    }
+    cr_assert(samples > 30);
+    cr_assert_eq(acquired_seen, 2);
+    free(buf);
+    close_manager(T, a);
+}
