@@ -113,6 +113,12 @@ typedef struct bl_config {
     uint32_t backoff_initial_ms;
     uint32_t backoff_max_ms;
     double backoff_multiplier;
+    /* How long an operation may wait for Redis's answer (a paused or hung
+     * server). An acquire ends at its wait deadline regardless (BL_ETIMEDOUT;
+     * a try-once acquire after this, BL_ECONN), a release after this with
+     * BL_ECONN; a late grant is given back, a late release is harmless.
+     * Default 5000 ms. */
+    uint32_t command_timeout_ms;
     /* How long bl_manager_close() waits for its best-effort releases before
      * it drops the connection. Default 2000 ms. */
     uint32_t close_timeout_ms;

@@ -164,6 +164,18 @@ static void lose(bl_lock *lock)
 
 /* ---- the attempt loop --------------------------------------------------- */
 
+/* Bound the wait for an answer: a paused server must not hold a request
+ * past its deadline. The attempt may still succeed on the server: then the
+ * late grant is given back (abandoned). */
+static void arm_answer_deadline(bl_lock *lock)
+{
+    bl_manager *m = lock->m;
+    uint64_t now = now_ms(m), limit = m->cfg.command_timeout_ms;
+    if (!lock->try_once && lock->state == LS_ACQUIRING)
+        limit = lock->deadline > now + 50 ? lock->deadline - now : 50;
+    m->loop.timer_start(lock->timer, limit);
+}
+
 static void attempt(bl_lock *lock)
 {
     bl_manager *m = lock->m;
@@ -171,6 +183,8 @@ static void attempt(bl_lock *lock)
     lock->errmsg[0] = '\0';
     m->stats.attempts++;
     int rc = start_op(lock, BL_OP_ACQUIRE);
+    if (rc == 0)
+        arm_answer_deadline(lock);
     if (rc < 0) {
         m->stats.errors_attempt++;
         m->stats.errors++;
@@ -206,6 +220,8 @@ static void start_release_op(bl_lock *lock, enum bl_op_kind kind)
 {
     bl_manager *m = lock->m;
     int rc = start_op(lock, kind);
+    if (rc == 0)
+        arm_answer_deadline(lock);
     if (rc < 0) {
         m->stats.errors++;
         m->stats.conn_errors++;
@@ -227,6 +243,7 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
     }
     if (lock->state != LS_HELD || lock->lost)
         return;
+    m->loop.timer_stop(lock->timer);
     uint64_t now = now_ms(m);
     if (r->status == BL_OK) {
         m->stats.extends++;
@@ -247,6 +264,8 @@ void bl_lock_op_done(bl_lock *lock, const bl_op_result *r)
     bl_manager *m = lock->m;
     enum bl_op_kind kind = lock->inflight;
     lock->inflight = BL_OP_NONE;
+    if (!lock->abandoned && (lock->state == LS_ACQUIRING || lock->state == LS_RELEASING))
+        m->loop.timer_stop(lock->timer); /* the answer came in time */
     int err = r->status == BL_ECONN || r->status == BL_EREDIS;
     if (err) {
         m->stats.errors++;
@@ -305,6 +324,27 @@ static void lock_timer_cb(void *data)
         m->stats.waiting--;
         attempt(lock);
         break;
+    case LS_ACQUIRING: /* no answer in time: see arm_answer_deadline */
+        if (lock->inflight != BL_OP_ACQUIRE)
+            break;
+        lock->abandoned = 1;
+        set_errmsg(lock->errmsg, "Redis did not answer in time");
+        if (lock->try_once) {
+            m->stats.errors++;
+            m->stats.conn_errors++;
+        }
+        fire_acquire(lock, lock->try_once ? BL_ECONN : BL_ETIMEDOUT);
+        break;
+    case LS_RELEASING:
+        if (lock->inflight == BL_OP_NONE)
+            break;
+        lock->abandoned = 1;
+        m->stats.errors++;
+        m->stats.conn_errors++;
+        set_errmsg(lock->errmsg, "Redis did not answer the release in time; the lock ends "
+                                 "with its TTL");
+        fire_release(lock, BL_ECONN);
+        break;
     case LS_ENDING:
         if (lock->pending_kind == BL_OP_ACQUIRE)
             fire_acquire(lock, lock->pending_status);
@@ -312,11 +352,23 @@ static void lock_timer_cb(void *data)
             fire_release(lock, lock->pending_status);
         break;
     case LS_HELD: /* lease renewal */
-        if (lock->lost || lock->inflight != BL_OP_NONE)
+        if (lock->lost)
             break;
+        if (lock->inflight != BL_OP_NONE) { /* renewal unanswered */
+            uint64_t now = now_ms(m);
+            if (now >= lock->lease_until)
+                lose(lock);
+            else
+                m->loop.timer_start(lock->timer, lock->lease_until - now);
+            break;
+        }
         if (start_op(lock, BL_OP_EXTEND) < 0) {
             bl_op_result r = {BL_ECONN, 0, 0, "not connected"};
             extend_done(lock, &r);
+        } else {
+            uint64_t now = now_ms(m);
+            m->loop.timer_start(lock->timer,
+                                lock->lease_until > now ? lock->lease_until - now : 1);
         }
         break;
     default:

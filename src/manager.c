@@ -41,6 +41,7 @@ void bl_config_init(bl_config *cfg)
     cfg->backoff_max_ms = 1000;
     cfg->backoff_multiplier = 1.5;
     cfg->close_timeout_ms = 2000;
+    cfg->command_timeout_ms = 5000;
     cfg->reconnect_initial_ms = 100;
     cfg->done_ttl_ms = 7ULL * 24 * 3600 * 1000;
     cfg->handoff_ms = 250;
@@ -80,6 +81,8 @@ int bl_config_validate(const bl_config *c, char *why, size_t why_len)
         BAD("username needs a password");
     if (c->connect_timeout_ms == 0)
         BAD("connect_timeout_ms must be > 0");
+    if (c->command_timeout_ms == 0)
+        BAD("command_timeout_ms must be > 0");
     if (c->default_ttl_ms == 0 || c->default_ttl_ms > BL_MAX_MS)
         BAD("default_ttl_ms must be 1 ms .. 30 days");
     if (c->default_wait_ms > BL_MAX_MS)

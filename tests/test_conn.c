@@ -284,3 +284,47 @@ Test(conn, requests_in_flight_when_the_server_dies_end_once_and_it_recovers_afte
     close_manager(T, a);
     rs_stop(&s);
 }
+
+Test(conn, a_paused_server_cannot_hold_requests_past_their_deadlines)
+{
+    redis_srv s;
+    rs_start(&s, NULL);
+    bl_config c = cfg_for(&s);
+    c.command_timeout_ms = 300;
+    bl_manager *a = mgr(&c);
+    rec held = acq(a, "held");
+    cr_assert_eq(held.status, BL_OK);
+    kill(s.pid, SIGSTOP);
+    rec waiting = {0}, once = {0}, released = {0};
+    bl_acquire_opts o;
+    bl_acquire_opts_init(&o);
+    o.wait_ms = 400;
+    uint64_t t0 = mono_ms();
+    cr_assert_eq(bl_acquire(a, "ebay", "late", &o, on_acq, &waiting, NULL), BL_OK);
+    o.wait_ms = 0;
+    cr_assert_eq(bl_acquire(a, "ebay", "once", &o, on_acq, &once, NULL), BL_OK);
+    cr_assert_eq(bl_release(held.lock, (bl_release_cb)on_acq, &released), BL_OK);
+    cr_assert(tl_wait(T, &waiting.n, 1, 3000));
+    cr_assert(tl_wait(T, &once.n, 1, 3000));
+    cr_assert(tl_wait(T, &released.n, 1, 3000));
+    uint64_t took = mono_ms() - t0;
+    cr_assert_eq(waiting.status, BL_ETIMEDOUT, "%s", bl_status_name(waiting.status));
+    cr_assert_eq(once.status, BL_ECONN, "%s", bl_status_name(once.status));
+    cr_assert_eq(released.status, BL_ECONN);
+    cr_assert(strstr(released.errmsg, "did not answer"), "%s", released.errmsg);
+    cr_assert(took < 2500, "bounded by the deadlines, not by the pause (%llu ms)",
+              (unsigned long long)took);
+    /* The server wakes up and runs the queued scripts: both grants were
+     * real, and bidlock gives them back. */
+    kill(s.pid, SIGCONT);
+    tl_run_for(T, 300);
+    bl_stats st;
+    bl_manager_stats(a, &st);
+    cr_assert_eq(st.abandoned, 2, "late grants given back: %llu", (unsigned long long)st.abandoned);
+    cr_assert_eq(rs_exists(&s, "bid_lock:ebay:late"), 0);
+    cr_assert_eq(rs_exists(&s, "bid_lock:ebay:once"), 0);
+    cr_assert_eq(rs_exists(&s, "bid_lock:ebay:held"), 0, "the late release ran too");
+    cr_assert_eq(acq(a, "late").status, BL_OK, "and it works again");
+    close_manager(T, a);
+    rs_stop(&s);
+}
