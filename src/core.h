@@ -31,6 +31,7 @@ struct bl_lock {
     uint64_t started_us;
     uint64_t deadline;  /* loop clock */
     int try_once;
+    int queued;         /* joined the server's wait queue */
     double step;        /* backoff state */
     bl_timer *timer;    /* backoff, deferred completion, lease renewal */
     int pending_status;

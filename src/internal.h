@@ -199,6 +199,8 @@ enum { BL_AUX_QUEUE, BL_AUX_FENCE, BL_AUX_DONE, BL_AUX_COUNT };
 uint64_t bl_lock_ttl(const bl_lock *lock);
 /* ms the request may still wait (queue entry lifetime); 0 = try once. */
 uint64_t bl_lock_queue_ttl(const bl_lock *lock);
+/* 1 once an attempt of this request joined the server's wait queue. */
+int bl_lock_queued(const bl_lock *lock);
 enum bl_op_kind bl_lock_inflight(const bl_lock *lock);
 /* The lock's message buffer (BL_ERRMSG_MAX bytes), for a backend to explain
  * a synchronous failure. */

@@ -209,6 +209,7 @@ static void wait_or_give_up(bl_lock *lock)
     }
     if (!lock->wq && m->cfg.wake_on_release)
         bl_wq_join(lock);
+    lock->queued = m->cfg.wake_on_release; /* the busy attempt queued us */
     uint64_t pause =
         bl_backoff_next(&m->backoff, &lock->step, bl_rand_next(&m->rng), now, lock->deadline);
     lock->state = LS_WAITING;
@@ -650,4 +651,5 @@ uint64_t bl_lock_queue_ttl(const bl_lock *lock)
     return left + m->cfg.handoff_ms + 1000;
 }
 enum bl_op_kind bl_lock_inflight(const bl_lock *lock) { return lock->inflight; }
+int bl_lock_queued(const bl_lock *lock) { return lock->queued; }
 char *bl_lock_errbuf(bl_lock *lock) { return lock->errmsg; }

@@ -346,8 +346,8 @@ static int send_op(redis_be *r, bl_lock *lock, enum bl_op_kind kind, int by_body
                                    : BL_SCRIPT_RELEASE;
     const char *holder = bl_manager_holder(M(r));
     char n1[24], n2[24], n3[24];
-    const char *argv[12];
-    size_t lens[12];
+    const char *argv[14];
+    size_t lens[14];
     int argc = 0;
 #define ARG(p, n) (argv[argc] = (p), lens[argc++] = (n))
 #define NUM(buf, v) ARG(buf, (size_t)snprintf(buf, sizeof buf, "%llu", (unsigned long long)(v)))
@@ -373,6 +373,7 @@ static int send_op(redis_be *r, bl_lock *lock, enum bl_op_kind kind, int by_body
         NUM(n1, bl_lock_ttl(lock));
         NUM(n2, BL_FENCE_TTL_MS);
         NUM(n3, bl_lock_queue_ttl(lock));
+        ARG(bl_lock_queued(lock) ? "1" : "0", 1);
         break;
     case BL_OP_EXTEND:
         ARG("1", 1);

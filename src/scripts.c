@@ -18,24 +18,28 @@
 const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
     /* KEYS: lock fence done queue
      * ARGV: holder ttl_ms fence_ttl_ms queue_ttl_ms(0 = try once, no queue)
-     * -> token > 0 | 0 busy | -2 done */
+     *       queued(1 if this request joined the queue before)
+     * -> token > 0 | 0 busy | -2 done
+     * The uncontended path is SET NX first: 5 calls in all. */
     [BL_SCRIPT_ACQUIRE] = {"acquire",
+        "if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
+        "  if redis.call('GET', KEYS[1]) ~= '~' .. ARGV[1] then\n"
+        "    local qt = tonumber(ARGV[4])\n"
+        "    if qt > 0 then\n"
+        "      local t = redis.call('TIME')\n"
+        "      redis.call('ZADD', KEYS[4], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])\n"
+        "      if redis.call('PTTL', KEYS[4]) < qt then redis.call('PEXPIRE', KEYS[4], qt) end\n"
+        "    end\n"
+        "    return 0\n"
+        "  end\n"
+        "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n" /* reserved for us */
+        "end\n"
         "if redis.call('EXISTS', KEYS[3]) == 1 then\n"
+        "  redis.call('DEL', KEYS[1])\n"
         "  redis.call('ZREM', KEYS[4], ARGV[1])\n"
         "  return -2\n"
         "end\n"
-        "local v = redis.call('GET', KEYS[1])\n"
-        "if v and v ~= '~' .. ARGV[1] then\n"
-        "  local qt = tonumber(ARGV[4])\n"
-        "  if qt > 0 then\n"
-        "    local t = redis.call('TIME')\n"
-        "    redis.call('ZADD', KEYS[4], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])\n"
-        "    if redis.call('PTTL', KEYS[4]) < qt then redis.call('PEXPIRE', KEYS[4], qt) end\n"
-        "  end\n"
-        "  return 0\n"
-        "end\n"
-        "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
-        "redis.call('ZREM', KEYS[4], ARGV[1])\n"
+        "if ARGV[5] == '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end\n"
         "local t = redis.call('TIME')\n"
         "local tok = t[1] * 1000000 + t[2]\n"
         "local prev = tonumber(redis.call('GET', KEYS[2]))\n"
