@@ -28,6 +28,41 @@ uint64_t bl_random_seed(void);
 /* splitmix64 step: cheap, good enough for jitter. */
 uint64_t bl_rand_next(uint64_t *state);
 
+/* ---- url.c: REDIS_URL and friends ------------------------------------- */
+
+#define BL_URL_MAX 8192
+
+/* A parsed URL. Strings are malloc'd and owned by the struct; NULL when the
+ * URL has none. Exactly one of host (with port) and unix_path is set. */
+typedef struct bl_url {
+    char *host;      /* without brackets: "::1" */
+    int port;        /* 6379 by default; 0 for unix */
+    char *unix_path; /* percent-decoded */
+    char *username;  /* percent-decoded */
+    char *password;  /* percent-decoded */
+    int db;          /* 0 by default */
+} bl_url;
+
+/* Parse redis://[[user]:password@]host[:port][/db] or
+ * unix:///path/to/socket[?db=N] (grammar and decisions atop url.c).
+ * Returns BL_OK and fills *out, or BL_EINVAL with a sentence naming the bad
+ * part in why (never the password), or BL_ENOMEM. *out is zeroed on any
+ * failure, so bl_url_free(out) is always safe. out may be NULL: then the URL
+ * is only checked and nothing is allocated (never BL_ENOMEM). */
+int bl_url_parse(const char *url, bl_url *out, char *why, size_t why_len);
+/* Free u's strings (the password is wiped first) and zero *u. NULL is fine. */
+void bl_url_free(bl_url *u);
+
+/* Digits only (no sign, space or "0x"), value in lo..hi: 0 and *out set;
+ * -1 not a number; -2 out of range. s need not be NUL-terminated. */
+int bl_parse_uint(const char *s, size_t n, long lo, long hi, long *out);
+/* 1 if h[0..n) is a host name (letters, digits, '-', '.', '_'; 1..255
+ * bytes) or an IPv6 address without brackets. */
+int bl_host_ok(const char *h, size_t n);
+/* s[0..n) for a message: in single quotes, bytes outside printable ASCII as
+ * \xNN, cut after 40 bytes with "...". Always NUL-terminates dst (cap >= 8). */
+void bl_quote(char *dst, size_t cap, const char *s, size_t n);
+
 /* ---- backoff.c: the waiting schedule, pure so it is testable ----------- */
 
 typedef struct bl_backoff {

@@ -473,7 +473,14 @@ int bl_config_validate(const bl_config *c, char *why, size_t why_len)
         BAD("config is NULL");
     if (bl_validate_prefix(c->key_prefix, why, why_len))
         return BL_EINVAL;
-    if (c->unix_path) {
+    if (c->url) { /* wins over host/port/unix_path, which are then not checked */
+        char msg[BL_ERRMSG_MAX];
+        if (bl_url_parse(c->url, NULL, msg, sizeof msg) != BL_OK) {
+            if (why && why_len)
+                snprintf(why, why_len, "url: %s", msg);
+            return BL_EINVAL;
+        }
+    } else if (c->unix_path) {
         if (!*c->unix_path || strlen(c->unix_path) >= 108)
             BAD("unix_path must be 1..107 bytes");
     } else {
@@ -482,6 +489,12 @@ int bl_config_validate(const bl_config *c, char *why, size_t why_len)
         if (c->port < 1 || c->port > 65535)
             BAD("port must be 1..65535");
     }
+    if (c->db < 0)
+        BAD("db must be >= 0");
+    if (c->username && !c->password)
+        BAD("username needs a password (AUTH has no username-only form)");
+    if (c->backend != BL_BACKEND_REDIS && c->backend != BL_BACKEND_MEMORY)
+        BAD("backend must be BL_BACKEND_REDIS or BL_BACKEND_MEMORY");
     if (c->connect_timeout_ms == 0)
         BAD("connect_timeout_ms must be > 0");
     if (c->default_ttl_ms == 0 || c->default_ttl_ms > BL_MAX_MS)

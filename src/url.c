@@ -1,0 +1,493 @@
+/* url.c - where Redis is, as a URL:
+ *
+ *   redis://[[user]:password@]host[:port][/db]     port 6379, db 0 by default
+ *   unix:///path/to/socket[?db=N]                  db 0 by default
+ *
+ * Strict on purpose: a URL that is not understood exactly is refused with a
+ * sentence naming the bad part, never patched up with a default - a
+ * half-understood URL is how an instance ends up locking on the wrong Redis.
+ *
+ * Decisions
+ *  - The scheme is case-insensitive (RFC 3986). rediss:// is refused:
+ *    hiredis 0.14 has no TLS.
+ *  - The credentials end at the LAST '@' and the username at the first ':',
+ *    so a password may hold '@', ':', '/', '?' and '#' as they are. Username
+ *    and password are percent-decoded (%40 -> '@', %25 -> '%', %20 -> ' ');
+ *    a '%' without two hex digits after it, and %00, are refused. A username
+ *    needs a password: AUTH has no username-only form.
+ *  - The unix socket path is percent-decoded too; host, port and db are not.
+ *  - "host:" and "host/" are refused: an empty port or db is a typo.
+ *  - Host: a name of letters, digits, '-', '.', '_', or an IPv6 address in
+ *    brackets. Whitespace and control characters are refused everywhere.
+ *  - Messages quote the bad part (escaped, cut at 40 bytes) but nothing
+ *    between "://" and the last '@', nor a query value: a password must never
+ *    reach a log.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "internal.h"
+
+#define QUOTE_MAX 40
+
+static int say(char *why, size_t why_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int say(char *why, size_t why_len, const char *fmt, ...)
+{
+    if (why && why_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, why_len, fmt, ap);
+        va_end(ap);
+    }
+    return BL_EINVAL;
+}
+
+void bl_quote(char *dst, size_t cap, const char *s, size_t n)
+{
+    if (!dst || !cap)
+        return;
+    if (cap < 8) {
+        dst[0] = '\0';
+        return;
+    }
+    size_t o = 0, i = 0, lim = n > QUOTE_MAX ? QUOTE_MAX : n;
+    dst[o++] = '\'';
+    for (; i < lim; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char t[5];
+        if (c > 0x20 && c < 0x7f && c != '\'' && c != '\\') {
+            t[0] = (char)c;
+            t[1] = '\0';
+        } else {
+            snprintf(t, sizeof t, "\\x%02x", c);
+        }
+        size_t tn = strlen(t);
+        if (o + tn + 5 > cap) /* keep room for "...'" and the NUL */
+            break;
+        memcpy(dst + o, t, tn);
+        o += tn;
+    }
+    if (i < n) {
+        memcpy(dst + o, "...", 3);
+        o += 3;
+    }
+    dst[o++] = '\'';
+    dst[o] = '\0';
+}
+
+int bl_parse_uint(const char *s, size_t n, long lo, long hi, long *out)
+{
+    /* Digits only: strtol alone would also take spaces, a sign and "0x". */
+    if (n == 0)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+    if (n > 19) /* more than any long: out of range, not "not a number" */
+        return -2;
+    char buf[20];
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    char *end;
+    errno = 0;
+    long v = strtol(buf, &end, 10);
+    if (end != buf + n)
+        return -1;
+    if (errno == ERANGE || v < lo || v > hi)
+        return -2;
+    *out = v;
+    return 0;
+}
+
+static int bad_byte(unsigned char c)
+{
+    return c <= 0x20 || c == 0x7f;
+}
+
+static int has_bad_byte(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (bad_byte((unsigned char)s[i]))
+            return 1;
+    return 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+enum { PCT_OK = 0, PCT_BAD = 1, PCT_NUL = 2 };
+
+/* Percent-decode s[0..n). Checks only when out is NULL; else *out is a fresh
+ * string (NULL on out of memory: the caller checks). */
+static int pct_decode(const char *s, size_t n, char **out)
+{
+    char *d = NULL;
+    if (out) {
+        d = malloc(n + 1);
+        *out = d;
+        if (!d)
+            return PCT_OK;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '%') {
+            int hi = i + 1 < n ? hexval(s[i + 1]) : -1;
+            int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+            if (hi < 0 || lo < 0)
+                return PCT_BAD;
+            c = (char)(hi * 16 + lo);
+            if (c == '\0')
+                return PCT_NUL;
+            i += 2;
+        }
+        if (d)
+            d[o++] = c;
+    }
+    if (d)
+        d[o] = '\0';
+    return PCT_OK;
+}
+
+/* A decoded field: check (out NULL) or decode into *out. */
+static int take_pct(const char *what, const char *s, size_t n, char **out, char *why,
+                    size_t why_len)
+{
+    if (has_bad_byte(s, n))
+        return say(why, why_len, "%s contains whitespace or a control character", what);
+    int rc = pct_decode(s, n, out);
+    if (rc == PCT_BAD)
+        return say(why, why_len,
+                   "%s has a '%%' not followed by two hex digits (write %%25 for '%%')", what);
+    if (rc == PCT_NUL)
+        return say(why, why_len, "%s contains %%00, which cannot be sent", what);
+    if (out && !*out) {
+        say(why, why_len, "out of memory");
+        return BL_ENOMEM;
+    }
+    return BL_OK;
+}
+
+static int take_str(const char *s, size_t n, char **out, char *why, size_t why_len)
+{
+    if (!out)
+        return BL_OK;
+    *out = strndup(s, n);
+    if (*out)
+        return BL_OK;
+    say(why, why_len, "out of memory");
+    return BL_ENOMEM;
+}
+
+int bl_host_ok(const char *h, size_t n)
+{
+    if (n == 0 || n > 255)
+        return 0;
+    if (memchr(h, ':', n)) { /* only IPv6 has ':' */
+        char buf[64];
+        struct in6_addr a;
+        if (n >= sizeof buf)
+            return 0;
+        memcpy(buf, h, n);
+        buf[n] = '\0';
+        return inet_pton(AF_INET6, buf, &a) == 1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char c = h[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.' || c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+static int parse_userinfo(const char *s, size_t n, bl_url *u, char *why, size_t why_len)
+{
+    /* Nothing of s is ever quoted: it may be, or contain, the password. */
+    if (n == 0)
+        return say(why, why_len, "credentials before '@' are empty");
+    const char *colon = memchr(s, ':', n);
+    if (!colon)
+        return say(why, why_len,
+                   "credentials before '@' have no ':' (write redis://user:password@host "
+                   "or redis://:password@host)");
+    size_t un = (size_t)(colon - s), pn = n - un - 1;
+    if (pn == 0)
+        return say(why, why_len, "password after ':' is empty");
+    int rc = BL_OK;
+    if (un > 0)
+        rc = take_pct("username", s, un, u ? &u->username : NULL, why, why_len);
+    if (rc == BL_OK)
+        rc = take_pct("password", colon + 1, pn, u ? &u->password : NULL, why, why_len);
+    return rc;
+}
+
+static int parse_db(const char *s, size_t n, int *db, char *why, size_t why_len)
+{
+    char q[4 * QUOTE_MAX + 8];
+    long v;
+    int rc = bl_parse_uint(s, n, 0, INT_MAX, &v);
+    if (rc == 0) {
+        *db = (int)v;
+        return BL_OK;
+    }
+    bl_quote(q, sizeof q, s, n);
+    return say(why, why_len, "db %s is %s 0..%d", q,
+               rc == -1 ? "not a number" : "out of range", INT_MAX);
+}
+
+static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
+{
+    char q[4 * QUOTE_MAX + 8];
+    const char *at = strrchr(r, '@');
+    const char *p = r;
+    if (at) {
+        int rc = parse_userinfo(r, (size_t)(at - r), u, why, why_len);
+        if (rc)
+            return rc;
+        p = at + 1;
+    }
+
+    const char *h;
+    size_t hn;
+    if (*p == '[') {
+        const char *close = strchr(p, ']');
+        if (!close) {
+            bl_quote(q, sizeof q, p, strcspn(p, "/?#"));
+            return say(why, why_len, "IPv6 address %s has no closing ']'", q);
+        }
+        h = p + 1;
+        hn = (size_t)(close - h);
+        p = close + 1;
+        if (hn == 0)
+            return say(why, why_len, "IPv6 address between '[' and ']' is empty");
+        if (!bl_host_ok(h, hn) || !memchr(h, ':', hn)) {
+            bl_quote(q, sizeof q, h, hn);
+            return say(why, why_len, "host %s in brackets is not an IPv6 address", q);
+        }
+        if (*p && *p != ':' && *p != '/') {
+            bl_quote(q, sizeof q, p, strlen(p));
+            return say(why, why_len, "unexpected %s after the IPv6 address", q);
+        }
+    } else {
+        h = p;
+        hn = strcspn(p, ":/?#");
+        p += hn;
+        if (hn == 0) {
+            const char *c1 = strchr(p, ':');
+            int v6 = c1 && strchr(c1 + 1, ':');
+            return say(why, why_len, "host is empty%s",
+                       v6 ? " (write an IPv6 address in brackets: redis://[::1]:6379)" : "");
+        }
+        bl_quote(q, sizeof q, h, hn);
+        if (has_bad_byte(h, hn))
+            return say(why, why_len, "host %s contains whitespace or a control character", q);
+        if (hn > 255)
+            return say(why, why_len, "host %s is longer than 255 bytes", q);
+        if (!bl_host_ok(h, hn))
+            return say(why, why_len,
+                       "host %s has a character not allowed in a host name "
+                       "(letters, digits, '-', '.', '_')",
+                       q);
+    }
+
+    int port = 6379, db = 0;
+    if (*p == ':') {
+        p++;
+        size_t pn = strcspn(p, "/?#");
+        if (pn == 0)
+            return say(why, why_len, "port after ':' is empty (leave out ':' for 6379)");
+        long v;
+        int rc = bl_parse_uint(p, pn, 1, 65535, &v);
+        if (rc) {
+            bl_quote(q, sizeof q, p, pn);
+            return say(why, why_len, "port %s is %s 1..65535", q,
+                       rc == -1 ? "not a number" : "out of range");
+        }
+        port = (int)v;
+        p += pn;
+    }
+    if (*p == '/') {
+        p++;
+        size_t dn = strcspn(p, "?#");
+        if (dn == 0)
+            return say(why, why_len, "db after '/' is empty (leave out '/' for db 0)");
+        int rc = parse_db(p, dn, &db, why, why_len);
+        if (rc)
+            return rc;
+        p += dn;
+    }
+    if (*p) {
+        bl_quote(q, sizeof q, p, strlen(p));
+        return say(why, why_len, "unexpected %s at the end (redis:// takes no query or "
+                   "fragment; the db goes after '/')", q);
+    }
+    if (u) {
+        u->port = port;
+        u->db = db;
+    }
+    return take_str(h, hn, u ? &u->host : NULL, why, why_len);
+}
+
+static int parse_query(const char *p, int *db, char *why, size_t why_len)
+{
+    char q[4 * QUOTE_MAX + 8];
+    int seen = 0;
+    if (!*p || *p == '#')
+        return say(why, why_len, "query after '?' is empty");
+    for (;;) {
+        size_t n = strcspn(p, "&#");
+        if (n == 0)
+            return say(why, why_len, "query has an empty parameter (a stray '&')");
+        const char *eq = memchr(p, '=', n);
+        size_t kn = eq ? (size_t)(eq - p) : n;
+        if (kn == 2 && memcmp(p, "db", 2) == 0) {
+            if (!eq || eq + 1 == p + n)
+                return say(why, why_len, "query parameter 'db' has no value");
+            if (seen)
+                return say(why, why_len, "query parameter 'db' is given twice");
+            seen = 1;
+            int rc = parse_db(eq + 1, n - kn - 1, db, why, why_len);
+            if (rc)
+                return rc;
+        } else {
+            /* The name only: the value may be a secret (?password=...). */
+            bl_quote(q, sizeof q, p, kn);
+            return say(why, why_len, "unknown query parameter %s (only db=N is understood)",
+                       q);
+        }
+        p += n;
+        if (*p != '&')
+            break;
+        p++;
+        if (!*p || *p == '#')
+            return say(why, why_len, "query has an empty parameter (a stray '&')");
+    }
+    if (*p) {
+        bl_quote(q, sizeof q, p, strlen(p));
+        return say(why, why_len, "unexpected %s at the end", q);
+    }
+    return BL_OK;
+}
+
+static int parse_unix(const char *r, bl_url *u, char *why, size_t why_len)
+{
+    char q[4 * QUOTE_MAX + 8];
+    if (!*r)
+        return say(why, why_len, "socket path is empty (write unix:///path/to/socket)");
+    if (*r != '/') {
+        if (strchr(r, '@')) /* credentials: quote nothing */
+            return say(why, why_len, "unix:// takes no credentials or host; write "
+                       "unix:///path/to/socket");
+        bl_quote(q, sizeof q, r, strcspn(r, "/?#"));
+        return say(why, why_len, "unix:// takes no host (got %s); write "
+                   "unix:///path/to/socket, with three slashes", q);
+    }
+    size_t pn = strcspn(r, "?#");
+    /* Check first so a bad path never allocates, then measure decoded size. */
+    int rc = take_pct("socket path", r, pn, NULL, why, why_len);
+    if (rc)
+        return rc;
+    size_t dn = 0;
+    for (size_t i = 0; i < pn; i++, dn++)
+        if (r[i] == '%')
+            i += 2;
+    if (dn > 107)
+        return say(why, why_len, "socket path is longer than 107 bytes");
+    int db = 0;
+    const char *p = r + pn;
+    if (*p == '?')
+        rc = parse_query(p + 1, &db, why, why_len);
+    else if (*p) {
+        bl_quote(q, sizeof q, p, strlen(p));
+        rc = say(why, why_len, "unexpected %s at the end", q);
+    }
+    if (rc)
+        return rc;
+    if (u) {
+        u->db = db;
+        u->port = 0;
+    }
+    return take_pct("socket path", r, pn, u ? &u->unix_path : NULL, why, why_len);
+}
+
+static int scheme_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '+' || c == '-' || c == '.';
+}
+
+int bl_url_parse(const char *url, bl_url *out, char *why, size_t why_len)
+{
+    char q[4 * QUOTE_MAX + 8];
+    bl_url u;
+    memset(&u, 0, sizeof u);
+    if (out)
+        memset(out, 0, sizeof *out);
+    if (why && why_len)
+        why[0] = '\0';
+    if (!url)
+        return say(why, why_len, "URL is NULL");
+    if (!*url)
+        return say(why, why_len, "URL is empty");
+    if (strnlen(url, BL_URL_MAX + 1) > BL_URL_MAX)
+        return say(why, why_len, "URL is longer than %d bytes", BL_URL_MAX);
+
+    const char *sep = strstr(url, "://");
+    size_t sn = sep ? (size_t)(sep - url) : 0;
+    for (size_t i = 0; sep && i < sn; i++)
+        if (!scheme_char(url[i]))
+            sep = NULL;
+    if (!sep || sn == 0)
+        return say(why, why_len, "URL does not start with redis:// or unix:// "
+                   "(e.g. redis://127.0.0.1:6379/0)");
+    const char *rest = sep + 3;
+    int rc;
+    if (sn == 5 && strncasecmp(url, "redis", 5) == 0) {
+        rc = parse_redis(rest, out ? &u : NULL, why, why_len);
+    } else if (sn == 4 && strncasecmp(url, "unix", 4) == 0) {
+        rc = parse_unix(rest, out ? &u : NULL, why, why_len);
+    } else if (sn == 6 && strncasecmp(url, "rediss", 6) == 0) {
+        return say(why, why_len, "scheme 'rediss' (TLS) is not supported: hiredis 0.14 has "
+                   "no TLS");
+    } else {
+        bl_quote(q, sizeof q, url, sn);
+        return say(why, why_len, "scheme %s is not redis:// or unix://", q);
+    }
+    if (rc) {
+        bl_url_free(&u);
+        return rc;
+    }
+    if (out)
+        *out = u;
+    return BL_OK;
+}
+
+void bl_url_free(bl_url *u)
+{
+    if (!u)
+        return;
+    free(u->host);
+    free(u->unix_path);
+    free(u->username);
+    if (u->password) /* do not leave the secret lying in freed memory */
+        explicit_bzero(u->password, strlen(u->password));
+    free(u->password);
+    memset(u, 0, sizeof *u);
+}
