@@ -133,17 +133,9 @@ static int hexval(char c)
 
 enum { PCT_OK = 0, PCT_BAD = 1, PCT_NUL = 2 };
 
-/* Percent-decode s[0..n). Checks only when out is NULL; else *out is a fresh
- * string (NULL on out of memory: the caller checks). */
-static int pct_decode(const char *s, size_t n, char **out)
+/* Percent-decode s[0..n) into d (n + 1 bytes), or only check when d is NULL. */
+static int pct_decode_into(const char *s, size_t n, char *d)
 {
-    char *d = NULL;
-    if (out) {
-        d = malloc(n + 1);
-        *out = d;
-        if (!d)
-            return PCT_OK;
-    }
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
@@ -162,6 +154,20 @@ static int pct_decode(const char *s, size_t n, char **out)
     }
     if (d)
         d[o] = '\0';
+    return PCT_OK;
+}
+
+/* Check s[0..n); when out is not NULL and it is good, *out is the decoded
+ * fresh string (NULL on out of memory: the caller checks). A bad input never
+ * leaves anything in *out. */
+static int pct_decode(const char *s, size_t n, char **out)
+{
+    int rc = pct_decode_into(s, n, NULL);
+    if (rc != PCT_OK || !out)
+        return rc;
+    *out = malloc(n + 1);
+    if (*out)
+        pct_decode_into(s, n, *out);
     return PCT_OK;
 }
 

@@ -224,6 +224,9 @@ Test(url, refuses_malformed_urls_naming_the_part)
         {"redis://:p%4@host", "password has a '%'"},
         {"redis://:p%@host", "password has a '%'"},
         {"redis://:p%00@host", "password contains %00"},
+        /* fuzz_url's first find: a bad escape after a good one in the password
+         * left a half-decoded, unterminated buffer for bl_url_free to strlen. */
+        {"redis://us%40er:p%$0s*s@h/3", "password has a '%'"},
         {"redis://u%g0:pw@host", "username has a '%'"},
         {"redis://u%00:pw@host", "username contains %00"},
         {"redis://:pa ss@host", "password contains whitespace"},
