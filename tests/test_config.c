@@ -351,6 +351,8 @@ Test(url, messages_never_contain_the_password)
         "unix:///s?db=1&password=" SECRET,
         "unix://:" SECRET "@/s",
         "unix://" SECRET "@/s",
+        "unix:///s#u:" SECRET "@x", /* credentials in the wrong place */
+        "unix:///s?u:" SECRET "@x=1",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         memset(why, 0, sizeof why);

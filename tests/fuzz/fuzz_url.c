@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "internal.h"
 
@@ -104,6 +105,10 @@ static void check_no_password(const char *s, const char *why)
         return;
     const char *ui = sep + 3, *at = strrchr(ui, '@');
     if (!at)
+        return;
+    /* unix:///path has no credentials in its grammar; only the refused
+     * unix://user:pw@/path form holds something meant as a password. */
+    if ((size_t)(sep - s) == 4 && strncasecmp(s, "unix", 4) == 0 && *ui == '/')
         return;
     const char *colon = memchr(ui, ':', (size_t)(at - ui));
     if (!colon)
