@@ -82,6 +82,11 @@ typedef struct bl_config {
     /* Where Redis is. A url, when set, wins over the fields below it:
      *   redis://[[user]:password@]host[:port][/db]
      *   unix:///path/to/socket[?db=N]
+     * (port 6379, db 0 when left out; IPv6 in brackets: redis://[::1]:6380/2).
+     * user, password and the socket path are percent-decoded (%40 is '@',
+     * %25 is '%'); the credentials end at the last '@'. An empty port or db
+     * ("host:", "host/"), a query on redis://, rediss:// (no TLS in hiredis
+     * 0.14) and any whitespace are refused by bl_config_validate.
      * Otherwise unix_path wins over host/port. host must be a numeric
      * address (127.0.0.1, ::1) or "localhost": hiredis resolves names
      * synchronously, which would block your loop.
@@ -148,11 +153,18 @@ BL_API void bl_config_init(bl_config *cfg);
 
 /* Fill connection and backend fields of *cfg from the environment (call
  * bl_config_init first). Reads REDIS_URL, else REDIS_HOST, REDIS_PORT,
- * REDIS_DB, REDIS_USERNAME, REDIS_PASSWORD; USE_REDIS_LOCKS (true/false)
- * and BIDLOCK_ENV or ENV (production/development) choose the backend:
- *   USE_REDIS_LOCKS=true  -> Redis;   USE_REDIS_LOCKS=false -> memory;
+ * REDIS_DB, REDIS_USERNAME, REDIS_PASSWORD (with REDIS_URL set these are
+ * not read; set, they override url/unix_path set in code). USE_REDIS_LOCKS
+ * (true/false/1/0/yes/no/on/off, any case) and BIDLOCK_ENV, else ENV, choose
+ * the backend. Deployment spellings, any case: production, prod, staging;
+ * development, dev, local, test. An unknown BIDLOCK_ENV is an error; an
+ * unknown ENV is ignored (shells use ENV for their startup file).
+ *   USE_REDIS_LOCKS=true  -> Redis;   USE_REDIS_LOCKS=false -> memory,
+ *   except in production, where it is refused (BL_EINVAL): local locks
+ *   cannot stop another instance from bidding;
  *   unset: Redis if REDIS_URL/REDIS_HOST is set, memory in development,
  *   else Redis on 127.0.0.1:6379 (production fails closed).
+ * REDIS_*, USE_REDIS_LOCKS or BIDLOCK_ENV set to "" is an error, not "unset".
  * String fields point into the environment (bl_manager_new copies them).
  * Returns BL_OK, or BL_EINVAL with a sentence naming the bad variable or URL
  * part in why (never the password); *cfg is then unchanged. */

@@ -62,8 +62,14 @@ int bl_config_validate(const bl_config *c, char *why, size_t why_len)
         return BL_EINVAL;
     if (c->backend != BL_BACKEND_REDIS && c->backend != BL_BACKEND_MEMORY)
         BAD("backend must be BL_BACKEND_REDIS or BL_BACKEND_MEMORY");
-    if (c->url && bl_url_parse(c->url, NULL, why, why_len) != BL_OK)
-        return BL_EINVAL;
+    if (c->url) { /* wins over host/port/unix_path, which are then not checked */
+        char msg[BL_ERRMSG_MAX];
+        if (bl_url_parse(c->url, NULL, msg, sizeof msg) != BL_OK) {
+            if (why && why_len)
+                snprintf(why, why_len, "url: %s", msg);
+            return BL_EINVAL;
+        }
+    }
     if (c->backend == BL_BACKEND_REDIS && !c->url) {
         if (c->unix_path) {
             if (!*c->unix_path || strlen(c->unix_path) >= 108)
@@ -78,7 +84,7 @@ int bl_config_validate(const bl_config *c, char *why, size_t why_len)
     if (c->db < 0)
         BAD("db must be >= 0");
     if (c->username && !c->password)
-        BAD("username needs a password");
+        BAD("username needs a password (AUTH has no username-only form)");
     if (c->connect_timeout_ms == 0)
         BAD("connect_timeout_ms must be > 0");
     if (c->command_timeout_ms == 0)

@@ -20,8 +20,8 @@
  *  - Host: a name of letters, digits, '-', '.', '_', or an IPv6 address in
  *    brackets. Whitespace and control characters are refused everywhere.
  *  - Messages quote the bad part (escaped, cut at 40 bytes) but nothing
- *    between "://" and the last '@', nor a query value: a password must never
- *    reach a log.
+ *    between "://" and the last '@', no query value and no part that holds
+ *    an '@': a password must never reach a log.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -118,6 +118,17 @@ static int has_bad_byte(const char *s, size_t n)
         if (bad_byte((unsigned char)s[i]))
             return 1;
     return 0;
+}
+
+/* Quote a part for a message - unless it holds an '@': then it may hold
+ * credentials written in the wrong place (unix:///s#user:pw@x), and it is
+ * described instead of shown. */
+static void quote(char *dst, size_t cap, const char *s, size_t n)
+{
+    if (memchr(s, '@', n))
+        snprintf(dst, cap, "(not shown: it contains '@')");
+    else
+        bl_quote(dst, cap, s, n);
 }
 
 static int hexval(char c)
@@ -253,7 +264,7 @@ static int parse_db(const char *s, size_t n, int *db, char *why, size_t why_len)
         *db = (int)v;
         return BL_OK;
     }
-    bl_quote(q, sizeof q, s, n);
+    quote(q, sizeof q, s, n);
     return say(why, why_len, "db %s is %s 0..%d", q,
                rc == -1 ? "not a number" : "out of range", INT_MAX);
 }
@@ -275,7 +286,7 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
     if (*p == '[') {
         const char *close = strchr(p, ']');
         if (!close) {
-            bl_quote(q, sizeof q, p, strcspn(p, "/?#"));
+            quote(q, sizeof q, p, strcspn(p, "/?#"));
             return say(why, why_len, "IPv6 address %s has no closing ']'", q);
         }
         h = p + 1;
@@ -284,11 +295,11 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
         if (hn == 0)
             return say(why, why_len, "IPv6 address between '[' and ']' is empty");
         if (!bl_host_ok(h, hn) || !memchr(h, ':', hn)) {
-            bl_quote(q, sizeof q, h, hn);
+            quote(q, sizeof q, h, hn);
             return say(why, why_len, "host %s in brackets is not an IPv6 address", q);
         }
         if (*p && *p != ':' && *p != '/') {
-            bl_quote(q, sizeof q, p, strlen(p));
+            quote(q, sizeof q, p, strlen(p));
             return say(why, why_len, "unexpected %s after the IPv6 address", q);
         }
     } else {
@@ -301,7 +312,7 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
             return say(why, why_len, "host is empty%s",
                        v6 ? " (write an IPv6 address in brackets: redis://[::1]:6379)" : "");
         }
-        bl_quote(q, sizeof q, h, hn);
+        quote(q, sizeof q, h, hn);
         if (has_bad_byte(h, hn))
             return say(why, why_len, "host %s contains whitespace or a control character", q);
         if (hn > 255)
@@ -322,7 +333,7 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
         long v;
         int rc = bl_parse_uint(p, pn, 1, 65535, &v);
         if (rc) {
-            bl_quote(q, sizeof q, p, pn);
+            quote(q, sizeof q, p, pn);
             return say(why, why_len, "port %s is %s 1..65535", q,
                        rc == -1 ? "not a number" : "out of range");
         }
@@ -340,7 +351,7 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
         p += dn;
     }
     if (*p) {
-        bl_quote(q, sizeof q, p, strlen(p));
+        quote(q, sizeof q, p, strlen(p));
         return say(why, why_len, "unexpected %s at the end (redis:// takes no query or "
                    "fragment; the db goes after '/')", q);
     }
@@ -374,7 +385,7 @@ static int parse_query(const char *p, int *db, char *why, size_t why_len)
                 return rc;
         } else {
             /* The name only: the value may be a secret (?password=...). */
-            bl_quote(q, sizeof q, p, kn);
+            quote(q, sizeof q, p, kn);
             return say(why, why_len, "unknown query parameter %s (only db=N is understood)",
                        q);
         }
@@ -386,7 +397,7 @@ static int parse_query(const char *p, int *db, char *why, size_t why_len)
             return say(why, why_len, "query has an empty parameter (a stray '&')");
     }
     if (*p) {
-        bl_quote(q, sizeof q, p, strlen(p));
+        quote(q, sizeof q, p, strlen(p));
         return say(why, why_len, "unexpected %s at the end", q);
     }
     return BL_OK;
@@ -401,7 +412,7 @@ static int parse_unix(const char *r, bl_url *u, char *why, size_t why_len)
         if (strchr(r, '@')) /* credentials: quote nothing */
             return say(why, why_len, "unix:// takes no credentials or host; write "
                        "unix:///path/to/socket");
-        bl_quote(q, sizeof q, r, strcspn(r, "/?#"));
+        quote(q, sizeof q, r, strcspn(r, "/?#"));
         return say(why, why_len, "unix:// takes no host (got %s); write "
                    "unix:///path/to/socket, with three slashes", q);
     }
@@ -421,7 +432,7 @@ static int parse_unix(const char *r, bl_url *u, char *why, size_t why_len)
     if (*p == '?')
         rc = parse_query(p + 1, &db, why, why_len);
     else if (*p) {
-        bl_quote(q, sizeof q, p, strlen(p));
+        quote(q, sizeof q, p, strlen(p));
         rc = say(why, why_len, "unexpected %s at the end", q);
     }
     if (rc)
@@ -473,7 +484,7 @@ int bl_url_parse(const char *url, bl_url *out, char *why, size_t why_len)
         return say(why, why_len, "scheme 'rediss' (TLS) is not supported: hiredis 0.14 has "
                    "no TLS");
     } else {
-        bl_quote(q, sizeof q, url, sn);
+        quote(q, sizeof q, url, sn);
         return say(why, why_len, "scheme %s is not redis:// or unix://", q);
     }
     if (rc) {
