@@ -87,9 +87,11 @@ typedef struct bl_config {
      * %25 is '%'); the credentials end at the last '@'. An empty port or db
      * ("host:", "host/"), a query on redis://, rediss:// (no TLS in hiredis
      * 0.14) and any whitespace are refused by bl_config_validate.
-     * Otherwise unix_path wins over host/port. host must be a numeric
-     * address (127.0.0.1, ::1) or "localhost": hiredis resolves names
-     * synchronously, which would block your loop.
+     * Otherwise unix_path wins over host/port. A host name (not a numeric
+     * address like 127.0.0.1 or ::1) is resolved ONCE, synchronously, by
+     * bl_manager_new - a setup call, so make it at start-up, not on a hot
+     * path - and reconnects reuse that address (hiredis would otherwise
+     * resolve it on the loop at every reconnect).
      * Defaults: NULL, "127.0.0.1", 6379, NULL. */
     const char *url;
     const char *host;
@@ -182,7 +184,8 @@ typedef struct bl_lock bl_lock;
 /* Create a manager on `loop` and start connecting (asynchronously).
  * The bl_loop and every string in cfg are copied; the caller keeps
  * ownership of both. cfg may be NULL for all defaults.
- * Returns BL_OK and sets *out, or BL_EINVAL (bad config; *out untouched) or
+ * Returns BL_OK and sets *out, or BL_EINVAL (bad config - bl_config_validate
+ * says why; *out untouched), BL_ECONN (the host name does not resolve) or
  * BL_ENOMEM. Requests may be started at once: they are queued until the
  * connection is up, and end with BL_ECONN if it cannot be made. */
 BL_API int bl_manager_new(const bl_loop *loop, const bl_config *cfg, bl_manager **out);

@@ -17,6 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
@@ -56,6 +61,7 @@ struct redis_be {
     bl_url url;
     const char *host, *unix_path, *username, *password;
     int port, db;
+    char resolved[INET6_ADDRSTRLEN];
     /* admin operations that end without the server (down, closing) */
     bl_aop *deferred;
     bl_timer *defer_timer;
@@ -783,6 +789,27 @@ static void be_free(bl_backend *be)
     free(r);
 }
 
+static int resolve_once(redis_be *r)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, r->host, buf) == 1 || inet_pton(AF_INET6, r->host, buf) == 1)
+        return 0;
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(r->host, NULL, &hints, &res) != 0 || !res)
+        return -1;
+    const void *addr = res->ai_family == AF_INET6
+                           ? (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr
+                           : (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr;
+    const char *ok = inet_ntop(res->ai_family, addr, r->resolved, sizeof r->resolved);
+    freeaddrinfo(res);
+    if (!ok)
+        return -1;
+    r->host = r->resolved;
+    return 0;
+}
+
 static const bl_backend_vt redis_vt = {
     "redis", be_start, be_leave, be_watch, be_admin, be_conn_state, be_shutdown, be_free,
 };
@@ -815,9 +842,17 @@ int bl_redis_backend_new(bl_manager *m, bl_backend **out)
         r->password = cfg->password;
         r->db = cfg->db;
     }
-    /* hiredis would resolve a name synchronously: keep the loop free. */
+    /* hiredis would resolve a name on every (re)connect, synchronously, on
+     * the loop. Resolve it once here - bl_manager_new is a setup call - and
+     * reconnect to the address. */
     if (r->host && strcmp(r->host, "localhost") == 0)
         r->host = "127.0.0.1";
+    if (r->host && !r->unix_path && resolve_once(r) != 0) {
+        bl_log(m, BL_LOG_ERROR, "bidlock: cannot resolve the Redis host name");
+        bl_url_free(&r->url);
+        free(r);
+        return BL_ECONN;
+    }
     const bl_loop *loop = bl_manager_loop(m);
     r->cmd.r = r->sub.r = r;
     r->sub.is_sub = 1;

@@ -328,3 +328,19 @@ Test(conn, a_paused_server_cannot_hold_requests_past_their_deadlines)
     close_manager(T, a);
     rs_stop(&s);
 }
+
+Test(conn, a_host_name_is_resolved_once_at_create)
+{
+    redis_srv s;
+    rs_start(&s, NULL);
+    bl_config c = cfg_for(&s);
+    c.host = "localhost";
+    bl_manager *a = mgr(&c);
+    cr_assert_eq(acq(a, "named").status, BL_OK);
+    close_manager(T, a);
+    c.host = "no-such-host.invalid";
+    bl_manager *b = NULL;
+    cr_assert_eq(bl_manager_new(tl_bl(T), &c, &b), BL_ECONN);
+    cr_assert_null(b);
+    rs_stop(&s);
+}
