@@ -58,10 +58,25 @@ static void set_events(void *privdata, int add, int ev)
     arm(c);
 }
 
-static void add_read(void *p) { set_events(p, 1, UV_READABLE); }
-static void del_read(void *p) { set_events(p, 0, UV_READABLE); }
-static void add_write(void *p) { set_events(p, 1, UV_WRITABLE); }
-static void del_write(void *p) { set_events(p, 0, UV_WRITABLE); }
+static void add_read(void *p)
+{
+    set_events(p, 1, UV_READABLE);
+}
+
+static void del_read(void *p)
+{
+    set_events(p, 0, UV_READABLE);
+}
+
+static void add_write(void *p)
+{
+    set_events(p, 1, UV_WRITABLE);
+}
+
+static void del_write(void *p)
+{
+    set_events(p, 0, UV_WRITABLE);
+}
 
 static void conn_closed(uv_handle_t *h)
 {
