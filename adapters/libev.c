@@ -40,8 +40,12 @@ static bl_timer *timer_new(void *impl, bl_timer_cb cb, void *data)
     return t;
 }
 
+/* ev_now() is cached per loop turn; refresh it so that a timer armed
+ * outside a callback, or after a long one, does not expire early on our
+ * clock. */
 static void timer_start(bl_timer *t, uint64_t after_ms)
 {
+    ev_now_update(t->loop);
     ev_timer_stop(t->loop, &t->w);
     ev_timer_set(&t->w, (double)after_ms / 1000.0, 0.);
     ev_timer_start(t->loop, &t->w);

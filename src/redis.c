@@ -300,6 +300,11 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
     if (!reply) {
         res.status = BL_ECONN;
         res.errmsg = conn_errmsg(c, ac);
+    } else if (c && c->ac == ac && c->setup_failed) {
+        /* AUTH/SELECT was refused on this connection: what follows it fails
+         * for that reason (NOAUTH, protocol errors), so say that. */
+        res.status = BL_ECONN;
+        res.errmsg = c->last_err;
     } else if (reply->type == REDIS_REPLY_ERROR) {
         if (strncmp(reply->str, "NOSCRIPT", 8) == 0 && c && c->ac == ac) {
             /* The server lost its script cache (restart, SCRIPT FLUSH):

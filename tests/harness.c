@@ -14,9 +14,7 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
-#include <ev.h>
 
-#include "bidlock/libev.h"
 #include "harness.h"
 
 uint64_t mono_ms(void)
@@ -203,7 +201,137 @@ int rs_exists(const redis_srv *s, const char *key)
     return (int)rs_int(s, "EXISTS %s", key);
 }
 
-/* ---- libev test loop ------------------------------------------------------ */
+/* ---- host loop -------------------------------------------------------------
+ * One suite, three loops: the build picks one with -DBL_TEST_LOOP_LIBEV,
+ * _LIBUV or _EPOLL. Every turn of the loop waits at most ~5 ms, so waits
+ * are bounded in time even when nothing happens. Each tl_new() makes a new
+ * loop, so a forked child never runs its parent's. */
+
+#if defined(BL_TEST_LOOP_LIBUV)
+
+#include <uv.h>
+
+#include "bidlock/libuv.h"
+
+struct tloop {
+    uv_loop_t loop;
+    bl_loop bl;
+    uv_timer_t tick;
+    int handles; /* scratch for tl_idle */
+};
+
+static void tick_cb(uv_timer_t *h)
+{
+    (void)h;
+}
+
+const char *tl_name(void)
+{
+    return "libuv";
+}
+
+tloop *tl_new(void)
+{
+    tloop *t = calloc(1, sizeof *t);
+    cr_assert(t);
+    cr_assert_eq(uv_loop_init(&t->loop), 0);
+    bl_libuv_loop(&t->bl, &t->loop);
+    uv_timer_init(&t->loop, &t->tick);
+    return t;
+}
+
+int tl_wait(tloop *t, const int *counter, int target, int timeout_ms)
+{
+    uint64_t end = mono_ms() + (uint64_t)timeout_ms;
+    uv_timer_start(&t->tick, tick_cb, 5, 5);
+    while (*counter < target && mono_ms() < end)
+        uv_run(&t->loop, UV_RUN_ONCE);
+    uv_timer_stop(&t->tick);
+    return *counter >= target;
+}
+
+static void count_handle(uv_handle_t *h, void *arg)
+{
+    tloop *t = arg;
+    if (h != (uv_handle_t *)&t->tick && !uv_is_closing(h))
+        t->handles++;
+}
+
+/* Every handle counts, started or not: a stopped timer nobody closed is
+ * a leak too. Closing handles get their turn first. */
+int tl_idle(tloop *t)
+{
+    uv_run(&t->loop, UV_RUN_NOWAIT);
+    t->handles = 0;
+    uv_walk(&t->loop, count_handle, t);
+    return t->handles == 0;
+}
+
+void tl_free(tloop *t)
+{
+    tl_run_for(t, 1); /* close callbacks free adapter memory */
+    uv_close((uv_handle_t *)&t->tick, NULL);
+    uv_run(&t->loop, UV_RUN_NOWAIT);
+    if (uv_loop_close(&t->loop) != 0) {
+        /* Something was never closed: leak it rather than free live memory. */
+        fprintf(stderr, "tl_free: the libuv loop still has handles\n");
+        return;
+    }
+    free(t);
+}
+
+#elif defined(BL_TEST_LOOP_EPOLL)
+
+#include "bidlock/epoll.h"
+
+struct tloop {
+    bl_epoll *ep;
+    bl_loop bl;
+};
+
+const char *tl_name(void)
+{
+    return "epoll";
+}
+
+tloop *tl_new(void)
+{
+    tloop *t = calloc(1, sizeof *t);
+    cr_assert(t);
+    t->ep = bl_epoll_new();
+    cr_assert(t->ep);
+    bl_epoll_loop(&t->bl, t->ep);
+    return t;
+}
+
+int tl_wait(tloop *t, const int *counter, int target, int timeout_ms)
+{
+    uint64_t end = mono_ms() + (uint64_t)timeout_ms, now;
+    while (*counter < target && (now = mono_ms()) < end)
+        cr_assert(bl_epoll_run_once(t->ep, end - now < 5 ? (int)(end - now) : 5) >= 0);
+    return *counter >= target;
+}
+
+int tl_idle(tloop *t)
+{
+    bl_epoll_run_once(t->ep, 0);
+    return !bl_epoll_alive(t->ep);
+}
+
+void tl_free(tloop *t)
+{
+    tl_run_for(t, 1);
+    if (bl_epoll_alive(t->ep))
+        fprintf(stderr, "tl_free: the epoll loop still has fds or timers\n");
+    bl_epoll_free(t->ep);
+    free(t);
+}
+
+#else /* libev, the default */
+
+#include <ev.h>
+
+#include "bidlock/libev.h"
 
 struct tloop {
     struct ev_loop *loop;
@@ -218,6 +346,11 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
 }
 
+const char *tl_name(void)
+{
+    return "libev";
+}
+
 tloop *tl_new(void)
 {
     tloop *t = calloc(1, sizeof *t);
@@ -225,14 +358,8 @@ tloop *tl_new(void)
     t->loop = ev_loop_new(EVFLAG_AUTO);
     cr_assert(t->loop);
     bl_libev_loop(&t->bl, t->loop);
-    /* Wakes ev_run at least every 5 ms so waits are bounded in time. */
     ev_timer_init(&t->tick, tick_cb, 0.005, 0.005);
     return t;
-}
-
-const bl_loop *tl_bl(tloop *t)
-{
-    return &t->bl;
 }
 
 int tl_wait(tloop *t, const int *counter, int target, int timeout_ms)
@@ -245,10 +372,10 @@ int tl_wait(tloop *t, const int *counter, int target, int timeout_ms)
     return *counter >= target;
 }
 
-void tl_run_for(tloop *t, int ms)
+/* ev_run returns whether active watchers are left (the tick is stopped). */
+int tl_idle(tloop *t)
 {
-    int never = 0;
-    tl_wait(t, &never, 1, ms);
+    return ev_run(t->loop, EVRUN_NOWAIT) == 0;
 }
 
 void tl_free(tloop *t)
@@ -257,6 +384,19 @@ void tl_free(tloop *t)
     tl_run_for(t, 1);
     ev_loop_destroy(t->loop);
     free(t);
+}
+
+#endif
+
+const bl_loop *tl_bl(tloop *t)
+{
+    return &t->bl;
+}
+
+void tl_run_for(tloop *t, int ms)
+{
+    int never = 0;
+    tl_wait(t, &never, 1, ms);
 }
 
 bl_manager *mk_manager(tloop *t, int port, const bl_config *cfg)

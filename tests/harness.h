@@ -42,7 +42,10 @@ int unused_port(void);
 
 /* ---- host loop ------------------------------------------------------------ */
 
+/* Which loop this build runs on: -DBL_TEST_LOOP_LIBEV (default), _LIBUV or
+ * _EPOLL picks the adapter; the suites are the same. */
 typedef struct tloop tloop;
+const char *tl_name(void); /* "libev", "libuv", "epoll" */
 tloop *tl_new(void);
 const bl_loop *tl_bl(tloop *t);
 /* Run the loop until *counter >= target or timeout_ms passed; returns 1 if
@@ -50,6 +53,9 @@ const bl_loop *tl_bl(tloop *t);
 int tl_wait(tloop *t, const int *counter, int target, int timeout_ms);
 /* Run the loop for ms milliseconds. */
 void tl_run_for(tloop *t, int ms);
+/* 1 if nothing is left on the loop: no watched fd or connection, no armed
+ * timer (libuv: no handle at all, closed or not). Turns the loop once. */
+int tl_idle(tloop *t);
 void tl_free(tloop *t);
 
 /* ---- managers ------------------------------------------------------------- */

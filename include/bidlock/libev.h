@@ -18,7 +18,7 @@ extern "C" {
 struct ev_loop;
 
 /* Fill *out for `loop`. Always succeeds. */
-void bl_libev_loop(bl_loop *out, struct ev_loop *loop);
+BL_API void bl_libev_loop(bl_loop *out, struct ev_loop *loop);
 
 #ifdef __cplusplus
 }

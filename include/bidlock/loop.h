@@ -28,6 +28,16 @@
 
 #include <stdint.h>
 
+/* Exported from the shared library (built with -fvisibility=hidden). The
+ * same definition as in bidlock.h, for adapter headers included alone. */
+#ifndef BL_API
+#if defined(BIDLOCK_BUILDING) && defined(__GNUC__)
+#define BL_API __attribute__((visibility("default")))
+#else
+#define BL_API
+#endif
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
