@@ -166,6 +166,9 @@ struct bl_backend {
 };
 
 int bl_redis_backend_new(bl_manager *m, bl_backend **out);
+struct redisReply;
+/* redis.c: a lock script's reply as a result (pure; fuzzed). */
+void bl_redis_interpret(enum bl_op_kind kind, const struct redisReply *reply, bl_op_result *res);
 int bl_memory_backend_new(bl_manager *m, bl_backend **out);
 
 /* Backend -> manager. */

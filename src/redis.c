@@ -289,6 +289,41 @@ static void conn_timer_cb(void *data)
 
 static int send_op(redis_be *r, bl_lock *lock, enum bl_op_kind kind, int by_body);
 
+/* A script's reply as an operation result. Pure, so it can be fuzzed:
+ * anything that is not one of the documented answers is BL_EREDIS. */
+void bl_redis_interpret(enum bl_op_kind kind, const redisReply *reply, bl_op_result *res)
+{
+    *res = (bl_op_result){BL_EREDIS, 0, 0, "unexpected reply from a bidlock script"};
+    if (reply->type == REDIS_REPLY_ERROR) {
+        res->errmsg = reply->str ? reply->str : "error reply";
+        return;
+    }
+    if (reply->type != REDIS_REPLY_INTEGER)
+        return;
+    long long v = reply->integer;
+    switch (kind) {
+    case BL_OP_ACQUIRE:
+        if (v > 0)
+            *res = (bl_op_result){BL_OK, (uint64_t)v, 0, NULL};
+        else if (v == BL_ACQ_BUSY)
+            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL};
+        else if (v == BL_ACQ_DONE)
+            *res = (bl_op_result){BL_EDONE, 0, 0, NULL};
+        break;
+    case BL_OP_EXTEND:
+        if (v == 0 || v == 1)
+            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, 0, NULL};
+        break;
+    case BL_OP_RELEASE:
+    case BL_OP_RELEASE_DONE:
+        if (v >= 0 && v <= 2)
+            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, v == BL_REL_HANDED_OFF, NULL};
+        break;
+    default:
+        break;
+    }
+}
+
 static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
@@ -305,46 +340,19 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
          * for that reason (NOAUTH, protocol errors), so say that. */
         res.status = BL_ECONN;
         res.errmsg = c->last_err;
-    } else if (reply->type == REDIS_REPLY_ERROR) {
-        if (strncmp(reply->str, "NOSCRIPT", 8) == 0 && c && c->ac == ac) {
-            /* The server lost its script cache (restart, SCRIPT FLUSH):
-             * run this call by body, which also caches it, and reload. */
-            memset(c->r->sha_ok, 0, sizeof c->r->sha_ok);
-            if (send_op(c->r, lock, kind, 1) == 0) {
-                load_scripts(c->r);
-                return;
-            }
-            res.status = BL_ECONN;
-            res.errmsg = "connection to Redis lost while reloading scripts";
-        } else {
-            res.errmsg = reply->str;
+    } else if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
+               c && c->ac == ac) {
+        /* The server lost its script cache (restart, SCRIPT FLUSH): run
+         * this call by body, which also caches it, and reload. */
+        memset(c->r->sha_ok, 0, sizeof c->r->sha_ok);
+        if (send_op(c->r, lock, kind, 1) == 0) {
+            load_scripts(c->r);
+            return;
         }
-    } else if (reply->type == REDIS_REPLY_INTEGER) {
-        long long v = reply->integer;
-        switch (kind) {
-        case BL_OP_ACQUIRE:
-            if (v > 0)
-                res.status = BL_OK, res.token = (uint64_t)v;
-            else if (v == BL_ACQ_BUSY)
-                res.status = BL_EBUSY;
-            else if (v == BL_ACQ_DONE)
-                res.status = BL_EDONE;
-            break;
-        case BL_OP_EXTEND:
-            if (v == 0 || v == 1)
-                res.status = v ? BL_OK : BL_ENOTHELD;
-            break;
-        default:
-            if (v >= 0 && v <= 2) {
-                res.status = v ? BL_OK : BL_ENOTHELD;
-                res.handed_off = v == BL_REL_HANDED_OFF;
-            }
-            break;
-        }
-        if (res.status == BL_EREDIS)
-            res.errmsg = "unexpected reply from a bidlock script";
+        res.status = BL_ECONN;
+        res.errmsg = "connection to Redis lost while reloading scripts";
     } else {
-        res.errmsg = "unexpected reply from a bidlock script";
+        bl_redis_interpret(kind, reply, &res);
     }
     bl_lock_op_done(lock, &res);
 }
