@@ -573,7 +573,7 @@ static int check_releasable(bl_lock *lock)
     return BL_OK;
 }
 
-int bl_release(bl_lock *lock, bl_release_cb cb, void *data)
+static int release_as(bl_lock *lock, enum bl_op_kind kind, bl_release_cb cb, void *data)
 {
     int rc = check_releasable(lock);
     if (rc)
@@ -582,19 +582,17 @@ int bl_release(bl_lock *lock, bl_release_cb cb, void *data)
         return bl_mgr_fail(lock->m, BL_EINVAL, "a section's lock is released by bl_section_end");
     lock->rcb = cb;
     lock->rdata = data;
-    return start_release(lock, BL_OP_RELEASE);
+    return start_release(lock, kind);
+}
+
+int bl_release(bl_lock *lock, bl_release_cb cb, void *data)
+{
+    return release_as(lock, BL_OP_RELEASE, cb, data);
 }
 
 int bl_release_done(bl_lock *lock, bl_release_cb cb, void *data)
 {
-    int rc = check_releasable(lock);
-    if (rc)
-        return rc;
-    if (lock->in_section)
-        return bl_mgr_fail(lock->m, BL_EINVAL, "a section's lock is released by bl_section_end");
-    lock->rcb = cb;
-    lock->rdata = data;
-    return start_release(lock, BL_OP_RELEASE_DONE);
+    return release_as(lock, BL_OP_RELEASE_DONE, cb, data);
 }
 
 int bl_section_end(bl_lock *lock, int section_status)
