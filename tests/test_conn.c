@@ -344,3 +344,32 @@ Test(conn, a_host_name_is_resolved_once_at_create)
     cr_assert_null(b);
     rs_stop(&s);
 }
+
+Test(conn, a_release_behind_a_hung_lease_renewal_still_answers)
+{
+    redis_srv s;
+    rs_start(&s, NULL);
+    bl_config c = cfg_for(&s);
+    c.command_timeout_ms = 300;
+    bl_manager *a = mgr(&c);
+    rec held = {0}, released = {0};
+    bl_acquire_opts o;
+    bl_acquire_opts_init(&o);
+    o.wait_ms = 0;
+    o.ttl_ms = 600;
+    o.auto_extend = 1; /* renews every ~200 ms */
+    cr_assert_eq(bl_acquire(a, "ebay", "lease", &o, on_acq, &held, NULL), BL_OK);
+    cr_assert(tl_wait(T, &held.n, 1, 5000));
+    cr_assert_eq(held.status, BL_OK);
+    kill(s.pid, SIGSTOP);
+    tl_run_for(T, 300); /* a renewal is now in flight, unanswered */
+    cr_assert_eq(bl_release(held.lock, (bl_release_cb)on_acq, &released), BL_OK);
+    cr_assert(tl_wait(T, &released.n, 1, 3000), "the release answered without the server");
+    cr_assert_eq(released.status, BL_ECONN);
+    kill(s.pid, SIGCONT);
+    tl_run_for(T, 300);
+    cr_assert_eq(rs_exists(&s, "bid_lock:ebay:lease"), 0, "given back once the server woke");
+    cr_assert_eq(released.n, 1);
+    close_manager(T, a);
+    rs_stop(&s);
+}
