@@ -554,6 +554,7 @@ static int start_release(bl_lock *lock, enum bl_op_kind kind)
     m->loop.timer_stop(lock->timer); /* lease renewal */
     if (lock->inflight == BL_OP_EXTEND) {
         lock->release_after = kind; /* one operation at a time */
+        arm_answer_deadline(lock);  /* ...and not forever behind a hung renewal */
         return BL_OK;
     }
     start_release_op(lock, kind);
