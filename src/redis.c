@@ -118,7 +118,8 @@ static void forget_subs_each(bl_wq *w, void *arg)
 static void went_down(conn *c, const char *why)
 {
     redis_be *r = c->r;
-    snprintf(c->last_err, sizeof c->last_err, "%s", why);
+    if (why != c->last_err) /* callers pass last_err itself: no overlapping copy */
+        snprintf(c->last_err, sizeof c->last_err, "%s", why);
     c->ac = NULL;
     c->state = CONN_DOWN;
     if (c->is_sub)
@@ -168,7 +169,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 static void drop_connection(conn *c, const char *why)
 {
     redisAsyncContext *ac = c->ac;
-    snprintf(c->last_err, sizeof c->last_err, "%s", why);
+    if (why != c->last_err) /* callers pass last_err itself: no overlapping copy */
+        snprintf(c->last_err, sizeof c->last_err, "%s", why);
     c->ac = NULL;
     c->state = CONN_DOWN;
     if (ac)
