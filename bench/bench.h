@@ -87,9 +87,6 @@ typedef struct w1_result {
     double cycles_per_s;
     double acquire_us_p50, acquire_us_p99, release_us_p50, release_us_p99;
 } w1_result;
-/* W1 uncontended-serial: `cycles` x (acquire job_i, then release it). */
-int bench_w1(const bl_config *cfg, int cycles, w1_result *out);
-
 /* The W1 yardstick without bidlock: one hiredis async connection on the same
  * kind of loop, `cycles` x (command A, then command B), each awaited.
  *  RAW_SET_EVALSHA: SET key holder NX PX 30000, then EVALSHA of bidlock's
@@ -97,12 +94,19 @@ int bench_w1(const bl_config *cfg, int cycles, w1_result *out);
  *  RAW_SCRIPTS:     EVALSHA of bidlock's acquire script, then its release
  *                   script: bidlock's exact server work, no library.
  *  RAW_SYNC_SET_EVALSHA: like the first, blocking hiredis (no loop). */
-enum raw_mode { RAW_SET_EVALSHA, RAW_SCRIPTS, RAW_SYNC_SET_EVALSHA };
+enum raw_mode { RAW_SET_EVALSHA, RAW_SCRIPTS, RAW_SYNC_SET_EVALSHA, RAW_MODES };
 typedef struct raw_result {
     int cycles, errors;
     double cycles_per_s;
 } raw_result;
 int bench_raw(int port, enum raw_mode mode, int cycles, raw_result *out);
+
+/* W1 uncontended-serial: `cycles` x (acquire job_i, then release it), each
+ * awaited. With raw != NULL (raw[RAW_MODES]), one connection per raw mode
+ * takes turns with the manager in the same process, `chunk` cycles each, so
+ * the ratios compare loops that saw the same machine (other load comes and
+ * goes within seconds here). cycles_per_s counts only each side's turns. */
+int bench_w1(const bl_config *cfg, int cycles, int chunk, w1_result *out, raw_result *raw);
 
 typedef struct w2_result {
     int cycles, errors;

@@ -43,7 +43,7 @@ static bl_acquire_opts bench_opts(void)
 typedef struct w1_ctx {
     bl_manager *m;
     bl_acquire_opts opts;
-    int n, i, done, errors, nacq, nrel;
+    int n, i, stop, done, aborted, errors, nacq, nrel;
     uint64_t t;
     double *acq_us, *rel_us;
 } w1_ctx;
@@ -76,13 +76,13 @@ static void w1_acquired(bl_lock *lock, int status, void *data)
     c->t = bench_now_us();
     if (bl_release(lock, w1_released, c) != BL_OK) {
         c->errors++;
-        c->done = 1;
+        c->aborted = c->done = 1;
     }
 }
 
 static void w1_start(w1_ctx *c)
 {
-    if (c->i == c->n) {
+    if (c->i == c->stop) {
         c->done = 1;
         return;
     }
@@ -91,40 +91,8 @@ static void w1_start(w1_ctx *c)
     c->t = bench_now_us();
     if (bl_acquire(c->m, BENCH_MARKETPLACE, posting, &c->opts, w1_acquired, c, NULL) != BL_OK) {
         c->errors++;
-        c->done = 1;
+        c->aborted = c->done = 1;
     }
-}
-
-int bench_w1(const bl_config *cfg, int cycles, w1_result *out)
-{
-    memset(out, 0, sizeof *out);
-    struct ev_loop *loop = bench_loop_new();
-    bl_loop bl;
-    w1_ctx c = {.n = cycles, .opts = bench_opts()};
-    c.acq_us = malloc((size_t)cycles * sizeof *c.acq_us);
-    c.rel_us = malloc((size_t)cycles * sizeof *c.rel_us);
-    c.m = loop && c.acq_us && c.rel_us ? bench_manager(loop, &bl, cfg) : NULL;
-    int rc = -1;
-    if (c.m) {
-        uint64_t t0 = bench_now_us();
-        w1_start(&c);
-        bench_run_until(loop, &c.done, 600.0);
-        double s = (double)(bench_now_us() - t0) / 1e6;
-        out->cycles = c.nrel;
-        out->errors = c.errors + (c.i < c.n);
-        out->cycles_per_s = c.nrel / s;
-        out->acquire_us_p50 = bench_pct(c.acq_us, (size_t)c.nacq, 50);
-        out->acquire_us_p99 = bench_pct(c.acq_us, (size_t)c.nacq, 99);
-        out->release_us_p50 = bench_pct(c.rel_us, (size_t)c.nrel, 50);
-        out->release_us_p99 = bench_pct(c.rel_us, (size_t)c.nrel, 99);
-        bench_close_manager(loop, c.m);
-        rc = out->errors ? -1 : 0;
-    }
-    free(c.acq_us);
-    free(c.rel_us);
-    if (loop)
-        ev_loop_destroy(loop);
-    return rc;
 }
 
 /* ---- W2 uncontended-concurrent ------------------------------------------------ */
@@ -227,11 +195,12 @@ int bench_w2(const bl_config *cfg, int cycles, int inflight, w2_result *out)
 
 typedef struct raw_ctx {
     redisAsyncContext *ac;
+    redisContext *sc; /* RAW_SYNC_SET_EVALSHA */
     enum raw_mode mode;
     char acq_sha[41], rel_sha[41];
     char holder[64];
     char key[64], fence[64], done_key[64], queue[64];
-    int n, i, done, errors, ok, connected;
+    int n, i, stop, done, aborted, errors, ok, connected;
 } raw_ctx;
 
 static void raw_keys(raw_ctx *c, int i)
@@ -266,7 +235,7 @@ static void raw_acquired(redisAsyncContext *ac, void *reply_, void *priv)
                                           : r->type == REDIS_REPLY_STATUS);
     if (!ok) {
         c->errors++;
-        c->done = 1;
+        c->aborted = c->done = 1;
         return;
     }
     redisAsyncCommand(ac, raw_released, c, "EVALSHA %s 3 %s %s %s %s 0 250", c->rel_sha, c->key,
@@ -275,7 +244,7 @@ static void raw_acquired(redisAsyncContext *ac, void *reply_, void *priv)
 
 static void raw_next(raw_ctx *c)
 {
-    if (c->i == c->n) {
+    if (c->i == c->stop) {
         c->done = 1;
         return;
     }
@@ -302,82 +271,170 @@ static void raw_disconnected(const redisAsyncContext *ac, int status)
     (void)status;
 }
 
-static int raw_sync(raw_ctx *c, int port)
+static raw_ctx *raw_new(int port, enum raw_mode mode, int cycles)
 {
-    redisContext *rc = redisConnect("127.0.0.1", port);
-    if (!rc || rc->err) {
-        if (rc)
-            redisFree(rc);
-        return -1;
-    }
-    for (c->i = 0; c->i < c->n; c->i++) {
-        raw_keys(c, c->i);
-        redisReply *a = redisCommand(rc, "SET %s %s NX PX %d", c->key, c->holder, BENCH_TTL_MS);
-        int ok = a && a->type == REDIS_REPLY_STATUS;
-        if (a)
-            freeReplyObject(a);
-        redisReply *b = ok ? redisCommand(rc, "EVALSHA %s 3 %s %s %s %s 0 250", c->rel_sha, c->key,
-                                          c->done_key, c->queue, c->holder)
-                           : NULL;
-        ok = b && b->type == REDIS_REPLY_INTEGER && b->integer == BL_REL_OK;
-        if (b)
-            freeReplyObject(b);
-        if (!ok) {
-            c->errors++;
-            break;
-        }
-        c->ok++;
-    }
-    redisFree(rc);
-    return 0;
-}
-
-int bench_raw(int port, enum raw_mode mode, int cycles, raw_result *out)
-{
-    memset(out, 0, sizeof *out);
     raw_ctx *c = calloc(1, sizeof *c);
     if (!c)
-        return -1;
+        return NULL;
     c->mode = mode;
     c->n = cycles;
     snprintf(c->holder, sizeof c->holder, "bench-raw:%d", (int)getpid());
     if (bench_script_load(port, BL_SCRIPT_RELEASE, c->rel_sha) != 0 ||
         bench_script_load(port, BL_SCRIPT_ACQUIRE, c->acq_sha) != 0) {
         free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Connect c on loop; 0 once it answered PING. */
+static int raw_connect(raw_ctx *c, struct ev_loop *loop, int port)
+{
+    if (c->mode == RAW_SYNC_SET_EVALSHA) {
+        c->sc = redisConnect("127.0.0.1", port);
+        return c->sc && !c->sc->err ? 0 : -1;
+    }
+    c->ac = redisAsyncConnect("127.0.0.1", port);
+    if (!c->ac || c->ac->err || redisLibevAttach(loop, c->ac) != REDIS_OK) {
+        if (c->ac)
+            redisAsyncFree(c->ac);
+        c->ac = NULL;
         return -1;
     }
-    int rc = -1;
-    uint64_t t0 = 0;
-    if (mode == RAW_SYNC_SET_EVALSHA) {
-        t0 = bench_now_us();
-        rc = raw_sync(c, port);
-    } else {
-        struct ev_loop *loop = bench_loop_new();
-        c->ac = loop ? redisAsyncConnect("127.0.0.1", port) : NULL;
-        if (c->ac && !c->ac->err && redisLibevAttach(loop, c->ac) == REDIS_OK) {
-            redisAsyncSetDisconnectCallback(c->ac, raw_disconnected);
-            redisAsyncCommand(c->ac, raw_pong, c, "PING");
-            bench_run_until(loop, &c->connected, 10.0);
-            if (c->connected == 1) {
-                t0 = bench_now_us();
-                raw_next(c);
-                bench_run_until(loop, &c->done, 600.0);
-                rc = 0;
-            }
-            redisAsyncFree(c->ac);
-        } else if (c->ac) {
-            redisAsyncFree(c->ac);
+    redisAsyncSetDisconnectCallback(c->ac, raw_disconnected);
+    redisAsyncCommand(c->ac, raw_pong, c, "PING");
+    bench_run_until(loop, &c->connected, 10.0);
+    return c->connected == 1 ? 0 : -1;
+}
+
+/* Blocking hiredis: cycles c->i .. c->stop on c->sc. */
+static void raw_sync_run(raw_ctx *c)
+{
+    for (; c->i < c->stop; c->i++) {
+        raw_keys(c, c->i);
+        redisReply *a = redisCommand(c->sc, "SET %s %s NX PX %d", c->key, c->holder, BENCH_TTL_MS);
+        int ok = a && a->type == REDIS_REPLY_STATUS;
+        if (a)
+            freeReplyObject(a);
+        redisReply *b = ok ? redisCommand(c->sc, "EVALSHA %s 3 %s %s %s %s 0 250", c->rel_sha,
+                                          c->key, c->done_key, c->queue, c->holder)
+                           : NULL;
+        ok = b && b->type == REDIS_REPLY_INTEGER && b->integer == BL_REL_OK;
+        if (b)
+            freeReplyObject(b);
+        if (!ok) {
+            c->errors++;
+            c->aborted = 1;
+            break;
         }
-        if (loop)
-            ev_loop_destroy(loop);
+        c->ok++;
     }
-    if (rc == 0) {
-        double s = (double)(bench_now_us() - t0) / 1e6;
-        out->cycles = c->ok;
-        out->errors = c->errors;
-        out->cycles_per_s = c->ok / s;
-        rc = c->errors || c->ok != c->n ? -1 : 0;
-    }
+    c->done = 1;
+}
+
+static void raw_free(raw_ctx *c)
+{
+    if (c && c->ac)
+        redisAsyncFree(c->ac);
+    if (c && c->sc)
+        redisFree(c->sc);
     free(c);
-    return rc;
+}
+
+/* Run the next `chunk` cycles of c; returns the time they took. */
+static uint64_t raw_turn(raw_ctx *c, struct ev_loop *loop, int chunk)
+{
+    c->stop = c->i + chunk < c->n ? c->i + chunk : c->n;
+    c->done = 0;
+    uint64_t t = bench_now_us();
+    if (c->mode == RAW_SYNC_SET_EVALSHA) {
+        raw_sync_run(c);
+    } else {
+        raw_next(c);
+        bench_run_until(loop, &c->done, 600.0);
+    }
+    return bench_now_us() - t;
+}
+
+static void raw_fill(const raw_ctx *c, double seconds, raw_result *out)
+{
+    out->cycles = c->ok;
+    out->errors = c->errors + (c->ok != c->n);
+    out->cycles_per_s = seconds > 0 ? c->ok / seconds : 0;
+}
+
+int bench_raw(int port, enum raw_mode mode, int cycles, raw_result *out)
+{
+    memset(out, 0, sizeof *out);
+    raw_ctx *c = raw_new(port, mode, cycles);
+    struct ev_loop *loop = bench_loop_new();
+    uint64_t t = 0;
+    if (c && loop && raw_connect(c, loop, port) == 0)
+        t = raw_turn(c, loop, cycles);
+    else if (c)
+        c->errors++;
+    if (c)
+        raw_fill(c, (double)t / 1e6, out);
+    raw_free(c);
+    if (loop)
+        ev_loop_destroy(loop);
+    return c && !out->errors ? 0 : -1;
+}
+
+/* ---- W1 and its yardstick, interleaved ---------------------------------------------- */
+
+int bench_w1(const bl_config *cfg, int cycles, int chunk, w1_result *out, raw_result *raw_out)
+{
+    memset(out, 0, sizeof *out);
+    if (chunk <= 0 || chunk > cycles)
+        chunk = cycles;
+    struct ev_loop *loop = bench_loop_new();
+    bl_loop bl;
+    w1_ctx c = {.n = cycles, .opts = bench_opts()};
+    c.acq_us = malloc((size_t)cycles * sizeof *c.acq_us);
+    c.rel_us = malloc((size_t)cycles * sizeof *c.rel_us);
+    raw_ctx *raw[RAW_MODES] = {NULL};
+    uint64_t t_raw[RAW_MODES] = {0}, t_w1 = 0;
+    c.m = loop && c.acq_us && c.rel_us ? bench_manager(loop, &bl, cfg) : NULL;
+    int ok = c.m != NULL;
+    for (int m = 0; raw_out && m < RAW_MODES; m++) {
+        memset(&raw_out[m], 0, sizeof raw_out[m]);
+        raw[m] = raw_new(cfg->port, (enum raw_mode)m, cycles);
+        ok = ok && raw[m] && raw_connect(raw[m], loop, cfg->port) == 0;
+    }
+    /* Take turns, `chunk` cycles each: all see the same machine. */
+    while (ok && c.i < c.n && !c.aborted) {
+        c.stop = c.i + chunk < c.n ? c.i + chunk : c.n;
+        c.done = 0;
+        uint64_t t = bench_now_us();
+        w1_start(&c);
+        bench_run_until(loop, &c.done, 600.0);
+        t_w1 += bench_now_us() - t;
+        for (int m = 0; raw_out && m < RAW_MODES; m++)
+            if (!raw[m]->aborted)
+                t_raw[m] += raw_turn(raw[m], loop, chunk);
+    }
+    if (ok) {
+        out->cycles = c.nrel;
+        out->errors = c.errors + (c.nrel != c.n);
+        out->cycles_per_s = t_w1 ? c.nrel / ((double)t_w1 / 1e6) : 0;
+        out->acquire_us_p50 = bench_pct(c.acq_us, (size_t)c.nacq, 50);
+        out->acquire_us_p99 = bench_pct(c.acq_us, (size_t)c.nacq, 99);
+        out->release_us_p50 = bench_pct(c.rel_us, (size_t)c.nrel, 50);
+        out->release_us_p99 = bench_pct(c.rel_us, (size_t)c.nrel, 99);
+        for (int m = 0; raw_out && m < RAW_MODES; m++) {
+            raw_fill(raw[m], (double)t_raw[m] / 1e6, &raw_out[m]);
+            if (raw_out[m].errors)
+                ok = 0;
+        }
+    }
+    if (c.m)
+        bench_close_manager(loop, c.m);
+    for (int m = 0; m < RAW_MODES; m++)
+        raw_free(raw[m]);
+    free(c.acq_us);
+    free(c.rel_us);
+    if (loop)
+        ev_loop_destroy(loop);
+    return ok && !out->errors ? 0 : -1;
 }
