@@ -122,6 +122,8 @@ typedef struct w3_params {
     double hold_ms;  /* 1 */
     double max_s;    /* 15 */
     int64_t wait_ms; /* 10000 */
+    int use_lock;    /* 0: CONTROL, "acquire" returns at once (proves the
+                        exclusion-violation count can fire) */
 } w3_params;
 void w3_params_init(w3_params *p);
 
@@ -139,6 +141,7 @@ typedef struct w3_result {
     double hold_ms_p50; /* measured hold: acquired callback -> release issued */
     /* Redis commands per acquisition */
     uint64_t client_cmds, server_cmds, evalsha_calls;
+    uint64_t attempts, release_ops; /* sums of bl_stats: scripts the managers sent */
     double client_per_acq, server_per_acq;
     uint64_t wakeups, handoffs_lib; /* sums of bl_stats.wakeups, .handoffs */
     int child_failures; /* children that did not exit 0 */

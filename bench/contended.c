@@ -174,6 +174,7 @@ void w3_params_init(w3_params *p)
     p->hold_ms = 1.0;
     p->max_s = 15.0;
     p->wait_ms = 10000;
+    p->use_lock = 1;
 }
 
 typedef struct w3_event {
@@ -224,6 +225,12 @@ static void w3_hold_done(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     w3_child *c = w->data;
     c->ev->rel_issued = bench_now_us();
+    if (!c->p->use_lock) {
+        c->ev->rel_done = c->ev->rel_issued;
+        c->ev->rel_status = BL_OK;
+        w3_next(c);
+        return;
+    }
     if (bl_release(c->lock, w3_released, c) != BL_OK) {
         c->ev->rel_status = BL_EINVAL;
         c->ev->rel_done = bench_now_us();
@@ -264,6 +271,10 @@ static void w3_next(w3_child *c)
     c->ev->proc = c->idx;
     c->ev->status = 1; /* not answered yet */
     c->ev->acq_issued = bench_now_us();
+    if (!c->p->use_lock) {
+        w3_acquired(NULL, BL_OK, c); /* CONTROL: everybody "holds" at once */
+        return;
+    }
     if (bl_acquire(c->m, BENCH_MARKETPLACE, BENCH_HOT, &c->opts, w3_acquired, c, NULL) != BL_OK) {
         c->ev->status = BL_EINVAL;
         c->finished = 1;
@@ -412,6 +423,8 @@ int bench_w3(const bl_config *cfg, const w3_params *p, w3_result *out)
         const bl_stats *s = &sh->stats[i];
         if (!sh->stats_ok[i])
             continue;
+        out->attempts += s->attempts;
+        out->release_ops += s->releases + s->not_held + s->release_errors;
         out->client_cmds += s->attempts + s->releases + s->not_held + s->release_errors +
                             s->extends;
         leaves += s->timeouts + s->cancelled + s->failed;
