@@ -15,6 +15,7 @@
  *   --no-lock   W4 as a CONTROL run that skips the lock (must fail)
  *   --no-limit  skip redis-benchmark (ratios are then left out)
  *   --port P    use a redis-server already listening on 127.0.0.1:P
+ *   --cycles N  W1/W2 size (profiling runs); not BENCH.md's workloads
  *
  * Exit status 0 when every workload ran cleanly and W4 passed. */
 #include <stdio.h>
@@ -125,14 +126,14 @@ static void emit_figs(FILE *o, const figset *f)
 
 typedef struct opts {
     int w[5]; /* w[1..4] */
-    int runs, tuned, quick, no_lock, no_limit, port;
+    int runs, tuned, quick, no_lock, no_limit, port, cycles;
 } opts;
 
 static void usage(void)
 {
     fprintf(stderr,
             "usage: bidlock-bench [--workload W1|W2|W3|W4|all] [--runs N] [--tuned]\n"
-            "                     [--quick] [--no-lock] [--no-limit] [--port P]\n");
+            "                     [--quick] [--no-lock] [--no-limit] [--port P] [--cycles N]\n");
 }
 
 static int parse(int argc, char **argv, opts *o)
@@ -158,6 +159,10 @@ static int parse(int argc, char **argv, opts *o)
         } else if (strcmp(a, "--port") == 0 && i + 1 < argc) {
             o->port = atoi(argv[++i]);
             if (o->port < 1 || o->port > 65535)
+                return -1;
+        } else if (strcmp(a, "--cycles") == 0 && i + 1 < argc) {
+            o->cycles = atoi(argv[++i]);
+            if (o->cycles < 1)
                 return -1;
         } else if (strcmp(a, "--tuned") == 0) {
             o->tuned = 1;
@@ -263,7 +268,7 @@ static void header(const char *w, const char *name, const char *settings, int ru
 
 static int run_w1(const opts *o, int port, const limit *L)
 {
-    int cycles = o->quick ? 1000 : 20000, bad = 0;
+    int cycles = o->cycles ? o->cycles : o->quick ? 1000 : 20000, bad = 0;
     bl_config cfg;
     bench_config(&cfg, port, BENCH_DEFAULT);
     figset f = {0};
@@ -272,7 +277,7 @@ static int run_w1(const opts *o, int port, const limit *L)
         raw_result raw[RAW_MODES];
         w1_result w;
         bench_reset(port);
-        bad |= bench_w1(&cfg, cycles, 1000, &w, raw) != 0;
+        bad |= bench_w1(&cfg, cycles, cycles < 1000 ? cycles : 1000, &w, raw) != 0;
         fig(&f, "cycles", w.cycles);
         fig(&f, "errors", w.errors);
         fig(&f, "cycles_per_s", w.cycles_per_s);
@@ -321,7 +326,7 @@ static int run_w1(const opts *o, int port, const limit *L)
 
 static int run_w2(const opts *o, int port, const limit *L)
 {
-    int cycles = o->quick ? 2000 : 50000, inflight = 100, bad = 0;
+    int cycles = o->cycles ? o->cycles : o->quick ? 2000 : 50000, inflight = 100, bad = 0;
     bl_config cfg;
     bench_config(&cfg, port, BENCH_DEFAULT);
     figset f = {0};
