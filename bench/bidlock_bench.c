@@ -16,6 +16,7 @@
  *   --no-limit  skip redis-benchmark (ratios are then left out)
  *   --port P    use a redis-server already listening on 127.0.0.1:P
  *   --cycles N  W1/W2 size (profiling runs); not BENCH.md's workloads
+ *   --procs N   W3/W4 processes (analysis runs); not BENCH.md's workloads
  *
  * Exit status 0 when every workload ran cleanly and W4 passed. */
 #include <stdio.h>
@@ -126,14 +127,15 @@ static void emit_figs(FILE *o, const figset *f)
 
 typedef struct opts {
     int w[5]; /* w[1..4] */
-    int runs, tuned, quick, no_lock, no_limit, port, cycles;
+    int runs, tuned, quick, no_lock, no_limit, port, cycles, procs;
 } opts;
 
 static void usage(void)
 {
     fprintf(stderr,
             "usage: bidlock-bench [--workload W1|W2|W3|W4|all] [--runs N] [--tuned]\n"
-            "                     [--quick] [--no-lock] [--no-limit] [--port P] [--cycles N]\n");
+            "                     [--quick] [--no-lock] [--no-limit] [--port P] [--cycles N]\n"
+            "                     [--procs N]\n");
 }
 
 static int parse(int argc, char **argv, opts *o)
@@ -163,6 +165,10 @@ static int parse(int argc, char **argv, opts *o)
         } else if (strcmp(a, "--cycles") == 0 && i + 1 < argc) {
             o->cycles = atoi(argv[++i]);
             if (o->cycles < 1)
+                return -1;
+        } else if (strcmp(a, "--procs") == 0 && i + 1 < argc) {
+            o->procs = atoi(argv[++i]);
+            if (o->procs < 1 || o->procs > 64)
                 return -1;
         } else if (strcmp(a, "--tuned") == 0) {
             o->tuned = 1;
@@ -365,6 +371,8 @@ static int run_w3(const opts *o, int port, const limit *L, enum bench_settings s
     w3_params_init(&p);
     if (o->quick)
         p.target = 200;
+    if (o->procs)
+        p.procs = o->procs;
     bl_config cfg;
     bench_config(&cfg, port, s);
     const char *label = s == BENCH_TUNED ? "tuned" : "default";
@@ -451,6 +459,8 @@ static int run_w4(const opts *o, int port)
     w4_params_init(&p);
     if (o->quick)
         p.iterations = 50;
+    if (o->procs)
+        p.procs = o->procs;
     p.use_lock = !o->no_lock;
     bl_config cfg;
     bench_config(&cfg, port, BENCH_DEFAULT);

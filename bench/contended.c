@@ -388,6 +388,25 @@ static void w3_analyse(const w3_params *p, w3_shared *sh, int n, w3_result *out)
     free(hold);
 }
 
+/* BIDLOCK_BENCH_W3_DUMP=file: every acquisition as CSV (us since t0), for
+ * looking at the tail by hand. */
+static void w3_dump(const w3_shared *sh, int n)
+{
+    const char *path = getenv("BIDLOCK_BENCH_W3_DUMP");
+    FILE *f = path ? fopen(path, "w") : NULL;
+    if (!f)
+        return;
+    uint64_t t0 = atomic_load(&sh->t0);
+    fprintf(f, "proc,status,acq_issued,acq_done,rel_issued,rel_done\n");
+    for (int i = 0; i < n; i++) {
+        const w3_event *e = &sh->ev[i];
+        fprintf(f, "%d,%d,%lld,%lld,%lld,%lld\n", e->proc, e->status,
+                (long long)(e->acq_issued - t0), (long long)(e->acq_done - t0),
+                (long long)(e->rel_issued - t0), (long long)(e->rel_done - t0));
+    }
+    fclose(f);
+}
+
 int bench_w3(const bl_config *cfg, const w3_params *p, w3_result *out)
 {
     memset(out, 0, sizeof *out);
@@ -412,6 +431,7 @@ int bench_w3(const bl_config *cfg, const w3_params *p, w3_result *out)
     int n = atomic_load(&sh->tickets);
     if (n > p->target)
         n = p->target;
+    w3_dump(sh, n);
     w3_analyse(p, sh, n, out);
 
     /* Client side: every command the children's managers sent. Acquire and
