@@ -263,11 +263,13 @@ static void ratio(FILE *out, int *first, const char *name, double v, double basi
     *first = 0;
 }
 
-static void header(const char *w, const char *name, const char *settings, int runs)
+/* failed_runs: runs that reported an error; their figures are still in the
+ * medians, so a non-zero value means: do not quote this line. */
+static void header(const char *w, const char *name, const char *settings, int runs, int failed)
 {
     printf("{\"workload\":\"%s\",\"name\":\"%s\",\"settings\":\"%s\",\"runs\":%d,"
-           "\"loop_backend\":\"%s\"",
-           w, name, settings, runs, bench_loop_backend());
+           "\"failed_runs\":%d,\"loop_backend\":\"%s\"",
+           w, name, settings, runs, failed, bench_loop_backend());
 }
 
 /* ---- workloads -------------------------------------------------------------------- */
@@ -283,7 +285,7 @@ static int run_w1(const opts *o, int port, const limit *L)
         raw_result raw[RAW_MODES];
         w1_result w;
         bench_reset(port);
-        bad |= bench_w1(&cfg, cycles, cycles < 1000 ? cycles : 1000, &w, raw) != 0;
+        bad += bench_w1(&cfg, cycles, cycles < 1000 ? cycles : 1000, &w, raw) != 0;
         fig(&f, "cycles", w.cycles);
         fig(&f, "errors", w.errors);
         fig(&f, "cycles_per_s", w.cycles_per_s);
@@ -293,7 +295,8 @@ static int run_w1(const opts *o, int port, const limit *L)
         fig(&f, "release_us.p99", w.release_us_p99);
         fig(&f, "raw_hiredis.set_evalsha_cycles_per_s", raw[RAW_SET_EVALSHA].cycles_per_s);
         fig(&f, "raw_hiredis.scripts_cycles_per_s", raw[RAW_SCRIPTS].cycles_per_s);
-        fig(&f, "raw_hiredis.sync_set_evalsha_cycles_per_s", raw[RAW_SYNC_SET_EVALSHA].cycles_per_s);
+        fig(&f, "raw_hiredis.sync_set_evalsha_cycles_per_s",
+            raw[RAW_SYNC_SET_EVALSHA].cycles_per_s);
         fig(&f, "w1_over_raw_set_evalsha",
             raw[0].cycles_per_s > 0 ? w.cycles_per_s / raw[0].cycles_per_s : 0);
         fprintf(stderr,
@@ -303,7 +306,7 @@ static int run_w1(const opts *o, int port, const limit *L)
                 raw[2].cycles_per_s, w.acquire_us_p50, w.release_us_p50,
                 w.errors ? " ERRORS" : "");
     }
-    header("W1", "uncontended-serial", "default", o->runs);
+    header("W1", "uncontended-serial", "default", o->runs, bad);
     printf(",\"processes\":1,\"connections\":1,\"cycles_requested\":%d,\"key\":\"bid_lock:bench:"
            "job_<i>\",\"ttl_ms\":%d,\"raw_interleaved_chunk\":1000",
            cycles, BENCH_TTL_MS);
@@ -339,7 +342,7 @@ static int run_w2(const opts *o, int port, const limit *L)
     for (int r = 0; r < o->runs; r++) {
         w2_result w;
         bench_reset(port);
-        bad |= bench_w2(&cfg, cycles, inflight, &w) != 0;
+        bad += bench_w2(&cfg, cycles, inflight, &w) != 0;
         fig(&f, "cycles", w.cycles);
         fig(&f, "errors", w.errors);
         fig(&f, "cycles_per_s", w.cycles_per_s);
@@ -349,7 +352,7 @@ static int run_w2(const opts *o, int port, const limit *L)
                 o->runs, w.cycles_per_s, w.cycle_us_p50, w.cycle_us_p99,
                 w.errors ? " ERRORS" : "");
     }
-    header("W2", "uncontended-concurrent", "default", o->runs);
+    header("W2", "uncontended-concurrent", "default", o->runs, bad);
     printf(",\"processes\":1,\"connections\":1,\"in_flight\":%d,\"cycles_requested\":%d,"
            "\"key\":\"bid_lock:bench:job_<i>\",\"ttl_ms\":%d",
            inflight, cycles, BENCH_TTL_MS);
@@ -381,7 +384,7 @@ static int run_w3(const opts *o, int port, const limit *L, enum bench_settings s
     for (int r = 0; r < o->runs; r++) {
         w3_result w;
         bench_reset(port);
-        bad |= bench_w3(&cfg, &p, &w) != 0;
+        bad += bench_w3(&cfg, &p, &w) != 0;
         fig(&f, "acquisitions", w.acquisitions);
         fig(&f, "failed_acquisitions", w.failed);
         fig(&f, "not_held_releases", w.not_held);
@@ -424,10 +427,10 @@ static int run_w3(const opts *o, int port, const limit *L, enum bench_settings s
                 w.client_per_acq, w.server_per_acq, w.exclusion_violations,
                 w.child_failures ? " CHILD FAILURES" : "");
     }
-    header("W3", "contended-handoff", label, o->runs);
-    printf(",\"processes\":%d,\"key\":\"bid_lock:bench:hot\",\"hold_ms\":%g,\"acquire_wait_ms\":%lld,"
-           "\"stop\":{\"max_s\":%g,\"acquisitions\":%d},\"ttl_ms\":%d,\"clock\":\"CLOCK_"
-           "MONOTONIC\"",
+    header("W3", "contended-handoff", label, o->runs, bad);
+    printf(",\"processes\":%d,\"key\":\"bid_lock:bench:hot\",\"hold_ms\":%g,"
+           "\"acquire_wait_ms\":%lld,\"stop\":{\"max_s\":%g,\"acquisitions\":%d},"
+           "\"ttl_ms\":%d,\"clock\":\"CLOCK_MONOTONIC\"",
            p.procs, p.hold_ms, (long long)p.wait_ms, p.max_s, p.target, BENCH_TTL_MS);
     printf(",\"config\":{\"backoff_initial_ms\":%u,\"backoff_max_ms\":%u,"
            "\"backoff_multiplier\":%g,\"handoff_ms\":%u,\"wake_on_release\":%d}",
@@ -469,7 +472,7 @@ static int run_w4(const opts *o, int port)
     for (int r = 0; r < o->runs; r++) {
         w4_result w;
         bench_reset(port);
-        bad |= bench_w4(&cfg, &p, &w) != 0;
+        bad += bench_w4(&cfg, &p, &w) != 0;
         passed += w.pass;
         fig(&f, "final_counter", (double)w.counter);
         fig(&f, "acquisitions", (double)w.acquisitions);
@@ -485,7 +488,7 @@ static int run_w4(const opts *o, int port)
                 p.use_lock ? "" : " CONTROL (no lock)", r + 1, o->runs, w.pass ? "PASS" : "FAIL",
                 w.counter, w.acquisitions, w.failed, w.lost_updates, w.elapsed_s);
     }
-    header("W4", "safety", p.use_lock ? "default" : "control-no-lock", o->runs);
+    header("W4", "safety", p.use_lock ? "default" : "control-no-lock", o->runs, bad);
     printf(",\"processes\":%d,\"iterations\":%d,\"sleep_ms\":%g,\"key\":\"bid_lock:bench:hot\","
            "\"counter_key\":\"%s\",\"pass\":%s,\"passed_runs\":%d",
            p.procs, p.iterations, p.sleep_ms, BENCH_W4_COUNTER,

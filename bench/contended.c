@@ -90,8 +90,8 @@ static int team_start(team *t, int procs, child_fn fn, void *arg)
         }
         char buf[MAX_PROCS];
         ssize_t n = read(t->ready[0], buf, sizeof buf);
-        if (n <= 0) {
-            fprintf(stderr, "bench: a child died before it was ready\n");
+        if (n <= 0 || memchr(buf, 'x', (size_t)n)) {
+            fprintf(stderr, "bench: a child failed before it was ready (see above)\n");
             rc = -1;
             break;
         }
@@ -142,6 +142,15 @@ static int team_wait(team *t, double timeout_s)
         usleep(5000); /* the parent is not measured */
     }
     return failures;
+}
+
+/* Child side: setup failed; tell the parent now rather than at its timeout. */
+static int child_failed(int ready_fd, int code, const char *what)
+{
+    fprintf(stderr, "bench: child %d: %s\n", (int)getpid(), what);
+    if (write(ready_fd, "x", 1) != 1)
+        code = 99;
+    return code;
 }
 
 /* Child side: say ready, wait for go. */
@@ -289,7 +298,7 @@ static int w3_child_main(int idx, void *arg_, int ready_fd, int go_fd)
     bl_loop bl;
     c.m = c.loop ? bench_manager(c.loop, &bl, arg->cfg) : NULL;
     if (!c.m)
-        return 2;
+        return child_failed(ready_fd, 2, "no connected manager");
     bl_acquire_opts_init(&c.opts);
     c.opts.ttl_ms = BENCH_TTL_MS;
     c.opts.wait_ms = arg->p->wait_ms;
@@ -617,14 +626,14 @@ static int w4_child_main(int idx, void *arg_, int ready_fd, int go_fd)
     bl_loop bl;
     c.m = c.loop ? bench_manager(c.loop, &bl, arg->cfg) : NULL;
     if (!c.m)
-        return 2;
+        return child_failed(ready_fd, 2, "no connected manager");
     c.ac = redisAsyncConnect("127.0.0.1", arg->cfg->port);
     if (!c.ac || c.ac->err || redisLibevAttach(c.loop, c.ac) != REDIS_OK)
-        return 3;
+        return child_failed(ready_fd, 3, "no counter connection");
     redisAsyncSetDisconnectCallback(c.ac, w4_disconnected);
     redisAsyncCommand(c.ac, w4_pong, &c, "PING");
     if (!bench_run_until(c.loop, &c.connected, 10.0) || c.connected != 1)
-        return 4;
+        return child_failed(ready_fd, 4, "counter connection did not answer");
     bl_acquire_opts_init(&c.opts);
     c.opts.ttl_ms = BENCH_TTL_MS;
     ev_timer_init(&c.sleep, w4_slept, 0., 0.);

@@ -316,8 +316,10 @@ Test(bench, the_program_prints_one_json_object_per_run_set, .timeout = 300)
         cr_assert(l, "no %s %s line in:\n%s", want[i].w, want[i].settings, out);
         assert_json_object(l);
         assert_has(l, want[i].keys);
-        if (i > 0)
+        if (i > 0) {
             assert_has(l, common);
+            cr_assert(strstr(l, "\"failed_runs\":0,"), "%s", l);
+        }
         free(l);
     }
     char *l = line_of(out, "W4", "default");
