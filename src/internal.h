@@ -76,6 +76,15 @@ typedef struct bl_backoff {
 uint64_t bl_backoff_next(const bl_backoff *b, double *step, uint64_t rnd, uint64_t now,
                          uint64_t deadline);
 
+/* ---- redis.c: command encoding ------------------------------------------ */
+
+/* v in decimal into buf (>= 20 bytes), no NUL; returns the length. */
+size_t bl_u64_dec(char *buf, uint64_t v);
+/* The RESP encoding of argv ("*<argc>\r\n", then "$<len>\r\n<arg>\r\n" per
+ * argument: the bytes redisFormatCommandArgv produces) into buf; returns its
+ * length, or 0 if cap might be too small (it counts 20 digits a length). */
+size_t bl_resp_format(char *buf, size_t cap, int argc, const char **argv, const size_t *lens);
+
 /* ---- backend seam: what the state machine needs from a store ------------ */
 
 enum bl_op_kind {

@@ -440,6 +440,33 @@ void bl_acquire_opts_init(bl_acquire_opts *opts)
 
 static const char *const aux_names[BL_AUX_COUNT] = {"q", "fence", "done"};
 
+/* "<prefix>:<mp>:<posting>" (kind NULL) or "<prefix>::<kind>:<mp>:<posting>"
+ * into dst, NUL-terminated; returns its length. Plain copies, not sprintf:
+ * every request builds four keys, and sprintf was a fifth of the client's
+ * instructions per W2 cycle. */
+static size_t build_key(char *dst, const char *prefix, size_t plen, const char *kind,
+                        const char *mp, size_t mlen, const char *posting, size_t xlen)
+{
+    char *p = dst;
+    memcpy(p, prefix, plen);
+    p += plen;
+    *p++ = ':';
+    if (kind) {
+        size_t klen = strlen(kind);
+        *p++ = ':';
+        memcpy(p, kind, klen);
+        p += klen;
+        *p++ = ':';
+    }
+    memcpy(p, mp, mlen);
+    p += mlen;
+    *p++ = ':';
+    memcpy(p, posting, xlen);
+    p += xlen;
+    *p = '\0';
+    return (size_t)(p - dst);
+}
+
 static int start_request(bl_manager *m, const char *mp, const char *posting,
                          const bl_acquire_opts *opts, bl_lock **out)
 {
@@ -476,11 +503,11 @@ static int start_request(bl_manager *m, const char *mp, const char *posting,
         return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
     char *p = (char *)(lock + 1);
     lock->key = p;
-    lock->keylen = (size_t)sprintf(p, "%s:%s:%s", m->prefix, mp, posting);
+    lock->keylen = build_key(p, m->prefix, plen, NULL, mp, mlen, posting, xlen);
     p += lock->keylen + 1;
     for (int i = 0; i < BL_AUX_COUNT; i++) {
         lock->aux[i] = p;
-        lock->auxlen[i] = (size_t)sprintf(p, "%s::%s:%s:%s", m->prefix, aux_names[i], mp, posting);
+        lock->auxlen[i] = build_key(p, m->prefix, plen, aux_names[i], mp, mlen, posting, xlen);
         p += lock->auxlen[i] + 1;
     }
     lock->m = m;

@@ -72,7 +72,7 @@ static pid_t spawn(redis_srv *s, const char *const *extra)
     pid_t pid = fork();
     cr_assert(pid >= 0);
     if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the test */
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test, even if SIGSTOPped */
         int dn = open("/dev/null", O_RDWR);
         dup2(dn, 0);
         dup2(dn, 1);

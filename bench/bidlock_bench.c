@@ -1,0 +1,544 @@
+/* bidlock-bench - the W1-W4 workloads of shared/BENCH.md.
+ *
+ *   bidlock-bench [--workload W1|W2|W3|W4|all] [--runs N] [--tuned]
+ *                 [--quick] [--no-lock] [--no-limit] [--port P]
+ *
+ * Starts its own redis-server on a free 127.0.0.1 port (unless --port),
+ * measures the limit with redis-benchmark, then runs each workload --runs
+ * times (3 by default) with bl_config_init defaults, and W3 once more with
+ * the tuned settings when --tuned. One JSON object per run-set on stdout:
+ * every figure as {"median","min","max"} over the runs, and "vs_limit", the
+ * figure as a ratio to what redis-benchmark (or a raw hiredis loop) reaches.
+ * Progress goes to stderr.
+ *
+ *   --quick     tiny sizes (tests, smoke runs): not BENCH.md's workloads
+ *   --no-lock   W4 as a CONTROL run that skips the lock (must fail)
+ *   --no-limit  skip redis-benchmark (ratios are then left out)
+ *   --port P    use a redis-server already listening on 127.0.0.1:P
+ *   --cycles N  W1/W2 size (profiling runs); not BENCH.md's workloads
+ *   --procs N   W3/W4 processes (analysis runs); not BENCH.md's workloads
+ *
+ * Exit status 0 when every workload ran cleanly and W4 passed. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "bench.h"
+#include "bench_loop.h"
+#include "scripts.h"
+
+#define MAX_RUNS 50
+#define MAX_FIGS 64
+
+/* ---- figures: one series of values per JSON path, over the runs ---------- */
+
+typedef struct series {
+    char path[64]; /* "handoff_ms.A.cross.p50" */
+    double v[MAX_RUNS];
+    int n;
+} series;
+
+typedef struct figset {
+    series s[MAX_FIGS];
+    int n;
+} figset;
+
+static series *find(figset *f, const char *path)
+{
+    for (int i = 0; i < f->n; i++)
+        if (strcmp(f->s[i].path, path) == 0)
+            return &f->s[i];
+    return NULL;
+}
+
+static void fig(figset *f, const char *path, double v)
+{
+    series *s = find(f, path);
+    if (!s && f->n < MAX_FIGS) {
+        s = &f->s[f->n++];
+        snprintf(s->path, sizeof s->path, "%s", path);
+    }
+    if (s && s->n < MAX_RUNS)
+        s->v[s->n++] = v;
+}
+
+static double med(figset *f, const char *path)
+{
+    series *s = find(f, path);
+    return s ? bench_summary(s->v, s->n).median : 0;
+}
+
+static void jnum(FILE *o, double v)
+{
+    if (v != v || v > 1e300 || v < -1e300)
+        fputs("null", o);
+    else if (v == (double)(long long)v && v < 1e15 && v > -1e15)
+        fprintf(o, "%lld", (long long)v);
+    else
+        fprintf(o, "%.6g", v);
+}
+
+/* Emit the series as members of the object being printed, nested by path
+ * ("a.b.c" -> "a":{"b":{"c":{...}}}); paths sharing a prefix must have been
+ * added one after another. */
+static void emit_figs(FILE *o, const figset *f)
+{
+    enum { MAXD = 8 };
+    char open[MAXD][32];
+    int first[MAXD + 1] = {0}; /* level 0 is the caller's object: not empty */
+    int depth = 0;
+    for (int i = 0; i < f->n; i++) {
+        char tmp[64], *parts[MAXD];
+        int np = 0;
+        snprintf(tmp, sizeof tmp, "%s", f->s[i].path);
+        for (char *save = NULL, *t = strtok_r(tmp, ".", &save); t && np < MAXD;
+             t = strtok_r(NULL, ".", &save))
+            parts[np++] = t;
+        int common = 0;
+        while (common < depth && common < np - 1 && strcmp(open[common], parts[common]) == 0)
+            common++;
+        for (; depth > common; depth--)
+            fputc('}', o);
+        for (; depth < np - 1; depth++) {
+            fprintf(o, "%s\"%s\":{", first[depth] ? "" : ",", parts[depth]);
+            first[depth] = 0;
+            snprintf(open[depth], sizeof open[depth], "%s", parts[depth]);
+            first[depth + 1] = 1;
+        }
+        fprintf(o, "%s\"%s\":", first[depth] ? "" : ",", parts[np - 1]);
+        first[depth] = 0;
+        bench_mmm m = bench_summary(f->s[i].v, f->s[i].n);
+        fputs("{\"median\":", o);
+        jnum(o, m.median);
+        fputs(",\"min\":", o);
+        jnum(o, m.min);
+        fputs(",\"max\":", o);
+        jnum(o, m.max);
+        fputc('}', o);
+    }
+    for (; depth > 0; depth--)
+        fputc('}', o);
+}
+
+/* ---- options --------------------------------------------------------------- */
+
+typedef struct opts {
+    int w[5]; /* w[1..4] */
+    int runs, tuned, quick, no_lock, no_limit, port, cycles, procs;
+} opts;
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: bidlock-bench [--workload W1|W2|W3|W4|all] [--runs N] [--tuned]\n"
+            "                     [--quick] [--no-lock] [--no-limit] [--port P] [--cycles N]\n"
+            "                     [--procs N]\n");
+}
+
+static int parse(int argc, char **argv, opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->runs = 3;
+    int any = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--workload") == 0 && i + 1 < argc) {
+            const char *w = argv[++i];
+            if (strcmp(w, "all") == 0)
+                o->w[1] = o->w[2] = o->w[3] = o->w[4] = 1;
+            else if ((w[0] == 'W' || w[0] == 'w') && w[1] >= '1' && w[1] <= '4' && !w[2])
+                o->w[w[1] - '0'] = 1;
+            else
+                return -1;
+            any = 1;
+        } else if (strcmp(a, "--runs") == 0 && i + 1 < argc) {
+            o->runs = atoi(argv[++i]);
+            if (o->runs < 1 || o->runs > MAX_RUNS)
+                return -1;
+        } else if (strcmp(a, "--port") == 0 && i + 1 < argc) {
+            o->port = atoi(argv[++i]);
+            if (o->port < 1 || o->port > 65535)
+                return -1;
+        } else if (strcmp(a, "--cycles") == 0 && i + 1 < argc) {
+            o->cycles = atoi(argv[++i]);
+            if (o->cycles < 1)
+                return -1;
+        } else if (strcmp(a, "--procs") == 0 && i + 1 < argc) {
+            o->procs = atoi(argv[++i]);
+            if (o->procs < 1 || o->procs > 64)
+                return -1;
+        } else if (strcmp(a, "--tuned") == 0) {
+            o->tuned = 1;
+        } else if (strcmp(a, "--quick") == 0) {
+            o->quick = 1;
+        } else if (strcmp(a, "--no-lock") == 0) {
+            o->no_lock = 1;
+        } else if (strcmp(a, "--no-limit") == 0) {
+            o->no_limit = 1;
+        } else {
+            return -1;
+        }
+    }
+    if (!any)
+        o->w[1] = o->w[2] = o->w[3] = o->w[4] = 1;
+    return 0;
+}
+
+/* ---- the limit ---------------------------------------------------------------- */
+
+typedef struct limit {
+    int have;
+    double set_p1, set_p16, evalsha_p1, evalsha_p16; /* medians, requests/s */
+    double cycle_p1, cycle_p16;                      /* SET + EVALSHA, cycles/s */
+} limit;
+
+static double cycle(double a, double b)
+{
+    return a > 0 && b > 0 ? 1.0 / (1.0 / a + 1.0 / b) : 0;
+}
+
+static int run_limit(const opts *o, int port, limit *L)
+{
+    memset(L, 0, sizeof *L);
+    char sha[41];
+    if (bench_reset(port) != 0 || bench_script_load(port, BL_SCRIPT_RELEASE, sha) != 0)
+        return -1;
+    /* The release script's normal not-held path: the lock key is absent, so
+     * it compares and returns 0 (one GET inside Lua). */
+    char evalsha[256];
+    snprintf(evalsha, sizeof evalsha,
+             "EVALSHA %s 3 bid_lock:bench:hot bid_lock::done:bench:hot bid_lock::q:bench:hot "
+             "bench-limit 0 250",
+             sha);
+    const char *set = "SET bench:__rand_int__ v NX PX 30000";
+    int n = o->quick ? 5000 : 200000;
+    figset f = {0};
+    for (int r = 0; r < o->runs; r++) {
+        fprintf(stderr, "limit run %d/%d: redis-benchmark -n %d ...\n", r + 1, o->runs, n);
+        double v[4] = {bench_redis_benchmark(port, n, 1, set),
+                       bench_redis_benchmark(port, n, 16, set),
+                       bench_redis_benchmark(port, n, 1, evalsha),
+                       bench_redis_benchmark(port, n, 16, evalsha)};
+        if (v[0] <= 0 || v[1] <= 0 || v[2] <= 0 || v[3] <= 0)
+            return -1;
+        fig(&f, "set_nx_px.P1_rps", v[0]);
+        fig(&f, "set_nx_px.P16_rps", v[1]);
+        fig(&f, "evalsha_release.P1_rps", v[2]);
+        fig(&f, "evalsha_release.P16_rps", v[3]);
+        fig(&f, "cycle_set_evalsha.P1_per_s", cycle(v[0], v[2]));
+        fig(&f, "cycle_set_evalsha.P16_per_s", cycle(v[1], v[3]));
+        fprintf(stderr, "  SET P1 %.0f/s P16 %.0f/s, EVALSHA P1 %.0f/s P16 %.0f/s\n", v[0], v[1],
+                v[2], v[3]);
+        bench_reset(port);
+        bench_script_load(port, BL_SCRIPT_RELEASE, sha);
+    }
+    L->have = 1;
+    L->set_p1 = med(&f, "set_nx_px.P1_rps");
+    L->set_p16 = med(&f, "set_nx_px.P16_rps");
+    L->evalsha_p1 = med(&f, "evalsha_release.P1_rps");
+    L->evalsha_p16 = med(&f, "evalsha_release.P16_rps");
+    L->cycle_p1 = cycle(L->set_p1, L->evalsha_p1);
+    L->cycle_p16 = cycle(L->set_p16, L->evalsha_p16);
+    printf("{\"workload\":\"limit\",\"name\":\"redis-benchmark\",\"runs\":%d,"
+           "\"command\":{\"set\":\"%s\",\"evalsha\":\"EVALSHA <release sha> 3 "
+           "bid_lock:bench:hot bid_lock::done:bench:hot bid_lock::q:bench:hot bench-limit 0 "
+           "250\"},\"n\":%d,\"c\":1,\"r\":100000000",
+           o->runs, set, n);
+    emit_figs(stdout, &f);
+    printf("}\n");
+    fflush(stdout);
+    return 0;
+}
+
+/* "vs_limit": ratio of a median to a limit figure (skipped without one). */
+static void ratio(FILE *out, int *first, const char *name, double v, double basis)
+{
+    if (basis <= 0)
+        return;
+    fprintf(out, "%s\"%s\":", *first ? "" : ",", name);
+    jnum(out, v / basis);
+    *first = 0;
+}
+
+/* failed_runs: runs that reported an error; their figures are still in the
+ * medians, so a non-zero value means: do not quote this line. */
+static void header(const char *w, const char *name, const char *settings, int runs, int failed)
+{
+    printf("{\"workload\":\"%s\",\"name\":\"%s\",\"settings\":\"%s\",\"runs\":%d,"
+           "\"failed_runs\":%d,\"loop_backend\":\"%s\"",
+           w, name, settings, runs, failed, bench_loop_backend());
+}
+
+/* ---- workloads -------------------------------------------------------------------- */
+
+static int run_w1(const opts *o, int port, const limit *L)
+{
+    int cycles = o->cycles ? o->cycles : o->quick ? 1000 : 20000, bad = 0;
+    bl_config cfg;
+    bench_config(&cfg, port, BENCH_DEFAULT);
+    figset f = {0};
+    for (int r = 0; r < o->runs; r++) {
+        /* The yardsticks take turns with W1 (1000 cycles each). */
+        raw_result raw[RAW_MODES];
+        w1_result w;
+        bench_reset(port);
+        bad += bench_w1(&cfg, cycles, cycles < 1000 ? cycles : 1000, &w, raw) != 0;
+        fig(&f, "cycles", w.cycles);
+        fig(&f, "errors", w.errors);
+        fig(&f, "cycles_per_s", w.cycles_per_s);
+        fig(&f, "acquire_us.p50", w.acquire_us_p50);
+        fig(&f, "acquire_us.p99", w.acquire_us_p99);
+        fig(&f, "release_us.p50", w.release_us_p50);
+        fig(&f, "release_us.p99", w.release_us_p99);
+        fig(&f, "raw_hiredis.set_evalsha_cycles_per_s", raw[RAW_SET_EVALSHA].cycles_per_s);
+        fig(&f, "raw_hiredis.scripts_cycles_per_s", raw[RAW_SCRIPTS].cycles_per_s);
+        fig(&f, "raw_hiredis.sync_set_evalsha_cycles_per_s",
+            raw[RAW_SYNC_SET_EVALSHA].cycles_per_s);
+        fig(&f, "w1_over_raw_set_evalsha",
+            raw[0].cycles_per_s > 0 ? w.cycles_per_s / raw[0].cycles_per_s : 0);
+        fprintf(stderr,
+                "W1 run %d/%d: %.0f cycles/s (raw SET+EVALSHA %.0f, raw scripts %.0f, sync %.0f), "
+                "acquire p50 %.0f us, release p50 %.0f us%s\n",
+                r + 1, o->runs, w.cycles_per_s, raw[0].cycles_per_s, raw[1].cycles_per_s,
+                raw[2].cycles_per_s, w.acquire_us_p50, w.release_us_p50,
+                w.errors ? " ERRORS" : "");
+    }
+    header("W1", "uncontended-serial", "default", o->runs, bad);
+    printf(",\"processes\":1,\"connections\":1,\"cycles_requested\":%d,\"key\":\"bid_lock:bench:"
+           "job_<i>\",\"ttl_ms\":%d,\"raw_interleaved_chunk\":1000",
+           cycles, BENCH_TTL_MS);
+    emit_figs(stdout, &f);
+    printf(",\"vs_limit\":{");
+    int first = 1;
+    ratio(stdout, &first, "cycles_per_s_over_raw_hiredis_set_evalsha", med(&f, "cycles_per_s"),
+          med(&f, "raw_hiredis.set_evalsha_cycles_per_s"));
+    ratio(stdout, &first, "cycles_per_s_over_raw_hiredis_scripts", med(&f, "cycles_per_s"),
+          med(&f, "raw_hiredis.scripts_cycles_per_s"));
+    if (L->have) {
+        ratio(stdout, &first, "cycles_per_s_over_cycle_P1", med(&f, "cycles_per_s"), L->cycle_p1);
+        ratio(stdout, &first, "acquire_us_p50_over_set_P1_us", med(&f, "acquire_us.p50"),
+              1e6 / L->set_p1);
+        ratio(stdout, &first, "acquire_us_p99_over_set_P1_us", med(&f, "acquire_us.p99"),
+              1e6 / L->set_p1);
+        ratio(stdout, &first, "release_us_p50_over_evalsha_P1_us", med(&f, "release_us.p50"),
+              1e6 / L->evalsha_p1);
+        ratio(stdout, &first, "release_us_p99_over_evalsha_P1_us", med(&f, "release_us.p99"),
+              1e6 / L->evalsha_p1);
+    }
+    printf("}}\n");
+    fflush(stdout);
+    return bad;
+}
+
+static int run_w2(const opts *o, int port, const limit *L)
+{
+    int cycles = o->cycles ? o->cycles : o->quick ? 2000 : 50000, inflight = 100, bad = 0;
+    bl_config cfg;
+    bench_config(&cfg, port, BENCH_DEFAULT);
+    figset f = {0};
+    for (int r = 0; r < o->runs; r++) {
+        w2_result w;
+        bench_reset(port);
+        bad += bench_w2(&cfg, cycles, inflight, &w) != 0;
+        fig(&f, "cycles", w.cycles);
+        fig(&f, "errors", w.errors);
+        fig(&f, "cycles_per_s", w.cycles_per_s);
+        fig(&f, "cycle_us.p50", w.cycle_us_p50);
+        fig(&f, "cycle_us.p99", w.cycle_us_p99);
+        fprintf(stderr, "W2 run %d/%d: %.0f cycles/s, cycle p50 %.0f us p99 %.0f us%s\n", r + 1,
+                o->runs, w.cycles_per_s, w.cycle_us_p50, w.cycle_us_p99,
+                w.errors ? " ERRORS" : "");
+    }
+    header("W2", "uncontended-concurrent", "default", o->runs, bad);
+    printf(",\"processes\":1,\"connections\":1,\"in_flight\":%d,\"cycles_requested\":%d,"
+           "\"key\":\"bid_lock:bench:job_<i>\",\"ttl_ms\":%d",
+           inflight, cycles, BENCH_TTL_MS);
+    emit_figs(stdout, &f);
+    printf(",\"vs_limit\":{");
+    int first = 1;
+    if (L->have) {
+        ratio(stdout, &first, "cycles_per_s_over_cycle_P16", med(&f, "cycles_per_s"), L->cycle_p16);
+        ratio(stdout, &first, "cycles_per_s_over_cycle_P1", med(&f, "cycles_per_s"), L->cycle_p1);
+    }
+    printf("}}\n");
+    fflush(stdout);
+    return bad;
+}
+
+static int run_w3(const opts *o, int port, const limit *L, enum bench_settings s)
+{
+    w3_params p;
+    w3_params_init(&p);
+    if (o->quick)
+        p.target = 200;
+    if (o->procs)
+        p.procs = o->procs;
+    bl_config cfg;
+    bench_config(&cfg, port, s);
+    const char *label = s == BENCH_TUNED ? "tuned" : "default";
+    figset f = {0};
+    int bad = 0;
+    for (int r = 0; r < o->runs; r++) {
+        w3_result w;
+        bench_reset(port);
+        bad += bench_w3(&cfg, &p, &w) != 0;
+        fig(&f, "acquisitions", w.acquisitions);
+        fig(&f, "failed_acquisitions", w.failed);
+        fig(&f, "not_held_releases", w.not_held);
+        fig(&f, "elapsed_s", w.elapsed_s);
+        fig(&f, "acq_per_s", w.acq_per_s);
+        static const char *def[2] = {"A", "B"}, *pairs[2] = {"cross", "all"},
+                          *pc[2] = {"p50", "p99"};
+        for (int d = 0; d < 2; d++)
+            for (int x = 0; x < 2; x++)
+                for (int q = 0; q < 2; q++) {
+                    char path[64];
+                    snprintf(path, sizeof path, "handoff_ms.%s.%s.%s", def[d], pairs[x], pc[q]);
+                    fig(&f, path, w.handoff_ms[d][x][q]);
+                }
+        fig(&f, "handoffs.cross", w.handoffs_cross);
+        fig(&f, "handoffs.total", w.handoffs_total);
+        fig(&f, "exclusion_violations", w.exclusion_violations);
+        fig(&f, "wait_ms.p50", w.wait_ms_p50);
+        fig(&f, "wait_ms.p99", w.wait_ms_p99);
+        fig(&f, "wait_ms.max", w.wait_ms_max);
+        fig(&f, "per_process_acquisitions.min", w.per_proc_min);
+        fig(&f, "per_process_acquisitions.max", w.per_proc_max);
+        fig(&f, "share.min", w.share_min);
+        fig(&f, "share.max", w.share_max);
+        fig(&f, "share.min_over_max", w.share_min_over_max);
+        fig(&f, "commands_per_acq.client", w.client_per_acq);
+        fig(&f, "commands_per_acq.server", w.server_per_acq);
+        fig(&f, "commands.client", (double)w.client_cmds);
+        fig(&f, "commands.server", (double)w.server_cmds);
+        fig(&f, "commands.evalsha_top_level", (double)w.evalsha_calls);
+        fig(&f, "hold_ms_measured.p50", w.hold_ms_p50);
+        fig(&f, "lib.wakeups", (double)w.wakeups);
+        fig(&f, "lib.handoffs", (double)w.handoffs_lib);
+        fprintf(stderr,
+                "W3 (%s) run %d/%d: %d acq in %.2f s = %.0f acq/s; hand-off B cross p50 %.3f "
+                "p99 %.3f ms; share min/max %.2f; cmds/acq client %.2f server %.2f; "
+                "violations %d%s\n",
+                label, r + 1, o->runs, w.acquisitions, w.elapsed_s, w.acq_per_s,
+                w.handoff_ms[1][0][0], w.handoff_ms[1][0][1], w.share_min_over_max,
+                w.client_per_acq, w.server_per_acq, w.exclusion_violations,
+                w.child_failures ? " CHILD FAILURES" : "");
+    }
+    header("W3", "contended-handoff", label, o->runs, bad);
+    printf(",\"processes\":%d,\"key\":\"bid_lock:bench:hot\",\"hold_ms\":%g,"
+           "\"acquire_wait_ms\":%lld,\"stop\":{\"max_s\":%g,\"acquisitions\":%d},"
+           "\"ttl_ms\":%d,\"clock\":\"CLOCK_MONOTONIC\"",
+           p.procs, p.hold_ms, (long long)p.wait_ms, p.max_s, p.target, BENCH_TTL_MS);
+    printf(",\"config\":{\"backoff_initial_ms\":%u,\"backoff_max_ms\":%u,"
+           "\"backoff_multiplier\":%g,\"handoff_ms\":%u,\"wake_on_release\":%d}",
+           cfg.backoff_initial_ms, cfg.backoff_max_ms, cfg.backoff_multiplier, cfg.handoff_ms,
+           cfg.wake_on_release);
+    emit_figs(stdout, &f);
+    printf(",\"vs_limit\":{");
+    int first = 1;
+    if (L->have) {
+        double rtt_ms = 1e3 / L->evalsha_p1;
+        ratio(stdout, &first, "acq_per_s_over_cycle_P1", med(&f, "acq_per_s"), L->cycle_p1);
+        ratio(stdout, &first, "handoff_ms_B_cross_p50_over_evalsha_P1_ms",
+              med(&f, "handoff_ms.B.cross.p50"), rtt_ms);
+        ratio(stdout, &first, "handoff_ms_B_cross_p99_over_evalsha_P1_ms",
+              med(&f, "handoff_ms.B.cross.p99"), rtt_ms);
+        ratio(stdout, &first, "handoff_ms_A_cross_p50_over_evalsha_P1_ms",
+              med(&f, "handoff_ms.A.cross.p50"), rtt_ms);
+        ratio(stdout, &first, "handoff_ms_A_cross_p99_over_evalsha_P1_ms",
+              med(&f, "handoff_ms.A.cross.p99"), rtt_ms);
+    }
+    printf("}}\n");
+    fflush(stdout);
+    return bad;
+}
+
+static int run_w4(const opts *o, int port)
+{
+    w4_params p;
+    w4_params_init(&p);
+    if (o->quick)
+        p.iterations = 50;
+    if (o->procs)
+        p.procs = o->procs;
+    p.use_lock = !o->no_lock;
+    bl_config cfg;
+    bench_config(&cfg, port, BENCH_DEFAULT);
+    figset f = {0};
+    int passed = 0, bad = 0;
+    for (int r = 0; r < o->runs; r++) {
+        w4_result w;
+        bench_reset(port);
+        bad += bench_w4(&cfg, &p, &w) != 0;
+        passed += w.pass;
+        fig(&f, "final_counter", (double)w.counter);
+        fig(&f, "acquisitions", (double)w.acquisitions);
+        fig(&f, "failed_acquisitions", (double)w.failed);
+        fig(&f, "increments", (double)w.increments);
+        fig(&f, "lost_updates", (double)w.lost_updates);
+        fig(&f, "errors", (double)w.errors);
+        fig(&f, "elapsed_s", w.elapsed_s);
+        fig(&f, "sleep_ms_measured.p50", w.sleep_ms_p50);
+        fprintf(stderr,
+                "W4%s run %d/%d: %s - counter %lld, acquisitions %lld, failed %lld, lost "
+                "updates %lld, %.2f s\n",
+                p.use_lock ? "" : " CONTROL (no lock)", r + 1, o->runs, w.pass ? "PASS" : "FAIL",
+                w.counter, w.acquisitions, w.failed, w.lost_updates, w.elapsed_s);
+    }
+    header("W4", "safety", p.use_lock ? "default" : "control-no-lock", o->runs, bad);
+    printf(",\"processes\":%d,\"iterations\":%d,\"sleep_ms\":%g,\"key\":\"bid_lock:bench:hot\","
+           "\"counter_key\":\"%s\",\"pass\":%s,\"passed_runs\":%d",
+           p.procs, p.iterations, p.sleep_ms, BENCH_W4_COUNTER,
+           passed == o->runs ? "true" : "false", passed);
+    emit_figs(stdout, &f);
+    printf("}\n");
+    fflush(stdout);
+    /* The control is expected to fail its check: that is its point. */
+    return bad || (p.use_lock && passed != o->runs);
+}
+
+int main(int argc, char **argv)
+{
+    opts o;
+    if (parse(argc, argv, &o) != 0) {
+        usage();
+        return 2;
+    }
+    bench_srv srv = {0};
+    int port = o.port;
+    if (!port) {
+        if (bench_srv_start(&srv) != 0)
+            return 1;
+        port = srv.port;
+    }
+    char ver[32];
+    bench_redis_version(port, ver, sizeof ver);
+    fprintf(stderr, "bidlock-bench %s: redis-server %s on 127.0.0.1:%d, hiredis %d.%d.%d, "
+                    "libev backend %s\n",
+            BIDLOCK_VERSION, ver, port, HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH,
+            bench_loop_backend());
+    int bad = 0;
+    limit L = {0};
+    if (!o.no_limit && run_limit(&o, port, &L) != 0) {
+        fprintf(stderr, "bench: the limit could not be measured; ratios are left out\n");
+        bad = 1;
+    }
+    if (o.w[1])
+        bad |= run_w1(&o, port, &L);
+    if (o.w[2])
+        bad |= run_w2(&o, port, &L);
+    if (o.w[3]) {
+        bad |= run_w3(&o, port, &L, BENCH_DEFAULT);
+        if (o.tuned)
+            bad |= run_w3(&o, port, &L, BENCH_TUNED);
+    }
+    if (o.w[4])
+        bad |= run_w4(&o, port);
+    if (srv.pid)
+        bench_srv_stop(&srv);
+    fprintf(stderr, "bidlock-bench: %s\n", bad ? "some runs failed (see above)" : "done");
+    return bad ? 1 : 0;
+}
