@@ -491,11 +491,30 @@ static void be_leave(bl_backend *be, bl_lock *lock)
 
 /* ---- wake-ups: the subscriber connection --------------------------------------- */
 
+/* (UN)SUBSCRIBE the channel "<key>|<holder>" of a wait queue. */
+static int sub_command(redis_be *r, bl_wq *w, const char *verb, redisCallbackFn *cb)
+{
+    const char *holder = bl_manager_holder(M(r));
+    return redisAsyncCommand(r->sub.ac, cb, r, "%s %b|%s", verb, w->key, w->keylen, holder);
+}
+
+/* The lock key of one of our channels, or NULL if it is not ours. */
+static const char *channel_key(redis_be *r, const redisReply *ch, size_t *keylen)
+{
+    const char *holder = bl_manager_holder(M(r));
+    size_t hl = strlen(holder);
+    if (ch->len < hl + 2 || ch->str[ch->len - hl - 1] != '|' ||
+        memcmp(ch->str + ch->len - hl, holder, hl) != 0)
+        return NULL;
+    *keylen = ch->len - hl - 1;
+    return ch->str;
+}
+
 static void subscribe_wq(redis_be *r, bl_wq *w)
 {
     if (!r->sub.ac || r->shutting)
         return;
-    if (redisAsyncCommand(r->sub.ac, sub_cb, r, "SUBSCRIBE %b", w->key, w->keylen) == REDIS_OK)
+    if (sub_command(r, w, "SUBSCRIBE", sub_cb) == REDIS_OK)
         w->sub = SUB_PENDING;
 }
 
@@ -510,10 +529,16 @@ static void sub_cb(redisAsyncContext *ac, void *reply_, void *priv)
     if (type->type != REDIS_REPLY_STRING || ch->type != REDIS_REPLY_STRING)
         return;
     bl_manager *m = M(r);
-    bl_wq *w = bl_manager_wq_find(m, ch->str, ch->len);
+    size_t keylen;
+    const char *key = channel_key(r, ch, &keylen);
+    if (!key)
+        return;
+    bl_wq *w = bl_manager_wq_find(m, key, keylen);
     if (strcmp(type->str, "message") == 0) {
-        if (arg->type == REDIS_REPLY_STRING)
-            bl_manager_wake(m, ch->str, ch->len, arg->str, arg->len);
+        /* "": the lock was handed to us; "*": it is done, look again. */
+        int all = arg->type == REDIS_REPLY_STRING && arg->len == 1 && arg->str[0] == '*';
+        const char *me = bl_manager_holder(m);
+        bl_manager_wake(m, key, keylen, all ? "*" : me, all ? 1 : strlen(me));
     } else if (strcmp(type->str, "subscribe") == 0) {
         if (!w)
             return;
@@ -521,7 +546,7 @@ static void sub_cb(redisAsyncContext *ac, void *reply_, void *priv)
         /* A release between our busy attempt and this subscription was not
          * heard: everyone waiting retries once now. */
         if (w->nwait > 0)
-            bl_manager_wake(m, ch->str, ch->len, "*", 1);
+            bl_manager_wake(m, key, keylen, "*", 1);
     } else if (strcmp(type->str, "unsubscribe") == 0) {
         if (!w)
             return;
@@ -545,8 +570,7 @@ static void sweep_each(bl_wq *w, void *arg)
     if (w->nwait > 0 || w->sub != SUB_ON)
         return;
     if (s->now - w->idle_since >= LINGER_MS) {
-        if (redisAsyncCommand(s->r->sub.ac, NULL, NULL, "UNSUBSCRIBE %b", w->key, w->keylen) ==
-            REDIS_OK)
+        if (sub_command(s->r, w, "UNSUBSCRIBE", NULL) == REDIS_OK)
             w->sub = SUB_LEAVING;
     } else {
         s->lingering = 1;

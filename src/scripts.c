@@ -7,7 +7,9 @@
  *   P::fence:M:X   last fencing token handed out
  *   P::done:M:X    done marker (holder that marked it)
  * A marketplace is never empty, so "P::..." can never be a lock key.
- * The pub/sub channel of a lock is its key (channels are not keys).
+ * A waiter listens on the channel "<lock key>|<its holder id>" (channels
+ * are not keys) while it waits: a hand-off message reaches only the
+ * waiter it was handed to.
  *
  * Fencing tokens are max(last + 1, server time in us): strictly increasing
  * while the fence key lives, and still increasing after it expired as long
@@ -53,13 +55,16 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "if tonumber(ARGV[2]) > 0 then\n"
         "  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])\n"
         "  redis.call('DEL', KEYS[1])\n"
-        "  if redis.call('DEL', KEYS[3]) == 1 then redis.call('PUBLISH', KEYS[1], '*') end\n"
+        "  for _, w in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do\n"
+        "    redis.call('PUBLISH', KEYS[1] .. '|' .. w, '*')\n"
+        "  end\n"
+        "  redis.call('DEL', KEYS[3])\n"
         "  return 1\n"
         "end\n"
         "local w = redis.call('ZPOPMIN', KEYS[3])\n"
         "if w[1] then\n"
         "  redis.call('SET', KEYS[1], '~' .. w[1], 'PX', ARGV[3])\n"
-        "  redis.call('PUBLISH', KEYS[1], w[1])\n"
+        "  redis.call('PUBLISH', KEYS[1] .. '|' .. w[1], '')\n"
         "  return 2\n"
         "end\n"
         "redis.call('DEL', KEYS[1])\n"
