@@ -22,7 +22,7 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
      * ARGV: holder ttl_ms fence_ttl_ms queue_ttl_ms(0 = try once, no queue)
      *       queued(1 if this request joined the queue before)
      * -> token > 0 | 0 busy | -2 done
-     * The uncontended path is SET NX first: 5 calls in all. */
+     * The uncontended path is SET NX first: 4 calls in all. */
     [BL_SCRIPT_ACQUIRE] = {"acquire",
         "if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
         "  if redis.call('GET', KEYS[1]) ~= '~' .. ARGV[1] then\n"
@@ -42,11 +42,15 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "  return -2\n"
         "end\n"
         "if ARGV[5] == '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end\n"
+        /* SET .. GET writes the new token and returns the last one in one
+         * call; only if the clock stepped back is it written again. */
         "local t = redis.call('TIME')\n"
         "local tok = t[1] * 1000000 + t[2]\n"
-        "local prev = tonumber(redis.call('GET', KEYS[2]))\n"
-        "if prev and prev >= tok then tok = prev + 1 end\n"
-        "redis.call('SET', KEYS[2], string.format('%.0f', tok), 'PX', ARGV[3])\n"
+        "local prev = tonumber(redis.call('SET', KEYS[2], string.format('%.0f', tok), 'PX', ARGV[3], 'GET'))\n"
+        "if prev and prev >= tok then\n"
+        "  tok = prev + 1\n"
+        "  redis.call('SET', KEYS[2], string.format('%.0f', tok), 'PX', ARGV[3])\n"
+        "end\n"
         "return tok\n"},
     /* KEYS: lock done queue   ARGV: holder done_ttl_ms(0 = no) handoff_ms
      * -> 0 not held | 1 released | 2 handed off to the longest waiter */

@@ -579,3 +579,20 @@ Test(features, prometheus_text_parses_and_counts_match)
     free(buf);
     close_manager(T, a);
 }
+
+Test(features, tokens_never_go_back_even_if_the_server_clock_does)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL);
+    /* A token from "the future" (a clock that stepped back since). */
+    freeReplyObject(rs_cmd(&srv, "SET bid_lock::fence:ebay:clock 8000000000000000"));
+    rec r = acq(a, "clock", 0, 0);
+    cr_assert_eq(r.status, BL_OK);
+    cr_assert_eq(r.token, 8000000000000001ULL, "token %llu", (unsigned long long)r.token);
+    cr_assert_eq(rel(r.lock, 0), BL_OK);
+    r = acq(a, "clock", 0, 0);
+    cr_assert_eq(r.token, 8000000000000002ULL);
+    redisReply *v = rs_cmd(&srv, "GET bid_lock::fence:ebay:clock");
+    cr_assert_str_eq(v->str, "8000000000000002");
+    freeReplyObject(v);
+    close_manager(T, a);
+}
