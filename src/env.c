@@ -1,0 +1,234 @@
+/* env.c - bl_config_from_env: where Redis is and which backend, from the
+ * environment of a twelve-factor deployment.
+ *
+ * Decisions (also in bidlock.h)
+ *  - REDIS_URL wins: REDIS_HOST, REDIS_PORT, REDIS_DB, REDIS_USERNAME and
+ *    REDIS_PASSWORD are then not read at all.
+ *  - One of our variables set to "" is an error, not "unset": an empty
+ *    REDIS_PASSWORD from a missing secret must not mean "no AUTH".
+ *  - USE_REDIS_LOCKS: true/1/yes/on or false/0/no/off, any case, nothing
+ *    else (no surrounding spaces either).
+ *  - BIDLOCK_ENV (ours, strict) wins over ENV (shared, lenient):
+ *      production class:  production, prod, staging
+ *      development class: development, dev, local, test
+ *    any case. An unknown BIDLOCK_ENV is an error. An unknown or empty ENV
+ *    is ignored: POSIX shells use ENV for their startup file, so
+ *    ENV=/home/me/.shrc is common and says nothing about deployment.
+ *  - USE_REDIS_LOCKS=false in the production class is refused: in-process
+ *    locks cannot stop a second instance from bidding, which is exactly the
+ *    failure bidlock exists to prevent. A single-instance service that
+ *    really wants them sets cfg->backend = BL_BACKEND_MEMORY in code.
+ */
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "internal.h"
+
+enum env_class { ENV_UNSET, ENV_PROD, ENV_DEV, ENV_UNKNOWN };
+
+static int say(char *why, size_t why_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int say(char *why, size_t why_len, const char *fmt, ...)
+{
+    if (why && why_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, why_len, fmt, ap);
+        va_end(ap);
+    }
+    return BL_EINVAL;
+}
+
+/* One of our variables: NULL when unset, an error when set but empty. */
+static int get(const char *name, const char **out, char *why, size_t why_len)
+{
+    const char *v = getenv(name);
+    *out = v;
+    if (v && !*v)
+        return say(why, why_len, "%s is set but empty; unset it or give it a value", name);
+    return BL_OK;
+}
+
+static int one_of(const char *v, const char *const *words)
+{
+    for (; *words; words++)
+        if (strcasecmp(v, *words) == 0)
+            return 1;
+    return 0;
+}
+
+static enum env_class classify(const char *v)
+{
+    static const char *const prod[] = {"production", "prod", "staging", NULL};
+    static const char *const dev[] = {"development", "dev", "local", "test", NULL};
+    if (!v || !*v)
+        return ENV_UNSET;
+    if (one_of(v, prod))
+        return ENV_PROD;
+    if (one_of(v, dev))
+        return ENV_DEV;
+    return ENV_UNKNOWN;
+}
+
+static int get_number(const char *name, long lo, long hi, int *out, char *why, size_t why_len)
+{
+    const char *v;
+    if (get(name, &v, why, why_len))
+        return BL_EINVAL;
+    if (!v)
+        return BL_OK;
+    long n;
+    int rc = bl_parse_uint(v, strlen(v), lo, hi, &n);
+    if (rc) {
+        char q[200];
+        bl_quote(q, sizeof q, v, strlen(v));
+        return say(why, why_len, "%s %s is %s %ld..%ld", name, q,
+                   rc == -1 ? "not a number" : "out of range", lo, hi);
+    }
+    *out = (int)n;
+    return BL_OK;
+}
+
+/* REDIS_HOST and friends, when REDIS_URL is not set. */
+static int from_fields(bl_config *c, int *named, char *why, size_t why_len)
+{
+    const char *host, *user, *pass, *port, *db;
+    if (get("REDIS_HOST", &host, why, why_len) || get("REDIS_PORT", &port, why, why_len) ||
+        get("REDIS_DB", &db, why, why_len) || get("REDIS_USERNAME", &user, why, why_len) ||
+        get("REDIS_PASSWORD", &pass, why, why_len))
+        return BL_EINVAL;
+    if (host && !bl_host_ok(host, strlen(host))) {
+        char q[200];
+        bl_quote(q, sizeof q, host, strlen(host));
+        return say(why, why_len,
+                   "REDIS_HOST %s is not a host name (letters, digits, '-', '.', '_') or an "
+                   "IPv6 address (no brackets)",
+                   q);
+    }
+    if (get_number("REDIS_PORT", 1, 65535, &c->port, why, why_len) ||
+        get_number("REDIS_DB", 0, INT_MAX, &c->db, why, why_len))
+        return BL_EINVAL;
+    if (user && !pass)
+        return say(why, why_len, "REDIS_USERNAME is set but REDIS_PASSWORD is not (AUTH needs "
+                   "a password)");
+    /* The environment says where Redis is: it beats a url or unix_path set in code. */
+    if (host || port || db || user || pass)
+        c->url = NULL;
+    if (host || port)
+        c->unix_path = NULL;
+    if (host)
+        c->host = host;
+    if (user)
+        c->username = user;
+    if (pass)
+        c->password = pass;
+    *named = host != NULL;
+    return BL_OK;
+}
+
+static int use_redis_locks(int *use, char *why, size_t why_len)
+{
+    static const char *const yes[] = {"true", "1", "yes", "on", NULL};
+    static const char *const no[] = {"false", "0", "no", "off", NULL};
+    const char *v;
+    *use = -1;
+    if (get("USE_REDIS_LOCKS", &v, why, why_len))
+        return BL_EINVAL;
+    if (!v)
+        return BL_OK;
+    if (one_of(v, yes)) {
+        *use = 1;
+    } else if (one_of(v, no)) {
+        *use = 0;
+    } else {
+        char q[200];
+        bl_quote(q, sizeof q, v, strlen(v));
+        return say(why, why_len,
+                   "USE_REDIS_LOCKS %s is not true/false/1/0/yes/no/on/off", q);
+    }
+    return BL_OK;
+}
+
+/* BIDLOCK_ENV, else ENV. name and value say which one decided, for messages. */
+static int deployment(enum env_class *cls, const char **name, const char **value, char *why,
+                      size_t why_len)
+{
+    const char *v;
+    if (get("BIDLOCK_ENV", &v, why, why_len))
+        return BL_EINVAL;
+    if (v) {
+        *cls = classify(v);
+        *name = "BIDLOCK_ENV";
+        *value = v;
+        if (*cls == ENV_UNKNOWN) {
+            char q[200];
+            bl_quote(q, sizeof q, v, strlen(v));
+            return say(why, why_len,
+                       "BIDLOCK_ENV %s is not production/prod/staging or "
+                       "development/dev/local/test",
+                       q);
+        }
+        return BL_OK;
+    }
+    *name = "ENV";
+    *value = getenv("ENV");
+    *cls = classify(*value);
+    if (*cls == ENV_UNKNOWN)
+        *cls = ENV_UNSET;
+    return BL_OK;
+}
+
+int bl_config_from_env(bl_config *cfg, char *why, size_t why_len)
+{
+    if (why && why_len)
+        why[0] = '\0';
+    if (!cfg)
+        return say(why, why_len, "config is NULL");
+    bl_config c = *cfg; /* *cfg changes only on success */
+
+    const char *url;
+    int named = 0; /* REDIS_URL or REDIS_HOST points somewhere */
+    if (get("REDIS_URL", &url, why, why_len))
+        return BL_EINVAL;
+    if (url) {
+        char msg[BL_ERRMSG_MAX];
+        if (bl_url_parse(url, NULL, msg, sizeof msg) != BL_OK)
+            return say(why, why_len, "REDIS_URL: %s", msg);
+        c.url = url;
+        named = 1;
+    } else if (from_fields(&c, &named, why, why_len)) {
+        return BL_EINVAL;
+    }
+
+    int use;
+    enum env_class cls;
+    const char *env_name, *env_value;
+    if (use_redis_locks(&use, why, why_len) ||
+        deployment(&cls, &env_name, &env_value, why, why_len))
+        return BL_EINVAL;
+    if (use == 0 && cls == ENV_PROD) {
+        char q[200];
+        bl_quote(q, sizeof q, env_value, strlen(env_value));
+        return say(why, why_len,
+                   "USE_REDIS_LOCKS=false is refused with %s=%s: in-process locks cannot stop "
+                   "another instance from bidding (set cfg->backend in code if you must)",
+                   env_name, q);
+    }
+    if (use == 1)
+        c.backend = BL_BACKEND_REDIS;
+    else if (use == 0)
+        c.backend = BL_BACKEND_MEMORY;
+    else if (named)
+        c.backend = BL_BACKEND_REDIS;
+    else if (cls == ENV_DEV)
+        c.backend = BL_BACKEND_MEMORY;
+    else
+        c.backend = BL_BACKEND_REDIS; /* production or unsaid: fail closed */
+    *cfg = c;
+    return BL_OK;
+}
