@@ -183,9 +183,13 @@ static void run_lock_op(mem_be *b, bl_lock *lock, enum bl_op_kind kind)
     }
     if (e)
         maybe_drop(e);
+    /* The completion may free the lock, and `key` with it: wake from a copy. */
+    char kbuf[BL_PREFIX_MAX + 2 * BL_ID_MAX + 3];
+    if (woke)
+        memcpy(kbuf, key, n);
     bl_lock_op_done(lock, &r);
     if (woke)
-        wake_all(key, n);
+        wake_all(kbuf, n);
 }
 
 static int prefix_matches(const mem_entry *e, const char *prefix, size_t plen)
