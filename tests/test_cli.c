@@ -696,3 +696,24 @@ Test(cli, scanner_processes_place_no_duplicate_bids)
     freeReplyObject(keys);
     cr_assert_eq(rs_lock_count(&srv), 0, "no lock left behind");
 }
+
+/* The demo's fallback without redis-server: K instances in one process on
+ * the memory backend, auditing their in-process bid store. */
+Test(cli, scanner_memory_mode_audits_zero_duplicates)
+{
+    const char *argv[] = {BIDLOCK_SCANNER_PATH, "--memory", "--instances", "4", "--postings", "80",
+                          "--think-ms", "5", "--poll-ms", "5", "--quiet", NULL};
+    proc p = start(argv, NULL);
+    result r = finish(&p, 60000);
+    cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
+    const char *audit = strstr(r.out, "{\"store\":\"memory\"");
+    cr_assert(audit, "no audit line: %s", r.out);
+    cr_assert_eq(json_num(audit, "duplicates"), 0, "%s", audit);
+    long bids = json_num(audit, "bids"), claimed = 0;
+    for (const char *l = r.out; (l = strstr(l, "{\"instance\"")); l++)
+        claimed += json_num(l, "bids");
+    cr_assert_eq(bids, claimed);
+    cr_assert(bids > 0 && bids <= 80);
+    cr_assert(strstr(r.err, "in-memory backend"), "it says what it runs on: %s", r.err);
+    result_free(&r);
+}
