@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sysexits.h>
+#include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -137,7 +138,8 @@ typedef struct app {
     int hung;          /* the watchdog fired */
     double watchdog_s;
     ev_child child_w;
-    ev_signal sig_w[3];
+    int sigfd;         /* signalfd for SIGINT, SIGTERM, SIGHUP */
+    ev_io sig_w;
     ev_timer watchdog; /* Redis did not answer at all */
     ev_timer grace;    /* SIGKILL after SIGTERM */
 } app;
@@ -232,8 +234,10 @@ static void on_closed(bl_manager *m, void *data)
     (void)m;
     app *a = data;
     a->m = NULL;
-    for (int i = 0; i < 3; i++)
-        ev_signal_stop(a->loop, &a->sig_w[i]);
+    ev_io_stop(a->loop, &a->sig_w);
+    if (a->sigfd >= 0)
+        close(a->sigfd);
+    a->sigfd = -1;
     ev_child_stop(a->loop, &a->child_w);
     ev_timer_stop(a->loop, &a->watchdog);
     ev_timer_stop(a->loop, &a->grace);
@@ -460,24 +464,54 @@ static void on_acquired(bl_lock *lock, int status, void *data)
     ev_child_start(a->loop, &a->child_w);
 }
 
-static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
+static void on_signal(app *a, int signo, int from_tty)
 {
-    (void)loop;
-    (void)revents;
-    app *a = w->data;
     if (a->child > 0) {
-        kill(a->child, w->signum); /* COMMAND decides; we release when it exits */
+        /* COMMAND decides; we release when it exits. Ctrl-C on a terminal
+         * already reached COMMAND if it shares our process group: passing
+         * it on would deliver it twice. */
+        if (!(from_tty && getpgid(a->child) == getpgrp()))
+            kill(a->child, signo);
         return;
     }
     if (!a->signo)
-        a->signo = w->signum;
+        a->signo = signo;
     if (a->sub == SUB_RUN && a->acquiring) {
         bl_cancel(a->lock); /* the acquire callback ends it */
         return;
     }
     if (a->sub != SUB_RUN)
-        finish(a, 128 + w->signum);
+        finish(a, 128 + signo);
     /* run, releasing: the release callback ends it, soon */
+}
+
+/* A signalfd rather than ev_signal: its siginfo tells a terminal's Ctrl-C
+ * (sent by the kernel to the whole foreground group) from a kill(1). */
+static void on_sigfd(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    app *a = w->data;
+    struct signalfd_siginfo si;
+    while (a->sigfd >= 0 && read(a->sigfd, &si, sizeof si) == (ssize_t)sizeof si)
+        on_signal(a, (int)si.ssi_signo, si.ssi_code == SI_KERNEL);
+}
+
+static int watch_signals(app *a)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    sigprocmask(SIG_BLOCK, &set, NULL); /* COMMAND gets an empty mask back */
+    a->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (a->sigfd < 0)
+        return -1;
+    ev_io_init(&a->sig_w, on_sigfd, a->sigfd, EV_READ);
+    a->sig_w.data = a;
+    ev_io_start(a->loop, &a->sig_w);
+    return 0;
 }
 
 static int start_run(app *a)
@@ -760,6 +794,7 @@ int main(int argc, char **argv)
     record_inherited_fds();
     app a;
     memset(&a, 0, sizeof a);
+    a.sigfd = -1;
     int rc = parse_args(&a, argc, argv);
     if (rc >= 0)
         return rc;
@@ -778,13 +813,12 @@ int main(int argc, char **argv)
         ev_loop_destroy(a.loop);
         return connection_code(rc);
     }
-    static const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
-    for (int i = 0; i < 3; i++) {
-        ev_signal_init(&a.sig_w[i], on_signal, sigs[i]);
-        a.sig_w[i].data = &a;
-        ev_signal_start(a.loop, &a.sig_w[i]);
+    if (watch_signals(&a) != 0) {
+        say("cannot watch signals: signalfd: %s", strerror(errno));
+        rc = EX_OSERR;
+    } else {
+        rc = a.sub == SUB_RUN ? start_run(&a) : start_admin(&a);
     }
-    rc = a.sub == SUB_RUN ? start_run(&a) : start_admin(&a);
     if (rc != 0)
         finish(&a, rc);
     ev_run(a.loop, 0);

@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pty.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -493,6 +494,54 @@ Test(cli, signals_go_to_command_and_the_lock_is_released)
     cr_assert_eq(r.code, 42, "COMMAND's status after its TERM trap: %d (%s)", r.code, r.err);
     cr_assert_eq(rs_exists(&srv, "bid_lock:ebay:sig"), 0, "released after COMMAND exited");
     result_free(&r);
+}
+
+/* Ctrl-C on a terminal goes to the whole foreground process group, COMMAND
+ * included; bidlock does not pass it on a second time (two SIGINTs that
+ * close together coalesce anyway, so this pins the outcome, not the count
+ * of kill calls: COMMAND is interrupted, its status comes back, the lock
+ * is released). */
+Test(cli, ctrl_c_on_a_terminal_interrupts_command_and_releases)
+{
+    const char *cmd = sh_cmd("n=0; trap 'n=$((n+1))' INT; redis-cli -p %d SET started 1 >/dev/null; "
+                             "sleep 1; redis-cli -p %d SET ints $n >/dev/null; exit 7",
+                             srv.port, srv.port);
+    int master;
+    pid_t pid = forkpty(&master, NULL, NULL, NULL);
+    cr_assert(pid >= 0, "forkpty: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        const char *argv[] = {BIDLOCK_CLI_PATH, "run", "--url", url, "ebay", "tty", "--",
+                              "/bin/sh", "-c", cmd, NULL};
+        execv(argv[0], (char *const *)argv);
+        _exit(126);
+    }
+    fcntl(master, F_SETFL, O_NONBLOCK);
+    char buf[256];
+    uint64_t end = mono_ms() + 10000;
+    while (!rs_exists(&srv, "started") && mono_ms() < end)
+        usleep(10000);
+    cr_assert(rs_exists(&srv, "started"), "COMMAND started");
+    cr_assert_eq(write(master, "\x03", 1), 1); /* the terminal's interrupt character */
+    int st = 0;
+    for (;;) {
+        while (read(master, buf, sizeof buf) > 0) /* keep the terminal drained */
+            ;
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            break;
+        if (mono_ms() > end) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            cr_assert_fail("bidlock did not end");
+        }
+        usleep(5000);
+    }
+    close(master);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 7, "COMMAND's own status, got 0x%x", st);
+    char *n = get_str("ints");
+    cr_assert(n && strcmp(n, "1") == 0, "COMMAND saw %s SIGINTs, not 1", n ? n : "no");
+    free(n);
+    cr_assert_eq(rs_exists(&srv, "bid_lock:ebay:tty"), 0);
 }
 
 Test(cli, a_signal_while_waiting_gives_up_without_running_command)
