@@ -135,8 +135,7 @@ typedef struct app {
     int child_code;    /* COMMAND's status as an exit code */
     int lost;
     int signo;         /* a signal that stopped us before COMMAND ran */
-    int hung;          /* the watchdog fired */
-    double watchdog_s;
+    double watchdog_s; /* its delay */
     ev_child child_w;
     int sigfd;         /* signalfd for SIGINT, SIGTERM, SIGHUP */
     ev_io sig_w;
@@ -272,7 +271,6 @@ static void on_hung(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     app *a = w->data;
-    a->hung = 1;
     say("no answer from Redis within %.1f s", a->watchdog_s);
     if (a->sub == SUB_RUN && a->acquiring && bl_cancel(a->lock) == BL_OK)
         return; /* the acquire callback ends it (BL_ECANCELED) */

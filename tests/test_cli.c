@@ -348,6 +348,23 @@ Test(cli, unreachable_redis_exits_69)
     result_free(&u);
 }
 
+Test(cli, a_hung_redis_exits_69_in_bounded_time)
+{
+    kill(srv.pid, SIGSTOP); /* accepts connections, answers nothing */
+    proc h = start_cli(NULL, "health", "--url", url, (const char *)NULL);
+    proc r = start_cli(NULL, "run", "--url", url, "--wait", "0", "ebay", "hung", "--", "/bin/true",
+                       (const char *)NULL);
+    result rh = finish(&h, 30000), rr = finish(&r, 30000);
+    kill(srv.pid, SIGCONT);
+    cr_assert_eq(rh.code, 69, "health: %d %s", rh.code, rh.err);
+    cr_assert_eq(rr.code, 69, "run: %d %s", rr.code, rr.err);
+    assert_one_error_line(&rh);
+    assert_one_error_line(&rr);
+    cr_assert(strstr(rr.err, "no answer"), "%s", rr.err);
+    result_free(&rh);
+    result_free(&rr);
+}
+
 Test(cli, a_busy_lock_exits_75_without_running_command)
 {
     set_key("bid_lock:ebay:busy", "someone-else", 20000);
@@ -463,11 +480,11 @@ Test(cli, losing_the_lock_stops_command_and_exits_70)
 
 Test(cli, a_long_command_keeps_its_lease)
 {
-    /* TTL 300 ms, COMMAND runs 1.2 s: renewals keep the lock, nobody else gets it. */
-    const char *cmd = sh_cmd("sleep 1.2; redis-cli -p %d GET \"$BIDLOCK_KEY\"", srv.port);
-    proc p = start_cli(NULL, "run", "--url", url, "--ttl", "300", "ebay", "long", "--", "/bin/sh",
+    /* TTL 500 ms, COMMAND runs 1.8 s: renewals keep the lock, nobody else gets it. */
+    const char *cmd = sh_cmd("sleep 1.8; redis-cli -p %d GET \"$BIDLOCK_KEY\"", srv.port);
+    proc p = start_cli(NULL, "run", "--url", url, "--ttl", "500", "ebay", "long", "--", "/bin/sh",
                        "-c", cmd, (const char *)NULL);
-    usleep(700000);
+    usleep(1200000);
     result other = CLI(NULL, "run", "--url", url, "--wait", "0", "ebay", "long", "--", "/bin/true");
     cr_assert_eq(other.code, 75, "still held after twice its TTL: %s", other.err);
     result_free(&other);
