@@ -18,7 +18,7 @@
 # Environment: DEMO_MEMORY=1 forces the in-memory run; DEMO_NO_CONTRAST=1
 # skips the run without the lock.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 top=$(pwd)
 n=${1:-4}
 postings=${2:-200}
@@ -162,7 +162,7 @@ num() { sed -E "s/.*\"$1\":([0-9]+).*/\1/" <<<"$2"; }
 for i in $(seq "$n"); do
   j=$(cat "$tmp/demo-s$i.json")
   [ -n "$j" ] || { say "demo: scanner s$i printed nothing; its log:" >&2; cat "$tmp/demo-s$i.log" >&2; src=1; continue; }
-  waits=$((waits + $(num lock_waits "$j"))); dones=$((dones + $(num done "$j")))
+  waits=$((waits + $(num lock_waits "$j"))); dones=$((dones + $(num "done" "$j")))
   claimed=$((claimed + $(num bids "$j")))
 done
 shares=""
@@ -184,6 +184,6 @@ ok=1
 if [ "${DEMO_NO_CONTRAST:-0}" != 1 ]; then
   run_scanners nolock --no-lock >/dev/null 2>&1
   mapfile -t b < <(audit nolock)
-  say "  without the lock          ${b[2]} duplicate bids on the same feed ($((${b[1]})) bids on ${b[0]} postings)"
+  say "  without the lock          ${b[2]} duplicate bids on the same feed (${b[1]} bids on ${b[0]} postings)"
 fi
 if [ $ok -eq 1 ]; then say "OK: one bid per posting at most."; else say "FAILED: see above" >&2; exit 1; fi
