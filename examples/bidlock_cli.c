@@ -271,6 +271,16 @@ static void on_hung(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     app *a = w->data;
+    if (a->sub == SUB_RUN && a->child_code >= 0) { /* COMMAND ran; the release hangs */
+        say("no answer from Redis within %.1f s to the release of %s; it expires within "
+            "%" PRId64 " ms%s",
+            a->watchdog_s, bl_lock_key(a->lock), a->ttl_ms,
+            a->done_flag && a->child_code == 0 ? ", not marked done" : "");
+        finish(a, a->lost ? EX_SOFTWARE
+                  : a->done_flag && a->child_code == 0 ? EX_UNAVAILABLE
+                                                       : a->child_code);
+        return; /* closing drops the connection; the release ends with it */
+    }
     say("no answer from Redis within %.1f s", a->watchdog_s);
     if (a->sub == SUB_RUN && a->acquiring && bl_cancel(a->lock) == BL_OK)
         return; /* the acquire callback ends it (BL_ECANCELED) */
@@ -327,6 +337,8 @@ static void on_released(bl_lock *lock, int status, void *data)
     app *a = data;
     const char *key = bl_lock_key(lock);
     a->lock = NULL;
+    if (a->finishing)
+        return; /* the watchdog gave up on this release and said so */
     if (a->signo && a->child == 0 && a->child_code < 0) { /* never ran COMMAND */
         finish(a, 128 + a->signo);
         return;
@@ -379,6 +391,7 @@ static void on_child(struct ev_loop *loop, ev_child *w, int revents)
     int st = w->rstatus;
     a->child_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     a->child = 0;
+    start_watchdog(a, 0); /* a release Redis never answers must not keep us */
     release(a, a->done_flag && a->child_code == 0 && !a->lost);
 }
 

@@ -365,6 +365,21 @@ Test(cli, a_hung_redis_exits_69_in_bounded_time)
     result_free(&rr);
 }
 
+Test(cli, a_release_redis_never_answers_ends_in_bounded_time)
+{
+    /* COMMAND freezes the server, then exits 5: the release gets no answer. */
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "kill -STOP %d; exit 5", (int)srv.pid);
+    proc p = start_cli(NULL, "run", "--url", url, "ebay", "frozen", "--", "/bin/sh", "-c", cmd,
+                       (const char *)NULL);
+    result r = finish(&p, 30000);
+    kill(srv.pid, SIGCONT);
+    cr_assert_eq(r.code, 5, "COMMAND's status still: %d (%s)", r.code, r.err);
+    assert_one_error_line(&r);
+    cr_assert(strstr(r.err, "release"), "%s", r.err);
+    result_free(&r);
+}
+
 Test(cli, a_busy_lock_exits_75_without_running_command)
 {
     set_key("bid_lock:ebay:busy", "someone-else", 20000);
