@@ -581,7 +581,13 @@ Test(cli, a_signal_while_waiting_gives_up_without_running_command)
     set_key("bid_lock:ebay:wait", "someone-else", 20000);
     proc p = start_cli(NULL, "run", "--url", url, "--wait", "30", "ebay", "wait", "--", "/bin/sh",
                        "-c", sh_cmd("redis-cli -p %d SET ran 1", srv.port), (const char *)NULL);
-    usleep(400000);
+    /* Interrupt it once it waits in the queue (its first attempt has
+     * answered), not while that attempt is still in flight. */
+    uint64_t end = mono_ms() + 10000;
+    while (!rs_exists(&srv, "bid_lock::q:ebay:wait") && mono_ms() < end)
+        usleep(5000);
+    cr_assert(rs_exists(&srv, "bid_lock::q:ebay:wait"), "it queued");
+    usleep(100000);
     kill(p.pid, SIGINT);
     result r = finish(&p, 10000);
     cr_assert_eq(r.code, 128 + SIGINT, "exit %d: %s", r.code, r.err);
