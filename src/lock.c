@@ -294,6 +294,13 @@ void bl_lock_op_done(bl_lock *lock, const bl_op_result *r)
             if (start_op(lock, BL_OP_RELEASE) == 0)
                 return;
         }
+        /* A busy answer queued us on the server: leave, or the next release
+         * reserves the lock for a waiter that has gone. */
+        if (kind == BL_OP_ACQUIRE && r->status == BL_EBUSY && bl_lock_queue_ttl(lock) > 0) {
+            bl_wq *w = bl_manager_wq_find(m, lock->key, lock->keylen);
+            if (!w || w->nwait == 0)
+                m->be->vt->leave(m->be, lock);
+        }
         maybe_free(lock);
         return;
     }

@@ -62,15 +62,15 @@ int bl_config_validate(const bl_config *c, char *why, size_t why_len)
         return BL_EINVAL;
     if (c->backend != BL_BACKEND_REDIS && c->backend != BL_BACKEND_MEMORY)
         BAD("backend must be BL_BACKEND_REDIS or BL_BACKEND_MEMORY");
-    if (c->url) { /* wins over host/port/unix_path, which are then not checked */
+    if (c->backend == BL_BACKEND_REDIS && c->url) {
+        /* bl_manager_new parses it: refuse here what it would refuse there. */
         char msg[BL_ERRMSG_MAX];
         if (bl_url_parse(c->url, NULL, msg, sizeof msg) != BL_OK) {
             if (why && why_len)
                 snprintf(why, why_len, "url: %s", msg);
             return BL_EINVAL;
         }
-    }
-    if (c->backend == BL_BACKEND_REDIS && !c->url) {
+    } else if (c->backend == BL_BACKEND_REDIS) {
         if (c->unix_path) {
             if (!*c->unix_path || strlen(c->unix_path) >= 108)
                 BAD("unix_path must be 1..107 bytes");

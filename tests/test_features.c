@@ -596,3 +596,35 @@ Test(features, tokens_never_go_back_even_if_the_server_clock_does)
     freeReplyObject(v);
     close_manager(T, a);
 }
+
+Test(features, a_request_cancelled_mid_attempt_leaves_the_servers_queue)
+{
+    bl_config c;
+    bl_config_init(&c);
+    c.handoff_ms = 2000; /* a stale entry would stall the next waiter 2 s */
+    c.backoff_initial_ms = c.backoff_max_ms = 5000;
+    bl_manager *a = mk_manager(T, srv.port, &c), *b = mk_manager(T, srv.port, &c),
+               *w = mk_manager(T, srv.port, &c);
+    rec ra = acq(a, "gone", 0, 0);
+    cr_assert_eq(ra.status, BL_OK);
+    rec rb = {0}, rw = {0};
+    bl_lock *lb;
+    bl_acquire_opts o = opts(20000, 0);
+    cr_assert_eq(bl_acquire(b, "ebay", "gone", &o, on_acq, &rb, &lb), BL_OK);
+    cr_assert_eq(bl_cancel(lb), BL_OK); /* its first attempt is on the wire */
+    cr_assert(tl_wait(T, &rb.n, 1, 2000));
+    cr_assert_eq(rb.status, BL_ECANCELED);
+    tl_run_for(T, 100);
+    cr_assert_eq(rs_int(&srv, "ZCARD bid_lock::q:ebay:gone"), 0, "b left the queue");
+    cr_assert_eq(bl_acquire(w, "ebay", "gone", &o, on_acq, &rw, NULL), BL_OK);
+    tl_run_for(T, 200);
+    uint64_t t0 = mono_ms();
+    cr_assert_eq(rel(ra.lock, 0), BL_OK);
+    cr_assert(tl_wait(T, &rw.n, 1, 10000));
+    cr_assert_eq(rw.status, BL_OK);
+    cr_assert(rw.at - t0 < 1000, "handed straight to the live waiter (%llu ms)",
+              (unsigned long long)(rw.at - t0));
+    close_manager(T, a);
+    close_manager(T, b);
+    close_manager(T, w);
+}
