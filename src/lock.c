@@ -191,6 +191,19 @@ static void attempt(bl_lock *lock)
         m->stats.conn_errors++;
         if (!lock->errmsg[0])
             set_errmsg(lock->errmsg, "not connected to Redis");
+        /* A request already waiting whose retry finds the connection down
+         * (dropped, being re-made): nothing reached the server, so keep
+         * waiting; the deadline still ends it, then with BL_ECONN. A first
+         * attempt still fails at once: a Redis that is down fails closed. */
+        uint64_t now = now_ms(m);
+        if (rc == BL_ECONN && !lock->try_once && lock->step > 0 && now < lock->deadline) {
+            lock->state = LS_WAITING;
+            m->stats.waiting++;
+            m->loop.timer_start(lock->timer, bl_backoff_next(&m->backoff, &lock->step,
+                                                             bl_rand_next(&m->rng), now,
+                                                             lock->deadline));
+            return;
+        }
         end_later(lock, BL_OP_ACQUIRE, rc);
     }
 }
