@@ -224,7 +224,8 @@ typedef struct bl_stats {
     uint64_t cancelled;      /* requests ended by bl_cancel/close */
     uint64_t failed;         /* requests ended by a connection/Redis error */
     uint64_t done;           /* requests that found the posting done */
-    uint64_t abandoned;      /* grants that came after cancel/close, given back */
+    uint64_t abandoned;      /* grants (given back) or "done" answers that came
+                              * after the request ended (cancel, close, deadline) */
     uint64_t releases;       /* releases that deleted (or handed off) our lock */
     uint64_t handoffs;       /* releases that handed the lock to a waiter */
     uint64_t not_held;       /* releases that found the lock gone or taken */

@@ -301,6 +301,8 @@ void bl_lock_op_done(bl_lock *lock, const bl_op_result *r)
     if (lock->abandoned) {
         /* Nobody waits for this answer. A late grant, or a lease we were
          * renewing, is given back at once so it does not sit until its TTL. */
+        if (kind == BL_OP_ACQUIRE && r->status == BL_EDONE)
+            m->stats.abandoned++; /* a late answer too: keeps attempts adding up */
         if ((kind == BL_OP_ACQUIRE && r->status == BL_OK) || kind == BL_OP_EXTEND) {
             if (kind == BL_OP_ACQUIRE)
                 m->stats.abandoned++;
