@@ -124,6 +124,8 @@ typedef struct bl_config {
      * server). An acquire ends at its wait deadline regardless (BL_ETIMEDOUT;
      * a try-once acquire after this, BL_ECONN), a release after this with
      * BL_ECONN; a late grant is given back, a late release is harmless.
+     * bl_health_check, bl_inspect and each step of bl_cleanup end with
+     * BL_ECONN ("Redis did not answer in time") after it too.
      * Default 5000 ms. */
     uint32_t command_timeout_ms;
     /* How long bl_manager_close() waits for its best-effort releases before

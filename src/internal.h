@@ -134,10 +134,18 @@ typedef struct bl_aop {
     void *cb;
     void *data;
     struct bl_aop *next; /* backend's own list */
+    bl_timer *timer;     /* backend's: bounds the wait for an answer */
+    int orphaned;        /* reported already; the backend frees it on its answer */
 } bl_aop;
 
-/* Called by a backend when an admin operation ended (exactly once). */
+/* Called by a backend when an admin operation ended (exactly once): the
+ * user callback runs and op is freed. */
 void bl_aop_done(bl_aop *op);
+/* The same in two steps, for an answer that did not come in time: the user
+ * callback runs now (op->status, op->errmsg), and the backend frees op
+ * with bl_aop_free once the late answer (or the connection's end) comes. */
+void bl_aop_deliver(bl_aop *op);
+void bl_aop_free(bl_aop *op);
 
 typedef struct bl_backend bl_backend;
 typedef struct bl_backend_vt {

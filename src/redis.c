@@ -559,11 +559,42 @@ static void defer_cb(void *data)
 
 static void end_later(redis_be *r, bl_aop *op, int status, const char *msg)
 {
+    if (op->timer)
+        LOOP(r)->timer_stop(op->timer);
     op->status = status;
     snprintf(op->errmsg, sizeof op->errmsg, "%s", msg);
     op->next = r->deferred;
     r->deferred = op;
     LOOP(r)->timer_start(r->defer_timer, 0);
+}
+
+/* An answer came for op. 0 if op was already reported as timed out: it is
+ * freed here and the answer dropped. */
+static int aop_answered(bl_aop *op)
+{
+    if (op->orphaned) {
+        bl_aop_free(op);
+        return 0;
+    }
+    return 1;
+}
+
+/* No answer within command_timeout_ms (a paused or hung server): report it
+ * now; the late answer is dropped by aop_answered. */
+static void aop_timeout_cb(void *data)
+{
+    bl_aop *op = data;
+    op->status = BL_ECONN;
+    snprintf(op->errmsg, sizeof op->errmsg, "Redis did not answer in time");
+    op->orphaned = 1;
+    bl_aop_deliver(op);
+}
+
+/* (Re)start the answer deadline of op. */
+static void aop_arm(redis_be *r, bl_aop *op)
+{
+    if (op->timer)
+        LOOP(r)->timer_start(op->timer, bl_manager_config(M(r))->command_timeout_ms);
 }
 
 static void admin_fail(bl_aop *op, redisAsyncContext *ac, const redisReply *reply)
@@ -581,6 +612,8 @@ static void ping_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     bl_aop *op = priv;
+    if (!aop_answered(op))
+        return;
     if (!reply || reply->type != REDIS_REPLY_STATUS) {
         admin_fail(op, ac, reply);
         return;
@@ -594,6 +627,8 @@ static void inspect_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     bl_aop *op = priv;
+    if (!aop_answered(op))
+        return;
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
         admin_fail(op, ac, reply);
         return;
@@ -627,6 +662,8 @@ static void cleanup_batch_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     bl_aop *op = priv;
+    if (!aop_answered(op))
+        return;
     if (!reply || reply->type != REDIS_REPLY_INTEGER) {
         admin_fail(op, ac, reply);
         return;
@@ -645,6 +682,8 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     bl_aop *op = priv;
+    if (!aop_answered(op))
+        return;
     conn *c = ac->data;
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
         reply->element[0]->type != REDIS_REPLY_STRING ||
@@ -686,6 +725,7 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
         argv[2] = nk, lens[2] = (size_t)snprintf(nk, sizeof nk, "%d", nkeys);
         argv[argc] = holder, lens[argc++] = strlen(holder);
         rc = redisAsyncCommandArgv(ac, cleanup_batch_cb, op, argc, argv, lens);
+        aop_arm(r, op);
     } else if (strcmp(op->cursor, "0") == 0) {
         free(argv);
         free(lens);
@@ -714,6 +754,7 @@ static int scan_step(redis_be *r, bl_aop *op)
     *p++ = ':';
     *p++ = '*';
     *p = '\0';
+    aop_arm(r, op);
     return redisAsyncCommand(r->cmd.ac, scan_cb, op, "SCAN %s MATCH %s COUNT 1000", op->cursor,
                              pat);
 }
@@ -728,6 +769,12 @@ static int be_admin(bl_backend *be, bl_aop *op)
         end_later(r, op, BL_ECONN, msg);
         return 0;
     }
+    /* Every answer is waited for at most command_timeout_ms (per SCAN step
+     * for cleanup): a hung server is reported, not waited for. */
+    op->timer = LOOP(r)->timer_new(LOOP(r)->impl, aop_timeout_cb, op);
+    if (!op->timer)
+        return BL_ENOMEM;
+    aop_arm(r, op);
     int rc;
     switch (op->kind) {
     case BL_AOP_PING:

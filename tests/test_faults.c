@@ -425,8 +425,17 @@ Test(faults, a_health_check_on_a_paused_server_answers_by_the_command_timeout)
     cr_assert_eq(h.status, BL_ECONN, "%s", bl_status_name(h.status));
     cr_assert(took < 1500, "a hung server is reported, not waited for (%llu ms)",
               (unsigned long long)took);
+    /* A manager closed while its timed-out check is still unanswered. */
+    c.close_timeout_ms = 300;
+    bl_manager *b = mk_manager(T, s.port, &c);
+    rec hb = {0};
+    cr_assert_eq(bl_health_check(b, on_health, &hb), BL_OK);
+    cr_assert(tl_wait(T, &hb.n, 1, 5000));
+    cr_assert_eq(hb.status, BL_ECONN);
+    close_manager(T, b);
     tl_run_for(T, 2000); /* the pause ends, the late PONG arrives: ignored */
     assert_once(&h, 1, "health");
+    assert_once(&hb, 1, "health b");
     h = (rec){0};
     cr_assert_eq(bl_health_check(a, on_health, &h), BL_OK);
     cr_assert(tl_wait(T, &h.n, 1, 5000));
