@@ -177,6 +177,10 @@ int bl_redis_backend_new(bl_manager *m, bl_backend **out);
 struct redisReply;
 /* redis.c: a lock script's reply as a result (pure; fuzzed). */
 void bl_redis_interpret(enum bl_op_kind kind, const struct redisReply *reply, bl_op_result *res);
+/* redis.c: the inspect script's reply, and a SCAN reply (pure; fuzzed). */
+int bl_redis_inspect_reply(const struct redisReply *reply, bl_lock_info *info, char **holder_buf);
+long bl_redis_scan_reply(const struct redisReply *reply, const char *prefix, char *cursor,
+                         size_t cap, const char **keys, size_t *lens);
 int bl_memory_backend_new(bl_manager *m, bl_backend **out);
 
 /* Backend -> manager. */

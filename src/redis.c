@@ -623,28 +623,55 @@ static void ping_cb(redisAsyncContext *ac, void *reply_, void *priv)
     bl_aop_done(op);
 }
 
+/* The inspect script's reply as lock info. Pure, so it can be fuzzed.
+ * BL_OK: info's held, pttl_ms, done, last_token are set, and info->holder
+ * points at a malloc'd copy stored in *holder_buf (the caller frees it).
+ * BL_EREDIS: not an inspect answer; info->errmsg says why (the server's
+ * message for an error reply; it points into reply). BL_ENOMEM. */
+int bl_redis_inspect_reply(const redisReply *reply, bl_lock_info *info, char **holder_buf)
+{
+    *holder_buf = NULL;
+    info->held = 0;
+    info->holder = NULL;
+    info->pttl_ms = -1;
+    info->done = 0;
+    info->last_token = 0;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
+        info->errmsg = reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str
+                                                                        : "unexpected reply";
+        return BL_EREDIS;
+    }
+    redisReply **e = reply->element;
+    if (e[0]->type == REDIS_REPLY_STRING) {
+        const char *v = e[0]->str;
+        *holder_buf = strdup(v[0] == '~' ? v + 1 : v); /* "~": handed to it */
+        if (!*holder_buf) {
+            info->errmsg = "out of memory";
+            return BL_ENOMEM;
+        }
+        info->held = 1;
+        info->holder = *holder_buf;
+    }
+    info->pttl_ms = info->held && e[1]->type == REDIS_REPLY_INTEGER ? e[1]->integer : -1;
+    info->done = e[2]->type == REDIS_REPLY_INTEGER && e[2]->integer == 1;
+    if (e[3]->type == REDIS_REPLY_STRING)
+        info->last_token = strtoull(e[3]->str, NULL, 10);
+    return BL_OK;
+}
+
 static void inspect_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     bl_aop *op = priv;
     if (!aop_answered(op))
         return;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
+    if (!reply) {
         admin_fail(op, ac, reply);
         return;
     }
-    redisReply **e = reply->element;
-    if (e[0]->type == REDIS_REPLY_STRING) {
-        const char *v = e[0]->str;
-        op->info.held = 1;
-        op->holder_buf = strdup(v[0] == '~' ? v + 1 : v); /* "~": handed to it */
-        op->info.holder = op->holder_buf;
-    }
-    op->info.pttl_ms = op->info.held && e[1]->type == REDIS_REPLY_INTEGER ? e[1]->integer : -1;
-    op->info.done = e[2]->type == REDIS_REPLY_INTEGER && e[2]->integer == 1;
-    if (e[3]->type == REDIS_REPLY_STRING)
-        op->info.last_token = strtoull(e[3]->str, NULL, 10);
-    op->status = BL_OK;
+    op->status = bl_redis_inspect_reply(reply, &op->info, &op->holder_buf);
+    if (op->status != BL_OK)
+        snprintf(op->errmsg, sizeof op->errmsg, "%s", op->info.errmsg);
     bl_aop_done(op);
 }
 
@@ -658,13 +685,43 @@ static int is_lock_key(const char *k, size_t n, const char *prefix, size_t plen)
     return memchr(k + plen + 2, ':', n - plen - 2) != NULL;
 }
 
+/* A SCAN reply. Pure, so it can be fuzzed. Returns -1 if it is not a SCAN
+ * answer (an error reply, a cursor that is not 1..cap-1 digits), else the
+ * number of lock keys under prefix it lists, stored as pointers into reply
+ * in keys/lens (room for reply's element[1]->elements entries); the next
+ * cursor goes to cursor[0..cap). */
+long bl_redis_scan_reply(const redisReply *reply, const char *prefix, char *cursor, size_t cap,
+                         const char **keys, size_t *lens)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY)
+        return -1;
+    const redisReply *c = reply->element[0];
+    if (c->len == 0 || c->len >= cap || strspn(c->str, "0123456789") != c->len)
+        return -1; /* cut short, the next SCAN would start over: never loop */
+    memcpy(cursor, c->str, c->len);
+    cursor[c->len] = '\0';
+    size_t plen = strlen(prefix);
+    const redisReply *list = reply->element[1];
+    long n = 0;
+    for (size_t i = 0; i < list->elements; i++) {
+        const redisReply *k = list->element[i];
+        if (k->type == REDIS_REPLY_STRING && is_lock_key(k->str, k->len, prefix, plen)) {
+            keys[n] = k->str;
+            lens[n++] = k->len;
+        }
+    }
+    return n;
+}
+
 static void cleanup_batch_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     bl_aop *op = priv;
     if (!aop_answered(op))
         return;
-    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+    if (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer < 0) {
         admin_fail(op, ac, reply);
         return;
     }
@@ -685,19 +742,12 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
     if (!aop_answered(op))
         return;
     conn *c = ac->data;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[0]->type != REDIS_REPLY_STRING ||
-        reply->element[1]->type != REDIS_REPLY_ARRAY) {
-        admin_fail(op, ac, reply);
-        return;
-    }
-    redis_be *r = c->r;
-    snprintf(op->cursor, sizeof op->cursor, "%s", reply->element[0]->str);
-    const char *prefix = bl_manager_prefix(M(r));
-    size_t plen = strlen(prefix);
-    redisReply *keys = reply->element[1];
-    const char **argv = malloc((keys->elements + 6) * sizeof *argv);
-    size_t *lens = malloc((keys->elements + 6) * sizeof *lens);
+    size_t room = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+                          reply->element[1]->type == REDIS_REPLY_ARRAY
+                      ? reply->element[1]->elements
+                      : 0;
+    const char **argv = malloc((room + 6) * sizeof *argv);
+    size_t *lens = malloc((room + 6) * sizeof *lens);
     if (!argv || !lens) {
         free(argv);
         free(lens);
@@ -706,15 +756,17 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
         bl_aop_done(op);
         return;
     }
-    int argc = 3, nkeys = 0;
-    for (size_t i = 0; i < keys->elements; i++) {
-        redisReply *k = keys->element[i];
-        if (k->type == REDIS_REPLY_STRING && is_lock_key(k->str, k->len, prefix, plen)) {
-            argv[argc] = k->str;
-            lens[argc++] = k->len;
-            nkeys++;
-        }
+    redis_be *r = c->r;
+    long nkeys = reply ? bl_redis_scan_reply(reply, bl_manager_prefix(M(r)), op->cursor,
+                                             sizeof op->cursor, argv + 3, lens + 3)
+                       : -1;
+    if (nkeys < 0) {
+        free(argv);
+        free(lens);
+        admin_fail(op, ac, reply);
+        return;
     }
+    int argc = 3 + (int)nkeys;
     int rc;
     if (nkeys > 0) {
         char nk[24];
@@ -722,7 +774,7 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
         argv[0] = "EVAL", lens[0] = 4;
         argv[1] = bl_scripts[BL_SCRIPT_CLEANUP].body;
         lens[1] = strlen(argv[1]);
-        argv[2] = nk, lens[2] = (size_t)snprintf(nk, sizeof nk, "%d", nkeys);
+        argv[2] = nk, lens[2] = (size_t)snprintf(nk, sizeof nk, "%ld", nkeys);
         argv[argc] = holder, lens[argc++] = strlen(holder);
         rc = redisAsyncCommandArgv(ac, cleanup_batch_cb, op, argc, argv, lens);
         aop_arm(r, op);
