@@ -295,7 +295,7 @@ void bl_redis_interpret(enum bl_op_kind kind, const redisReply *reply, bl_op_res
 {
     *res = (bl_op_result){BL_EREDIS, 0, 0, "unexpected reply from a bidlock script"};
     if (reply->type == REDIS_REPLY_ERROR) {
-        res->errmsg = reply->str ? reply->str : "error reply";
+        res->errmsg = reply->str && reply->str[0] ? reply->str : "Redis sent an empty error";
         return;
     }
     if (reply->type != REDIS_REPLY_INTEGER)
@@ -602,7 +602,7 @@ static void admin_fail(bl_aop *op, redisAsyncContext *ac, const redisReply *repl
     conn *c = ac->data;
     op->status = reply ? BL_EREDIS : BL_ECONN;
     snprintf(op->errmsg, sizeof op->errmsg, "%s",
-             reply && reply->type == REDIS_REPLY_ERROR ? reply->str
+             reply && reply->type == REDIS_REPLY_ERROR && reply->str[0] ? reply->str
              : reply                                   ? "unexpected reply"
                                                        : conn_errmsg(c, ac));
     bl_aop_done(op);
@@ -637,8 +637,9 @@ int bl_redis_inspect_reply(const redisReply *reply, bl_lock_info *info, char **h
     info->done = 0;
     info->last_token = 0;
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
-        info->errmsg = reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str
-                                                                        : "unexpected reply";
+        info->errmsg = reply->type != REDIS_REPLY_ERROR ? "unexpected reply"
+                       : reply->str && reply->str[0]   ? reply->str
+                                                       : "Redis sent an empty error";
         return BL_EREDIS;
     }
     redisReply **e = reply->element;
@@ -677,12 +678,14 @@ static void inspect_cb(redisAsyncContext *ac, void *reply_, void *priv)
 
 static int scan_step(redis_be *r, bl_aop *op);
 
-/* A lock key is "<prefix>:<mp>:<posting>" with a non-empty mp: not "P::". */
+/* A lock key is "<prefix>:<mp>:<posting>" with a non-empty mp (not "P::",
+ * the aux keys) and a non-empty posting: ids are never empty. */
 static int is_lock_key(const char *k, size_t n, const char *prefix, size_t plen)
 {
     if (n < plen + 4 || memcmp(k, prefix, plen) != 0 || k[plen] != ':' || k[plen + 1] == ':')
         return 0;
-    return memchr(k + plen + 2, ':', n - plen - 2) != NULL;
+    const char *c = memchr(k + plen + 2, ':', n - plen - 2);
+    return c && c + 1 < k + n;
 }
 
 /* A SCAN reply. Pure, so it can be fuzzed. Returns -1 if it is not a SCAN
