@@ -454,21 +454,30 @@ Test(faults, client_kill_of_the_lock_connection_while_waiters_wait)
     bl_manager *a = mk_manager(T, s.port, &c), *w[W];
     rec held = acq(a, "k", 0, 0);
     cr_assert_eq(held.status, BL_OK);
+    /* The waiters retry only every 2.5-5 s, so none has an attempt on the
+     * wire when the connections go (such an attempt ends with BL_ECONN: the
+     * server may have granted it, see lock.c), and they take 0.5-1 s to
+     * reconnect, so the release's wake-up finds their connection down. */
+    bl_config slow = c;
+    slow.backoff_initial_ms = slow.backoff_max_ms = 5000;
+    slow.reconnect_initial_ms = 1000;
     rec waiting[W] = {{0}};
     for (int i = 0; i < W; i++) {
-        w[i] = mk_manager(T, s.port, &c);
-        start(w[i], "k", 20000, 0, &waiting[i]);
+        w[i] = mk_manager(T, s.port, &slow);
+        start(w[i], "k", 30000, 0, &waiting[i]);
         tl_run_for(T, 50);
     }
     tl_run_for(T, 300);
     /* Every command connection goes (the subscribers stay). */
     cr_assert(rs_int(&s, "CLIENT KILL TYPE normal") >= W + 1);
-    tl_run_for(T, 300);
+    tl_run_for(T, 100); /* a sees the drop and is back; the waiters are not yet */
     cr_assert(wait_up(a, 5000));
+    for (int i = 0; i < W; i++)
+        cr_assert_neq(bl_manager_conn_state(w[i]), BL_CONN_UP);
     cr_assert_eq(rel(held.lock).status, BL_OK, "the holder's lock survived the drop");
     /* The waiters still get the lock, one after the other. */
     for (int turn = 0; turn < W; turn++) {
-        uint64_t end = mono_ms() + 10000;
+        uint64_t end = mono_ms() + 15000;
         int who = -1;
         while (who < 0 && mono_ms() < end) {
             tl_run_for(T, 5);
