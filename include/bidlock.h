@@ -107,7 +107,8 @@ typedef struct bl_config {
      * down gives BL_ECONN (fail closed), not a local lock. */
     int backend;
     /* First part of every key. Default "bid_lock". No whitespace or control
-     * characters, 1..64 bytes. */
+     * characters, 1..64 bytes; may not end with ':' or contain "::" (that
+     * would collide with the "<prefix>::..." fence, queue and done keys). */
     const char *key_prefix;
     /* Connect deadline, enforced with a loop timer. Default 5000 ms. */
     uint32_t connect_timeout_ms;
