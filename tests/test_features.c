@@ -425,7 +425,10 @@ Test(features, health_check_measures_ping_and_reports_the_state)
     cr_assert_str_eq(h.backend, "redis");
     close_manager(T, a);
 
-    bl_manager *down = mk_manager(T, unused_port(), NULL);
+    bl_config slow;
+    bl_config_init(&slow);
+    slow.reconnect_initial_ms = 20000; /* stays DOWN, also when slowed (valgrind) */
+    bl_manager *down = mk_manager(T, unused_port(), &slow);
     tl_run_for(T, 50);
     h = (hrec){0};
     cr_assert_eq(bl_health_check(down, on_health, &h), BL_OK);
