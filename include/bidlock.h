@@ -107,7 +107,8 @@ typedef struct bl_config {
      * down gives BL_ECONN (fail closed), not a local lock. */
     int backend;
     /* First part of every key. Default "bid_lock". No whitespace or control
-     * characters, 1..64 bytes. */
+     * characters, 1..64 bytes; may not end with ':' or contain "::" (that
+     * would collide with the "<prefix>::..." fence, queue and done keys). */
     const char *key_prefix;
     /* Connect deadline, enforced with a loop timer. Default 5000 ms. */
     uint32_t connect_timeout_ms;
@@ -124,6 +125,8 @@ typedef struct bl_config {
      * server). An acquire ends at its wait deadline regardless (BL_ETIMEDOUT;
      * a try-once acquire after this, BL_ECONN), a release after this with
      * BL_ECONN; a late grant is given back, a late release is harmless.
+     * bl_health_check, bl_inspect and each step of bl_cleanup end with
+     * BL_ECONN ("Redis did not answer in time") after it too.
      * Default 5000 ms. */
     uint32_t command_timeout_ms;
     /* How long bl_manager_close() waits for its best-effort releases before
@@ -224,7 +227,8 @@ typedef struct bl_stats {
     uint64_t cancelled;      /* requests ended by bl_cancel/close */
     uint64_t failed;         /* requests ended by a connection/Redis error */
     uint64_t done;           /* requests that found the posting done */
-    uint64_t abandoned;      /* grants that came after cancel/close, given back */
+    uint64_t abandoned;      /* grants (given back) or "done" answers that came
+                              * after the request ended (cancel, close, deadline) */
     uint64_t releases;       /* releases that deleted (or handed off) our lock */
     uint64_t handoffs;       /* releases that handed the lock to a waiter */
     uint64_t not_held;       /* releases that found the lock gone or taken */

@@ -143,10 +143,18 @@ typedef struct bl_aop {
     void *cb;
     void *data;
     struct bl_aop *next; /* backend's own list */
+    bl_timer *timer;     /* backend's: bounds the wait for an answer */
+    int orphaned;        /* reported already; the backend frees it on its answer */
 } bl_aop;
 
-/* Called by a backend when an admin operation ended (exactly once). */
+/* Called by a backend when an admin operation ended (exactly once): the
+ * user callback runs and op is freed. */
 void bl_aop_done(bl_aop *op);
+/* The same in two steps, for an answer that did not come in time: the user
+ * callback runs now (op->status, op->errmsg), and the backend frees op
+ * with bl_aop_free once the late answer (or the connection's end) comes. */
+void bl_aop_deliver(bl_aop *op);
+void bl_aop_free(bl_aop *op);
 
 typedef struct bl_backend bl_backend;
 typedef struct bl_backend_vt {
@@ -178,6 +186,10 @@ int bl_redis_backend_new(bl_manager *m, bl_backend **out);
 struct redisReply;
 /* redis.c: a lock script's reply as a result (pure; fuzzed). */
 void bl_redis_interpret(enum bl_op_kind kind, const struct redisReply *reply, bl_op_result *res);
+/* redis.c: the inspect script's reply, and a SCAN reply (pure; fuzzed). */
+int bl_redis_inspect_reply(const struct redisReply *reply, bl_lock_info *info, char **holder_buf);
+long bl_redis_scan_reply(const struct redisReply *reply, const char *prefix, char *cursor,
+                         size_t cap, const char **keys, size_t *lens);
 int bl_memory_backend_new(bl_manager *m, bl_backend **out);
 
 /* Backend -> manager. */

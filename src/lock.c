@@ -191,6 +191,19 @@ static void attempt(bl_lock *lock)
         m->stats.conn_errors++;
         if (!lock->errmsg[0])
             set_errmsg(lock->errmsg, "not connected to Redis");
+        /* A request already waiting whose retry finds the connection down
+         * (dropped, being re-made): nothing reached the server, so keep
+         * waiting; the deadline still ends it, then with BL_ECONN. A first
+         * attempt still fails at once: a Redis that is down fails closed. */
+        uint64_t now = now_ms(m);
+        if (rc == BL_ECONN && !lock->try_once && lock->step > 0 && now < lock->deadline) {
+            lock->state = LS_WAITING;
+            m->stats.waiting++;
+            m->loop.timer_start(lock->timer, bl_backoff_next(&m->backoff, &lock->step,
+                                                             bl_rand_next(&m->rng), now,
+                                                             lock->deadline));
+            return;
+        }
         end_later(lock, BL_OP_ACQUIRE, rc);
     }
 }
@@ -288,6 +301,8 @@ void bl_lock_op_done(bl_lock *lock, const bl_op_result *r)
     if (lock->abandoned) {
         /* Nobody waits for this answer. A late grant, or a lease we were
          * renewing, is given back at once so it does not sit until its TTL. */
+        if (kind == BL_OP_ACQUIRE && r->status == BL_EDONE)
+            m->stats.abandoned++; /* a late answer too: keeps attempts adding up */
         if ((kind == BL_OP_ACQUIRE && r->status == BL_OK) || kind == BL_OP_EXTEND) {
             if (kind == BL_OP_ACQUIRE)
                 m->stats.abandoned++;

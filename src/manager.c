@@ -417,8 +417,10 @@ static bl_aop *aop_new(bl_manager *m, enum bl_aop_kind kind, void *cb, void *dat
     return op;
 }
 
-static void aop_free(bl_aop *op)
+void bl_aop_free(bl_aop *op)
 {
+    if (op->timer)
+        op->m->loop.timer_free(op->timer);
     free(op->key);
     free(op->done_key);
     free(op->fence_key);
@@ -430,7 +432,7 @@ static int aop_start(bl_manager *m, bl_aop *op)
 {
     int rc = m->be->vt->admin(m->be, op);
     if (rc < 0) {
-        aop_free(op);
+        bl_aop_free(op);
         return bl_mgr_fail(m, rc, "the backend cannot take the request");
     }
     m->admin_inflight++;
@@ -438,6 +440,12 @@ static int aop_start(bl_manager *m, bl_aop *op)
 }
 
 void bl_aop_done(bl_aop *op)
+{
+    bl_aop_deliver(op);
+    bl_aop_free(op);
+}
+
+void bl_aop_deliver(bl_aop *op)
 {
     bl_manager *m = op->m;
     m->admin_inflight--;
@@ -457,7 +465,6 @@ void bl_aop_done(bl_aop *op)
         ((bl_cleanup_cb)op->cb)(m, op->status, op->removed, op->data);
         break;
     }
-    aop_free(op);
     bl_mgr_check_close(m);
 }
 
@@ -491,7 +498,7 @@ int bl_inspect(bl_manager *m, const char *marketplace, const char *posting, bl_i
     op->done_key = bl_make_aux_key(m->prefix, "done", marketplace, posting, NULL);
     op->fence_key = bl_make_aux_key(m->prefix, "fence", marketplace, posting, NULL);
     if (!op->key || !op->done_key || !op->fence_key) {
-        aop_free(op);
+        bl_aop_free(op);
         return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
     }
     op->info.pttl_ms = -1;

@@ -295,7 +295,7 @@ void bl_redis_interpret(enum bl_op_kind kind, const redisReply *reply, bl_op_res
 {
     *res = (bl_op_result){BL_EREDIS, 0, 0, "unexpected reply from a bidlock script"};
     if (reply->type == REDIS_REPLY_ERROR) {
-        res->errmsg = reply->str ? reply->str : "error reply";
+        res->errmsg = reply->str && reply->str[0] ? reply->str : "Redis sent an empty error";
         return;
     }
     if (reply->type != REDIS_REPLY_INTEGER)
@@ -628,6 +628,8 @@ static void defer_cb(void *data)
 
 static void end_later(redis_be *r, bl_aop *op, int status, const char *msg)
 {
+    if (op->timer)
+        LOOP(r)->timer_stop(op->timer);
     op->status = status;
     snprintf(op->errmsg, sizeof op->errmsg, "%s", msg);
     op->next = r->deferred;
@@ -635,12 +637,41 @@ static void end_later(redis_be *r, bl_aop *op, int status, const char *msg)
     LOOP(r)->timer_start(r->defer_timer, 0);
 }
 
+/* An answer came for op. 0 if op was already reported as timed out: it is
+ * freed here and the answer dropped. */
+static int aop_answered(bl_aop *op)
+{
+    if (op->orphaned) {
+        bl_aop_free(op);
+        return 0;
+    }
+    return 1;
+}
+
+/* No answer within command_timeout_ms (a paused or hung server): report it
+ * now; the late answer is dropped by aop_answered. */
+static void aop_timeout_cb(void *data)
+{
+    bl_aop *op = data;
+    op->status = BL_ECONN;
+    snprintf(op->errmsg, sizeof op->errmsg, "Redis did not answer in time");
+    op->orphaned = 1;
+    bl_aop_deliver(op);
+}
+
+/* (Re)start the answer deadline of op. */
+static void aop_arm(redis_be *r, bl_aop *op)
+{
+    if (op->timer)
+        LOOP(r)->timer_start(op->timer, bl_manager_config(M(r))->command_timeout_ms);
+}
+
 static void admin_fail(bl_aop *op, redisAsyncContext *ac, const redisReply *reply)
 {
     conn *c = ac->data;
     op->status = reply ? BL_EREDIS : BL_ECONN;
     snprintf(op->errmsg, sizeof op->errmsg, "%s",
-             reply && reply->type == REDIS_REPLY_ERROR ? reply->str
+             reply && reply->type == REDIS_REPLY_ERROR && reply->str[0] ? reply->str
              : reply                                   ? "unexpected reply"
                                                        : conn_errmsg(c, ac));
     bl_aop_done(op);
@@ -650,6 +681,8 @@ static void ping_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     bl_aop *op = priv;
+    if (!aop_answered(op))
+        return;
     if (!reply || reply->type != REDIS_REPLY_STATUS) {
         admin_fail(op, ac, reply);
         return;
@@ -659,44 +692,108 @@ static void ping_cb(redisAsyncContext *ac, void *reply_, void *priv)
     bl_aop_done(op);
 }
 
-static void inspect_cb(redisAsyncContext *ac, void *reply_, void *priv)
+/* The inspect script's reply as lock info. Pure, so it can be fuzzed.
+ * BL_OK: info's held, pttl_ms, done, last_token are set, and info->holder
+ * points at a malloc'd copy stored in *holder_buf (the caller frees it).
+ * BL_EREDIS: not an inspect answer; info->errmsg says why (the server's
+ * message for an error reply; it points into reply). BL_ENOMEM. */
+int bl_redis_inspect_reply(const redisReply *reply, bl_lock_info *info, char **holder_buf)
 {
-    redisReply *reply = reply_;
-    bl_aop *op = priv;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
-        admin_fail(op, ac, reply);
-        return;
+    *holder_buf = NULL;
+    info->held = 0;
+    info->holder = NULL;
+    info->pttl_ms = -1;
+    info->done = 0;
+    info->last_token = 0;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
+        info->errmsg = reply->type != REDIS_REPLY_ERROR ? "unexpected reply"
+                       : reply->str && reply->str[0]   ? reply->str
+                                                       : "Redis sent an empty error";
+        return BL_EREDIS;
     }
     redisReply **e = reply->element;
     if (e[0]->type == REDIS_REPLY_STRING) {
         const char *v = e[0]->str;
-        op->info.held = 1;
-        op->holder_buf = strdup(v[0] == '~' ? v + 1 : v); /* "~": handed to it */
-        op->info.holder = op->holder_buf;
+        *holder_buf = strdup(v[0] == '~' ? v + 1 : v); /* "~": handed to it */
+        if (!*holder_buf) {
+            info->errmsg = "out of memory";
+            return BL_ENOMEM;
+        }
+        info->held = 1;
+        info->holder = *holder_buf;
     }
-    op->info.pttl_ms = op->info.held && e[1]->type == REDIS_REPLY_INTEGER ? e[1]->integer : -1;
-    op->info.done = e[2]->type == REDIS_REPLY_INTEGER && e[2]->integer == 1;
+    info->pttl_ms = info->held && e[1]->type == REDIS_REPLY_INTEGER ? e[1]->integer : -1;
+    info->done = e[2]->type == REDIS_REPLY_INTEGER && e[2]->integer == 1;
     if (e[3]->type == REDIS_REPLY_STRING)
-        op->info.last_token = strtoull(e[3]->str, NULL, 10);
-    op->status = BL_OK;
+        info->last_token = strtoull(e[3]->str, NULL, 10);
+    return BL_OK;
+}
+
+static void inspect_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    if (!aop_answered(op))
+        return;
+    if (!reply) {
+        admin_fail(op, ac, reply);
+        return;
+    }
+    op->status = bl_redis_inspect_reply(reply, &op->info, &op->holder_buf);
+    if (op->status != BL_OK)
+        snprintf(op->errmsg, sizeof op->errmsg, "%s", op->info.errmsg);
     bl_aop_done(op);
 }
 
 static int scan_step(redis_be *r, bl_aop *op);
 
-/* A lock key is "<prefix>:<mp>:<posting>" with a non-empty mp: not "P::". */
+/* A lock key is "<prefix>:<mp>:<posting>" with a non-empty mp (not "P::",
+ * the aux keys) and a non-empty posting: ids are never empty. */
 static int is_lock_key(const char *k, size_t n, const char *prefix, size_t plen)
 {
     if (n < plen + 4 || memcmp(k, prefix, plen) != 0 || k[plen] != ':' || k[plen + 1] == ':')
         return 0;
-    return memchr(k + plen + 2, ':', n - plen - 2) != NULL;
+    const char *c = memchr(k + plen + 2, ':', n - plen - 2);
+    return c && c + 1 < k + n;
+}
+
+/* A SCAN reply. Pure, so it can be fuzzed. Returns -1 if it is not a SCAN
+ * answer (an error reply, a cursor that is not 1..cap-1 digits), else the
+ * number of lock keys under prefix it lists, stored as pointers into reply
+ * in keys/lens (room for reply's element[1]->elements entries); the next
+ * cursor goes to cursor[0..cap). */
+long bl_redis_scan_reply(const redisReply *reply, const char *prefix, char *cursor, size_t cap,
+                         const char **keys, size_t *lens)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY)
+        return -1;
+    const redisReply *c = reply->element[0];
+    if (c->len == 0 || c->len >= cap || strspn(c->str, "0123456789") != c->len)
+        return -1; /* cut short, the next SCAN would start over: never loop */
+    memcpy(cursor, c->str, c->len);
+    cursor[c->len] = '\0';
+    size_t plen = strlen(prefix);
+    const redisReply *list = reply->element[1];
+    long n = 0;
+    for (size_t i = 0; i < list->elements; i++) {
+        const redisReply *k = list->element[i];
+        if (k->type == REDIS_REPLY_STRING && is_lock_key(k->str, k->len, prefix, plen)) {
+            keys[n] = k->str;
+            lens[n++] = k->len;
+        }
+    }
+    return n;
 }
 
 static void cleanup_batch_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     bl_aop *op = priv;
-    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+    if (!aop_answered(op))
+        return;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer < 0) {
         admin_fail(op, ac, reply);
         return;
     }
@@ -714,20 +811,15 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
     bl_aop *op = priv;
-    conn *c = ac->data;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[0]->type != REDIS_REPLY_STRING ||
-        reply->element[1]->type != REDIS_REPLY_ARRAY) {
-        admin_fail(op, ac, reply);
+    if (!aop_answered(op))
         return;
-    }
-    redis_be *r = c->r;
-    snprintf(op->cursor, sizeof op->cursor, "%s", reply->element[0]->str);
-    const char *prefix = bl_manager_prefix(M(r));
-    size_t plen = strlen(prefix);
-    redisReply *keys = reply->element[1];
-    const char **argv = malloc((keys->elements + 6) * sizeof *argv);
-    size_t *lens = malloc((keys->elements + 6) * sizeof *lens);
+    conn *c = ac->data;
+    size_t room = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+                          reply->element[1]->type == REDIS_REPLY_ARRAY
+                      ? reply->element[1]->elements
+                      : 0;
+    const char **argv = malloc((room + 6) * sizeof *argv);
+    size_t *lens = malloc((room + 6) * sizeof *lens);
     if (!argv || !lens) {
         free(argv);
         free(lens);
@@ -736,15 +828,17 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
         bl_aop_done(op);
         return;
     }
-    int argc = 3, nkeys = 0;
-    for (size_t i = 0; i < keys->elements; i++) {
-        redisReply *k = keys->element[i];
-        if (k->type == REDIS_REPLY_STRING && is_lock_key(k->str, k->len, prefix, plen)) {
-            argv[argc] = k->str;
-            lens[argc++] = k->len;
-            nkeys++;
-        }
+    redis_be *r = c->r;
+    long nkeys = reply ? bl_redis_scan_reply(reply, bl_manager_prefix(M(r)), op->cursor,
+                                             sizeof op->cursor, argv + 3, lens + 3)
+                       : -1;
+    if (nkeys < 0) {
+        free(argv);
+        free(lens);
+        admin_fail(op, ac, reply);
+        return;
     }
+    int argc = 3 + (int)nkeys;
     int rc;
     if (nkeys > 0) {
         char nk[24];
@@ -752,9 +846,10 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
         argv[0] = "EVAL", lens[0] = 4;
         argv[1] = bl_scripts[BL_SCRIPT_CLEANUP].body;
         lens[1] = strlen(argv[1]);
-        argv[2] = nk, lens[2] = (size_t)snprintf(nk, sizeof nk, "%d", nkeys);
+        argv[2] = nk, lens[2] = (size_t)snprintf(nk, sizeof nk, "%ld", nkeys);
         argv[argc] = holder, lens[argc++] = strlen(holder);
         rc = redisAsyncCommandArgv(ac, cleanup_batch_cb, op, argc, argv, lens);
+        aop_arm(r, op);
     } else if (strcmp(op->cursor, "0") == 0) {
         free(argv);
         free(lens);
@@ -783,6 +878,7 @@ static int scan_step(redis_be *r, bl_aop *op)
     *p++ = ':';
     *p++ = '*';
     *p = '\0';
+    aop_arm(r, op);
     return redisAsyncCommand(r->cmd.ac, scan_cb, op, "SCAN %s MATCH %s COUNT 1000", op->cursor,
                              pat);
 }
@@ -797,6 +893,12 @@ static int be_admin(bl_backend *be, bl_aop *op)
         end_later(r, op, BL_ECONN, msg);
         return 0;
     }
+    /* Every answer is waited for at most command_timeout_ms (per SCAN step
+     * for cleanup): a hung server is reported, not waited for. */
+    op->timer = LOOP(r)->timer_new(LOOP(r)->impl, aop_timeout_cb, op);
+    if (!op->timer)
+        return BL_ENOMEM;
+    aop_arm(r, op);
     int rc;
     switch (op->kind) {
     case BL_AOP_PING:

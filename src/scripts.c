@@ -79,10 +79,11 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
         "end\n"
         "return 0\n"},
-    /* KEYS: lock done fence  -> {value|nil, pttl, done(0/1), token|nil} */
+    /* KEYS: lock done fence  -> {value|nil, pttl, done(0/1), token|nil}
+     * A key of another type at the lock's name is an error (WRONGTYPE), as
+     * it is for acquire: not "free", which acquire would then refuse. */
     [BL_SCRIPT_INSPECT] = {"inspect",
-        "local ok, v = pcall(redis.call, 'GET', KEYS[1])\n"
-        "if not ok then v = false end\n"
+        "local v = redis.call('GET', KEYS[1])\n"
         "return {v, redis.call('PTTL', KEYS[1]), redis.call('EXISTS', KEYS[2]),\n"
         "        redis.call('GET', KEYS[3])}\n"},
     /* KEYS: candidate lock keys   ARGV: holder ('' = any) -> removed */

@@ -61,7 +61,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_one(posting, 0);
     char why[128];
     int prc = bl_validate_prefix(mp, why, sizeof why);
-    CHECK((prc == 0) == rule(mp, BL_PREFIX_MAX, 0));
+    /* A prefix also may not end with ':' or contain "::" (bidlock.h). */
+    size_t mn = strlen(mp);
+    int prefix_ok = rule(mp, BL_PREFIX_MAX, 0) && mp[mn - 1] != ':' && !strstr(mp, "::");
+    CHECK((prc == 0) == prefix_ok);
 
     if (bl_validate_id(mp, 1, NULL, 0) == 0 && bl_validate_id(posting, 0, NULL, 0) == 0) {
         const char *prefix = prc == 0 ? mp : "bid_lock";
