@@ -262,7 +262,8 @@ typedef struct bl_acquire_opts {
      * renewals keep failing until the TTL has run out, on_lost is called
      * once with BL_ELOST (the lock is no longer yours: stop the work) and
      * renewing stops. The handle stays valid until you call bl_release,
-     * which then reports BL_ENOTHELD. Default 0. */
+     * which then reports BL_ENOTHELD - or BL_OK if, after all, a late
+     * renewal had kept the lock yours. Default 0. */
     int auto_extend;
     void (*on_lost)(bl_lock *lock, int status, void *data);
     void *on_lost_data;

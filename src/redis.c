@@ -56,6 +56,7 @@ struct redis_be {
     int sub_started;
     char sha[BL_SCRIPT_COUNT][41];
     int sha_ok[BL_SCRIPT_COUNT];
+    int loads_pending; /* SCRIPT LOADs on the wire */
     int shutting, closed_notified;
     /* where to connect */
     bl_url url;
@@ -209,6 +210,8 @@ static void script_load_cb(redisAsyncContext *ac, void *reply_, void *priv)
     redisReply *reply = reply_;
     conn *c = ac->data;
     int i = (int)(intptr_t)priv;
+    if (c && c->r->loads_pending > 0)
+        c->r->loads_pending--;
     if (!c || !reply || reply->type != REDIS_REPLY_STRING || reply->len != 40)
         return; /* EVAL keeps working without the cache; next connect retries */
     memcpy(c->r->sha[i], reply->str, 40);
@@ -216,11 +219,15 @@ static void script_load_cb(redisAsyncContext *ac, void *reply_, void *priv)
     c->r->sha_ok[i] = 1;
 }
 
+/* One reload at a time: many in-flight calls can meet NOSCRIPT together. */
 static void load_scripts(redis_be *r)
 {
+    if (r->loads_pending > 0)
+        return;
     for (int i = 0; i < EVALSHA_SCRIPTS; i++)
-        redisAsyncCommand(r->cmd.ac, script_load_cb, (void *)(intptr_t)i, "SCRIPT LOAD %s",
-                          bl_scripts[i].body);
+        if (redisAsyncCommand(r->cmd.ac, script_load_cb, (void *)(intptr_t)i, "SCRIPT LOAD %s",
+                              bl_scripts[i].body) == REDIS_OK)
+            r->loads_pending++;
 }
 
 static void sub_cb(redisAsyncContext *ac, void *reply, void *priv);
