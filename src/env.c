@@ -30,19 +30,6 @@
 
 enum env_class { ENV_UNSET, ENV_PROD, ENV_DEV, ENV_UNKNOWN };
 
-static int say(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int say(char *why, size_t why_len, const char *fmt, ...)
-{
-    if (why && why_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, why_len, fmt, ap);
-        va_end(ap);
-    }
-    return BL_EINVAL;
-}
 
 /* One of our variables: NULL when unset, an error when set but empty. */
 static int get(const char *name, const char **out, char *why, size_t why_len)
@@ -50,7 +37,7 @@ static int get(const char *name, const char **out, char *why, size_t why_len)
     const char *v = getenv(name);
     *out = v;
     if (v && !*v)
-        return say(why, why_len, "%s is set but empty; unset it or give it a value", name);
+        return bl_einval(why, why_len, "%s is set but empty; unset it or give it a value", name);
     return BL_OK;
 }
 
@@ -87,7 +74,7 @@ static int get_number(const char *name, long lo, long hi, int *out, char *why, s
     if (rc) {
         char q[200];
         bl_quote(q, sizeof q, v, strlen(v));
-        return say(why, why_len, "%s %s is %s %ld..%ld", name, q,
+        return bl_einval(why, why_len, "%s %s is %s %ld..%ld", name, q,
                    rc == -1 ? "not a number" : "out of range", lo, hi);
     }
     *out = (int)n;
@@ -105,7 +92,7 @@ static int from_fields(bl_config *c, int *named, char *why, size_t why_len)
     if (host && !bl_host_ok(host, strlen(host))) {
         char q[200];
         bl_quote(q, sizeof q, host, strlen(host));
-        return say(why, why_len,
+        return bl_einval(why, why_len,
                    "REDIS_HOST %s is not a host name (letters, digits, '-', '.', '_') or an "
                    "IPv6 address (no brackets)",
                    q);
@@ -114,7 +101,7 @@ static int from_fields(bl_config *c, int *named, char *why, size_t why_len)
         get_number("REDIS_DB", 0, INT_MAX, &c->db, why, why_len))
         return BL_EINVAL;
     if (user && !pass)
-        return say(why, why_len, "REDIS_USERNAME is set but REDIS_PASSWORD is not (AUTH needs "
+        return bl_einval(why, why_len, "REDIS_USERNAME is set but REDIS_PASSWORD is not (AUTH needs "
                    "a password)");
     /* The environment says where Redis is: it beats a url or unix_path set in code. */
     if (host || port || db || user || pass)
@@ -148,7 +135,7 @@ static int use_redis_locks(int *use, char *why, size_t why_len)
     } else {
         char q[200];
         bl_quote(q, sizeof q, v, strlen(v));
-        return say(why, why_len,
+        return bl_einval(why, why_len,
                    "USE_REDIS_LOCKS %s is not true/false/1/0/yes/no/on/off", q);
     }
     return BL_OK;
@@ -168,7 +155,7 @@ static int deployment(enum env_class *cls, const char **name, const char **value
         if (*cls == ENV_UNKNOWN) {
             char q[200];
             bl_quote(q, sizeof q, v, strlen(v));
-            return say(why, why_len,
+            return bl_einval(why, why_len,
                        "BIDLOCK_ENV %s is not production/prod/staging or "
                        "development/dev/local/test",
                        q);
@@ -188,7 +175,7 @@ int bl_config_from_env(bl_config *cfg, char *why, size_t why_len)
     if (why && why_len)
         why[0] = '\0';
     if (!cfg)
-        return say(why, why_len, "config is NULL");
+        return bl_einval(why, why_len, "config is NULL");
     bl_config c = *cfg; /* *cfg changes only on success */
 
     const char *url;
@@ -198,7 +185,7 @@ int bl_config_from_env(bl_config *cfg, char *why, size_t why_len)
     if (url) {
         char msg[BL_ERRMSG_MAX];
         if (bl_url_parse(url, NULL, msg, sizeof msg) != BL_OK)
-            return say(why, why_len, "REDIS_URL: %s", msg);
+            return bl_einval(why, why_len, "REDIS_URL: %s", msg);
         c.url = url;
         named = 1;
     } else if (from_fields(&c, &named, why, why_len)) {
@@ -214,7 +201,7 @@ int bl_config_from_env(bl_config *cfg, char *why, size_t why_len)
     if (use == 0 && cls == ENV_PROD) {
         char q[200];
         bl_quote(q, sizeof q, env_value, strlen(env_value));
-        return say(why, why_len,
+        return bl_einval(why, why_len,
                    "USE_REDIS_LOCKS=false is refused with %s=%s: in-process locks cannot stop "
                    "another instance from bidding (set cfg->backend in code if you must)",
                    env_name, q);

@@ -1,4 +1,5 @@
 /* ids.c - key validation, key building, holder ids and randomness. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,10 +10,14 @@
 
 #include "internal.h"
 
-static int fail(char *why, size_t why_len, const char *fmt, const char *what)
+int bl_einval(char *why, size_t why_len, const char *fmt, ...)
 {
-    if (why && why_len)
-        snprintf(why, why_len, fmt, what);
+    if (why && why_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, why_len, fmt, ap);
+        va_end(ap);
+    }
     return BL_EINVAL;
 }
 
@@ -27,18 +32,18 @@ int bl_validate_id(const char *id, int is_marketplace, char *why, size_t why_len
 {
     const char *what = is_marketplace ? "marketplace" : "posting";
     if (!id)
-        return fail(why, why_len, "%s is NULL", what);
+        return bl_einval(why, why_len, "%s is NULL", what);
     size_t n = strnlen(id, BL_ID_MAX + 1);
     if (n == 0)
-        return fail(why, why_len, "%s is empty", what);
+        return bl_einval(why, why_len, "%s is empty", what);
     if (n > BL_ID_MAX)
-        return fail(why, why_len, "%s is longer than 256 bytes", what);
+        return bl_einval(why, why_len, "%s is longer than 256 bytes", what);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)id[i];
         if (bad_byte(c))
-            return fail(why, why_len, "%s contains whitespace or a control character", what);
+            return bl_einval(why, why_len, "%s contains whitespace or a control character", what);
         if (is_marketplace && c == ':')
-            return fail(why, why_len, "%s contains ':'", what);
+            return bl_einval(why, why_len, "%s contains ':'", what);
     }
     return 0;
 }
@@ -46,17 +51,17 @@ int bl_validate_id(const char *id, int is_marketplace, char *why, size_t why_len
 int bl_validate_prefix(const char *prefix, char *why, size_t why_len)
 {
     if (!prefix || !*prefix)
-        return fail(why, why_len, "%s is empty", "key_prefix");
+        return bl_einval(why, why_len, "%s is empty", "key_prefix");
     size_t n = strnlen(prefix, BL_PREFIX_MAX + 1);
     if (n > BL_PREFIX_MAX)
-        return fail(why, why_len, "%s is longer than 64 bytes", "key_prefix");
+        return bl_einval(why, why_len, "%s is longer than 64 bytes", "key_prefix");
     for (size_t i = 0; i < n; i++)
         if (bad_byte((unsigned char)prefix[i]))
-            return fail(why, why_len, "%s contains whitespace or a control character",
+            return bl_einval(why, why_len, "%s contains whitespace or a control character",
                         "key_prefix");
     /* "<prefix>::..." names the fence/queue/done keys; keep them apart. */
     if (prefix[n - 1] == ':' || strstr(prefix, "::"))
-        return fail(why, why_len, "%s may not end with ':' or contain '::'", "key_prefix");
+        return bl_einval(why, why_len, "%s may not end with ':' or contain '::'", "key_prefix");
     return 0;
 }
 

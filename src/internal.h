@@ -15,6 +15,11 @@
 
 /* ---- ids.c: key validation, holder ids, randomness ---------------------- */
 
+/* Write a sentence into why[0..why_len) (if why is not NULL) and return
+ * BL_EINVAL: how every validator explains a refusal. */
+int bl_einval(char *why, size_t why_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* 0 if `id` is a valid marketplace (is_marketplace) or posting id, else
  * BL_EINVAL with a sentence in why[0..why_len). */
 int bl_validate_id(const char *id, int is_marketplace, char *why, size_t why_len);

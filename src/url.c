@@ -36,19 +36,6 @@
 
 #define QUOTE_MAX 40
 
-static int say(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int say(char *why, size_t why_len, const char *fmt, ...)
-{
-    if (why && why_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, why_len, fmt, ap);
-        va_end(ap);
-    }
-    return BL_EINVAL;
-}
 
 void bl_quote(char *dst, size_t cap, const char *s, size_t n)
 {
@@ -187,15 +174,15 @@ static int take_pct(const char *what, const char *s, size_t n, char **out, char 
                     size_t why_len)
 {
     if (has_bad_byte(s, n))
-        return say(why, why_len, "%s contains whitespace or a control character", what);
+        return bl_einval(why, why_len, "%s contains whitespace or a control character", what);
     int rc = pct_decode(s, n, out);
     if (rc == PCT_BAD)
-        return say(why, why_len,
+        return bl_einval(why, why_len,
                    "%s has a '%%' not followed by two hex digits (write %%25 for '%%')", what);
     if (rc == PCT_NUL)
-        return say(why, why_len, "%s contains %%00, which cannot be sent", what);
+        return bl_einval(why, why_len, "%s contains %%00, which cannot be sent", what);
     if (out && !*out) {
-        say(why, why_len, "out of memory");
+        bl_einval(why, why_len, "out of memory");
         return BL_ENOMEM;
     }
     return BL_OK;
@@ -208,7 +195,7 @@ static int take_str(const char *s, size_t n, char **out, char *why, size_t why_l
     *out = strndup(s, n);
     if (*out)
         return BL_OK;
-    say(why, why_len, "out of memory");
+    bl_einval(why, why_len, "out of memory");
     return BL_ENOMEM;
 }
 
@@ -238,15 +225,15 @@ static int parse_userinfo(const char *s, size_t n, bl_url *u, char *why, size_t 
 {
     /* Nothing of s is ever quoted: it may be, or contain, the password. */
     if (n == 0)
-        return say(why, why_len, "credentials before '@' are empty");
+        return bl_einval(why, why_len, "credentials before '@' are empty");
     const char *colon = memchr(s, ':', n);
     if (!colon)
-        return say(why, why_len,
+        return bl_einval(why, why_len,
                    "credentials before '@' have no ':' (write redis://user:password@host "
                    "or redis://:password@host)");
     size_t un = (size_t)(colon - s), pn = n - un - 1;
     if (pn == 0)
-        return say(why, why_len, "password after ':' is empty");
+        return bl_einval(why, why_len, "password after ':' is empty");
     int rc = BL_OK;
     if (un > 0)
         rc = take_pct("username", s, un, u ? &u->username : NULL, why, why_len);
@@ -265,7 +252,7 @@ static int parse_db(const char *s, size_t n, int *db, char *why, size_t why_len)
         return BL_OK;
     }
     quote(q, sizeof q, s, n);
-    return say(why, why_len, "db %s is %s 0..%d", q,
+    return bl_einval(why, why_len, "db %s is %s 0..%d", q,
                rc == -1 ? "not a number" : "out of range", INT_MAX);
 }
 
@@ -287,20 +274,20 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
         const char *close = strchr(p, ']');
         if (!close) {
             quote(q, sizeof q, p, strcspn(p, "/?#"));
-            return say(why, why_len, "IPv6 address %s has no closing ']'", q);
+            return bl_einval(why, why_len, "IPv6 address %s has no closing ']'", q);
         }
         h = p + 1;
         hn = (size_t)(close - h);
         p = close + 1;
         if (hn == 0)
-            return say(why, why_len, "IPv6 address between '[' and ']' is empty");
+            return bl_einval(why, why_len, "IPv6 address between '[' and ']' is empty");
         if (!bl_host_ok(h, hn) || !memchr(h, ':', hn)) {
             quote(q, sizeof q, h, hn);
-            return say(why, why_len, "host %s in brackets is not an IPv6 address", q);
+            return bl_einval(why, why_len, "host %s in brackets is not an IPv6 address", q);
         }
         if (*p && *p != ':' && *p != '/') {
             quote(q, sizeof q, p, strlen(p));
-            return say(why, why_len, "unexpected %s after the IPv6 address", q);
+            return bl_einval(why, why_len, "unexpected %s after the IPv6 address", q);
         }
     } else {
         h = p;
@@ -309,16 +296,16 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
         if (hn == 0) {
             const char *c1 = strchr(p, ':');
             int v6 = c1 && strchr(c1 + 1, ':');
-            return say(why, why_len, "host is empty%s",
+            return bl_einval(why, why_len, "host is empty%s",
                        v6 ? " (write an IPv6 address in brackets: redis://[::1]:6379)" : "");
         }
         quote(q, sizeof q, h, hn);
         if (has_bad_byte(h, hn))
-            return say(why, why_len, "host %s contains whitespace or a control character", q);
+            return bl_einval(why, why_len, "host %s contains whitespace or a control character", q);
         if (hn > 255)
-            return say(why, why_len, "host %s is longer than 255 bytes", q);
+            return bl_einval(why, why_len, "host %s is longer than 255 bytes", q);
         if (!bl_host_ok(h, hn))
-            return say(why, why_len,
+            return bl_einval(why, why_len,
                        "host %s has a character not allowed in a host name "
                        "(letters, digits, '-', '.', '_')",
                        q);
@@ -329,12 +316,12 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
         p++;
         size_t pn = strcspn(p, "/?#");
         if (pn == 0)
-            return say(why, why_len, "port after ':' is empty (leave out ':' for 6379)");
+            return bl_einval(why, why_len, "port after ':' is empty (leave out ':' for 6379)");
         long v;
         int rc = bl_parse_uint(p, pn, 1, 65535, &v);
         if (rc) {
             quote(q, sizeof q, p, pn);
-            return say(why, why_len, "port %s is %s 1..65535", q,
+            return bl_einval(why, why_len, "port %s is %s 1..65535", q,
                        rc == -1 ? "not a number" : "out of range");
         }
         port = (int)v;
@@ -344,7 +331,7 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
         p++;
         size_t dn = strcspn(p, "?#");
         if (dn == 0)
-            return say(why, why_len, "db after '/' is empty (leave out '/' for db 0)");
+            return bl_einval(why, why_len, "db after '/' is empty (leave out '/' for db 0)");
         int rc = parse_db(p, dn, &db, why, why_len);
         if (rc)
             return rc;
@@ -352,7 +339,7 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
     }
     if (*p) {
         quote(q, sizeof q, p, strlen(p));
-        return say(why, why_len, "unexpected %s at the end (redis:// takes no query or "
+        return bl_einval(why, why_len, "unexpected %s at the end (redis:// takes no query or "
                    "fragment; the db goes after '/')", q);
     }
     if (u) {
@@ -367,18 +354,18 @@ static int parse_query(const char *p, int *db, char *why, size_t why_len)
     char q[4 * QUOTE_MAX + 8];
     int seen = 0;
     if (!*p || *p == '#')
-        return say(why, why_len, "query after '?' is empty");
+        return bl_einval(why, why_len, "query after '?' is empty");
     for (;;) {
         size_t n = strcspn(p, "&#");
         if (n == 0)
-            return say(why, why_len, "query has an empty parameter (a stray '&')");
+            return bl_einval(why, why_len, "query has an empty parameter (a stray '&')");
         const char *eq = memchr(p, '=', n);
         size_t kn = eq ? (size_t)(eq - p) : n;
         if (kn == 2 && memcmp(p, "db", 2) == 0) {
             if (!eq || eq + 1 == p + n)
-                return say(why, why_len, "query parameter 'db' has no value");
+                return bl_einval(why, why_len, "query parameter 'db' has no value");
             if (seen)
-                return say(why, why_len, "query parameter 'db' is given twice");
+                return bl_einval(why, why_len, "query parameter 'db' is given twice");
             seen = 1;
             int rc = parse_db(eq + 1, n - kn - 1, db, why, why_len);
             if (rc)
@@ -386,7 +373,7 @@ static int parse_query(const char *p, int *db, char *why, size_t why_len)
         } else {
             /* The name only: the value may be a secret (?password=...). */
             quote(q, sizeof q, p, kn);
-            return say(why, why_len, "unknown query parameter %s (only db=N is understood)",
+            return bl_einval(why, why_len, "unknown query parameter %s (only db=N is understood)",
                        q);
         }
         p += n;
@@ -394,11 +381,11 @@ static int parse_query(const char *p, int *db, char *why, size_t why_len)
             break;
         p++;
         if (!*p || *p == '#')
-            return say(why, why_len, "query has an empty parameter (a stray '&')");
+            return bl_einval(why, why_len, "query has an empty parameter (a stray '&')");
     }
     if (*p) {
         quote(q, sizeof q, p, strlen(p));
-        return say(why, why_len, "unexpected %s at the end", q);
+        return bl_einval(why, why_len, "unexpected %s at the end", q);
     }
     return BL_OK;
 }
@@ -407,13 +394,13 @@ static int parse_unix(const char *r, bl_url *u, char *why, size_t why_len)
 {
     char q[4 * QUOTE_MAX + 8];
     if (!*r)
-        return say(why, why_len, "socket path is empty (write unix:///path/to/socket)");
+        return bl_einval(why, why_len, "socket path is empty (write unix:///path/to/socket)");
     if (*r != '/') {
         if (strchr(r, '@')) /* credentials: quote nothing */
-            return say(why, why_len, "unix:// takes no credentials or host; write "
+            return bl_einval(why, why_len, "unix:// takes no credentials or host; write "
                        "unix:///path/to/socket");
         quote(q, sizeof q, r, strcspn(r, "/?#"));
-        return say(why, why_len, "unix:// takes no host (got %s); write "
+        return bl_einval(why, why_len, "unix:// takes no host (got %s); write "
                    "unix:///path/to/socket, with three slashes", q);
     }
     size_t pn = strcspn(r, "?#");
@@ -426,14 +413,14 @@ static int parse_unix(const char *r, bl_url *u, char *why, size_t why_len)
         if (r[i] == '%')
             i += 2;
     if (dn > 107)
-        return say(why, why_len, "socket path is longer than 107 bytes");
+        return bl_einval(why, why_len, "socket path is longer than 107 bytes");
     int db = 0;
     const char *p = r + pn;
     if (*p == '?')
         rc = parse_query(p + 1, &db, why, why_len);
     else if (*p) {
         quote(q, sizeof q, p, strlen(p));
-        rc = say(why, why_len, "unexpected %s at the end", q);
+        rc = bl_einval(why, why_len, "unexpected %s at the end", q);
     }
     if (rc)
         return rc;
@@ -460,11 +447,11 @@ int bl_url_parse(const char *url, bl_url *out, char *why, size_t why_len)
     if (why && why_len)
         why[0] = '\0';
     if (!url)
-        return say(why, why_len, "URL is NULL");
+        return bl_einval(why, why_len, "URL is NULL");
     if (!*url)
-        return say(why, why_len, "URL is empty");
+        return bl_einval(why, why_len, "URL is empty");
     if (strnlen(url, BL_URL_MAX + 1) > BL_URL_MAX)
-        return say(why, why_len, "URL is longer than %d bytes", BL_URL_MAX);
+        return bl_einval(why, why_len, "URL is longer than %d bytes", BL_URL_MAX);
 
     const char *sep = strstr(url, "://");
     size_t sn = sep ? (size_t)(sep - url) : 0;
@@ -472,7 +459,7 @@ int bl_url_parse(const char *url, bl_url *out, char *why, size_t why_len)
         if (!scheme_char(url[i]))
             sep = NULL;
     if (!sep || sn == 0)
-        return say(why, why_len, "URL does not start with redis:// or unix:// "
+        return bl_einval(why, why_len, "URL does not start with redis:// or unix:// "
                    "(e.g. redis://127.0.0.1:6379/0)");
     const char *rest = sep + 3;
     int rc;
@@ -481,11 +468,11 @@ int bl_url_parse(const char *url, bl_url *out, char *why, size_t why_len)
     } else if (sn == 4 && strncasecmp(url, "unix", 4) == 0) {
         rc = parse_unix(rest, out ? &u : NULL, why, why_len);
     } else if (sn == 6 && strncasecmp(url, "rediss", 6) == 0) {
-        return say(why, why_len, "scheme 'rediss' (TLS) is not supported: hiredis 0.14 has "
+        return bl_einval(why, why_len, "scheme 'rediss' (TLS) is not supported: hiredis 0.14 has "
                    "no TLS");
     } else {
         quote(q, sizeof q, url, sn);
-        return say(why, why_len, "scheme %s is not redis:// or unix://", q);
+        return bl_einval(why, why_len, "scheme %s is not redis:// or unix://", q);
     }
     if (rc) {
         bl_url_free(&u);
