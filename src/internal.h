@@ -37,8 +37,32 @@ uint64_t bl_rand_next(uint64_t *state);
 
 #define BL_URL_MAX 8192
 
+/* ---- sentinel branch (issue 13): Sentinel URLs and replica settings ----
+ * Kept in this one block (plus the marked tail of struct bl_url below) so
+ * that a merge with the engine refactor is easy. */
+enum bl_url_mode { BL_URL_PLAIN = 0, BL_URL_UNIX = 1, BL_URL_SENTINEL = 2 };
+#define BL_URL_SENTINELS_MAX 16  /* sentinels in one redis-sentinel:// URL */
+#define BL_MASTER_NAME_MAX 256   /* bytes in a Sentinel master name */
+#define BL_REPLICAS_MAX 64       /* largest min_replicas */
+#define BL_REPLICA_TIMEOUT_MAX 60000
+/* 0 until src/redis.c follows a Sentinel master / sends WAIT: meanwhile
+ * bl_config_validate refuses a redis-sentinel:// url and min_replicas other
+ * than 0 (fail closed: a setting that would silently do nothing is an
+ * error). Set to 1 with the backend that implements it. */
+#define BL_HAVE_SENTINEL_BACKEND 0
+#define BL_HAVE_REPLICA_WAIT 0
+typedef struct bl_url_endpoint {
+    char *host; /* without brackets */
+    int port;   /* 26379 by default */
+} bl_url_endpoint;
+/* The mode a URL's scheme asks for (nothing else is checked): BL_URL_PLAIN
+ * for redis://, BL_URL_UNIX, BL_URL_SENTINEL; -1 for NULL or another scheme. */
+int bl_url_kind(const char *url);
+/* ---- end of the sentinel branch block ---------------------------------- */
+
 /* A parsed URL. Strings are malloc'd and owned by the struct; NULL when the
- * URL has none. Exactly one of host (with port) and unix_path is set. */
+ * URL has none. Exactly one of host (with port) and unix_path is set, except
+ * for a Sentinel URL: then neither, and sentinels[] says where to ask. */
 typedef struct bl_url {
     char *host;      /* without brackets: "::1" */
     int port;        /* 6379 by default; 0 for unix */
@@ -46,10 +70,17 @@ typedef struct bl_url {
     char *username;  /* percent-decoded */
     char *password;  /* percent-decoded */
     int db;          /* 0 by default */
+    /* sentinel branch (issue 13): */
+    int mode;                                           /* enum bl_url_mode */
+    int n_sentinels;                                    /* BL_URL_SENTINEL: 1..16 */
+    bl_url_endpoint sentinels[BL_URL_SENTINELS_MAX];    /* in the URL's order */
+    char *master_name;                                  /* percent-decoded */
 } bl_url;
 
-/* Parse redis://[[user]:password@]host[:port][/db] or
- * unix:///path/to/socket[?db=N] (grammar and decisions atop url.c).
+/* Parse redis://[[user]:password@]host[:port][/db],
+ * unix:///path/to/socket[?db=N] or
+ * redis-sentinel://[[user]:password@]host[:port][,host[:port]...][/db]#NAME
+ * (grammar and decisions atop url.c).
  * Returns BL_OK and fills *out, or BL_EINVAL with a sentence naming the bad
  * part in why (never the password), or BL_ENOMEM. *out is zeroed on any
  * failure, so bl_url_free(out) is always safe. out may be NULL: then the URL

@@ -2,6 +2,8 @@
  *
  *   redis://[[user]:password@]host[:port][/db]     port 6379, db 0 by default
  *   unix:///path/to/socket[?db=N]                  db 0 by default
+ *   redis-sentinel://[[user]:password@]host[:port][,host[:port]...][/db]#NAME
+ *                                                  sentinel port 26379, db 0
  *
  * Strict on purpose: a URL that is not understood exactly is refused with a
  * sentence naming the bad part, never patched up with a default - a
@@ -19,6 +21,15 @@
  *  - "host:" and "host/" are refused: an empty port or db is a typo.
  *  - Host: a name of letters, digits, '-', '.', '_', or an IPv6 address in
  *    brackets. Whitespace and control characters are refused everywhere.
+ *  - redis-sentinel:// (Lettuce's form) lists 1..16 sentinels, each
+ *    host[:port] or [IPv6][:port], separated by ','; an empty entry, the
+ *    same host and port twice, and a query are refused. The credentials
+ *    (same rules as above) and the db are the master's, not the sentinels'
+ *    (those are bl_config.sentinel_username/sentinel_password). NAME, after
+ *    the first '#' that follows the credentials, is required: it is
+ *    percent-decoded and must then be 1..256 bytes of printable ASCII
+ *    without space. A '@' in it must be written %40 (the credentials end at
+ *    the last '@').
  *  - Messages quote the bad part (escaped, cut at 40 bytes) but nothing
  *    between "://" and the last '@', no query value and no part that holds
  *    an '@': a password must never reach a log.
@@ -256,83 +267,113 @@ static int parse_db(const char *s, size_t n, int *db, char *why, size_t why_len)
                rc == -1 ? "not a number" : "out of range", INT_MAX);
 }
 
-static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
+/* One host[:port] or [IPv6][:port] in s[0..n): the whole of it (a '/', '?',
+ * '#' or ',' after it is the caller's). what prefixes every message
+ * ("" or "sentinel 2: "); scheme is for the IPv6 hint. Sets *h, *hn to the
+ * host inside s and *port (defport when left out). */
+static int parse_endpoint(const char *s, size_t n, int defport, const char *what,
+                          const char *scheme, const char **h, size_t *hn, int *port,
+                          char *why, size_t why_len)
 {
     char q[4 * QUOTE_MAX + 8];
-    const char *at = strrchr(r, '@');
-    const char *p = r;
-    if (at) {
-        int rc = parse_userinfo(r, (size_t)(at - r), u, why, why_len);
-        if (rc)
-            return rc;
-        p = at + 1;
-    }
-
-    const char *h;
-    size_t hn;
-    if (*p == '[') {
-        const char *close = strchr(p, ']');
+    const char *p = s, *end = s + n;
+    if (n && *p == '[') {
+        const char *close = memchr(p, ']', n);
         if (!close) {
-            quote(q, sizeof q, p, strcspn(p, "/?#"));
-            return bl_einval(why, why_len, "IPv6 address %s has no closing ']'", q);
+            quote(q, sizeof q, p, n);
+            return bl_einval(why, why_len, "%sIPv6 address %s has no closing ']'", what, q);
         }
-        h = p + 1;
-        hn = (size_t)(close - h);
+        *h = p + 1;
+        *hn = (size_t)(close - *h);
         p = close + 1;
-        if (hn == 0)
-            return bl_einval(why, why_len, "IPv6 address between '[' and ']' is empty");
-        if (!bl_host_ok(h, hn) || !memchr(h, ':', hn)) {
-            quote(q, sizeof q, h, hn);
-            return bl_einval(why, why_len, "host %s in brackets is not an IPv6 address", q);
+        if (*hn == 0)
+            return bl_einval(why, why_len, "%sIPv6 address between '[' and ']' is empty", what);
+        if (!bl_host_ok(*h, *hn) || !memchr(*h, ':', *hn)) {
+            quote(q, sizeof q, *h, *hn);
+            return bl_einval(why, why_len, "%shost %s in brackets is not an IPv6 address", what,
+                             q);
         }
-        if (*p && *p != ':' && *p != '/') {
-            quote(q, sizeof q, p, strlen(p));
-            return bl_einval(why, why_len, "unexpected %s after the IPv6 address", q);
+        if (p < end && *p != ':') {
+            quote(q, sizeof q, p, (size_t)(end - p));
+            return bl_einval(why, why_len, "%sunexpected %s after the IPv6 address", what, q);
         }
     } else {
-        h = p;
-        hn = strcspn(p, ":/?#");
-        p += hn;
-        if (hn == 0) {
-            const char *c1 = strchr(p, ':');
-            int v6 = c1 && strchr(c1 + 1, ':');
-            return bl_einval(why, why_len, "host is empty%s",
-                       v6 ? " (write an IPv6 address in brackets: redis://[::1]:6379)" : "");
+        const char *c1 = memchr(p, ':', n);
+        *h = p;
+        *hn = c1 ? (size_t)(c1 - p) : n;
+        p += *hn;
+        if (*hn == 0) {
+            int v6 = c1 && memchr(c1 + 1, ':', (size_t)(end - c1 - 1));
+            if (v6)
+                return bl_einval(why, why_len,
+                                 "%shost is empty (write an IPv6 address in brackets: "
+                                 "%s[::1]:%d)",
+                                 what, scheme, defport);
+            return bl_einval(why, why_len, "%shost is empty", what);
         }
-        quote(q, sizeof q, h, hn);
-        if (has_bad_byte(h, hn))
-            return bl_einval(why, why_len, "host %s contains whitespace or a control character", q);
-        if (hn > 255)
-            return bl_einval(why, why_len, "host %s is longer than 255 bytes", q);
-        if (!bl_host_ok(h, hn))
+        quote(q, sizeof q, *h, *hn);
+        if (has_bad_byte(*h, *hn))
+            return bl_einval(why, why_len, "%shost %s contains whitespace or a control character",
+                             what, q);
+        if (*hn > 255)
+            return bl_einval(why, why_len, "%shost %s is longer than 255 bytes", what, q);
+        if (!bl_host_ok(*h, *hn))
             return bl_einval(why, why_len,
-                       "host %s has a character not allowed in a host name "
-                       "(letters, digits, '-', '.', '_')",
-                       q);
+                             "%shost %s has a character not allowed in a host name "
+                             "(letters, digits, '-', '.', '_')",
+                             what, q);
     }
-
-    int port = 6379, db = 0;
-    if (*p == ':') {
+    *port = defport;
+    if (p < end) { /* at ':' */
         p++;
-        size_t pn = strcspn(p, "/?#");
+        size_t pn = (size_t)(end - p);
         if (pn == 0)
-            return bl_einval(why, why_len, "port after ':' is empty (leave out ':' for 6379)");
+            return bl_einval(why, why_len, "%sport after ':' is empty (leave out ':' for %d)",
+                             what, defport);
         long v;
         int rc = bl_parse_uint(p, pn, 1, 65535, &v);
         if (rc) {
             quote(q, sizeof q, p, pn);
-            return bl_einval(why, why_len, "port %s is %s 1..65535", q,
-                       rc == -1 ? "not a number" : "out of range");
+            return bl_einval(why, why_len, "%sport %s is %s 1..65535", what, q,
+                             rc == -1 ? "not a number" : "out of range");
         }
-        port = (int)v;
-        p += pn;
+        *port = (int)v;
     }
+    return BL_OK;
+}
+
+/* Credentials up to the last '@', if any; *p is then what follows them. */
+static int take_userinfo(const char *r, const char **p, bl_url *u, char *why, size_t why_len)
+{
+    const char *at = strrchr(r, '@');
+    *p = r;
+    if (!at)
+        return BL_OK;
+    *p = at + 1;
+    return parse_userinfo(r, (size_t)(at - r), u, why, why_len);
+}
+
+static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
+{
+    char q[4 * QUOTE_MAX + 8];
+    const char *p;
+    int rc = take_userinfo(r, &p, u, why, why_len);
+    if (rc)
+        return rc;
+
+    const char *h;
+    size_t hn, en = strcspn(p, "/?#");
+    int port, db = 0;
+    rc = parse_endpoint(p, en, 6379, "", "redis://", &h, &hn, &port, why, why_len);
+    if (rc)
+        return rc;
+    p += en;
     if (*p == '/') {
         p++;
         size_t dn = strcspn(p, "?#");
         if (dn == 0)
             return bl_einval(why, why_len, "db after '/' is empty (leave out '/' for db 0)");
-        int rc = parse_db(p, dn, &db, why, why_len);
+        rc = parse_db(p, dn, &db, why, why_len);
         if (rc)
             return rc;
         p += dn;
@@ -343,10 +384,130 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
                    "fragment; the db goes after '/')", q);
     }
     if (u) {
+        u->mode = BL_URL_PLAIN;
         u->port = port;
         u->db = db;
     }
     return take_str(h, hn, u ? &u->host : NULL, why, why_len);
+}
+
+/* The master name after '#': percent-decoded, then 1..256 bytes of printable
+ * ASCII without space (Sentinel takes it as one command argument, and it
+ * shows up in logs and messages). */
+static int parse_master_name(const char *s, bl_url *u, char *why, size_t why_len)
+{
+    char q[4 * QUOTE_MAX + 8];
+    size_t n = strlen(s);
+    if (n == 0)
+        return bl_einval(why, why_len, "master name after '#' is empty");
+    int rc = take_pct("master name", s, n, NULL, why, why_len);
+    if (rc)
+        return rc;
+    size_t dn = 0;
+    for (size_t i = 0; i < n; i++, dn++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '%') {
+            c = (unsigned char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+            i += 2;
+        }
+        if (c == ' ')
+            return bl_einval(why, why_len, "master name contains whitespace");
+        if (c < 0x21 || c > 0x7e) {
+            quote(q, sizeof q, s, n);
+            return bl_einval(why, why_len,
+                             "master name %s has a byte outside printable ASCII", q);
+        }
+    }
+    if (dn > BL_MASTER_NAME_MAX)
+        return bl_einval(why, why_len, "master name is longer than %d bytes",
+                         BL_MASTER_NAME_MAX);
+    return take_pct("master name", s, n, u ? &u->master_name : NULL, why, why_len);
+}
+
+static int parse_sentinel(const char *r, bl_url *u, char *why, size_t why_len)
+{
+    char q[4 * QUOTE_MAX + 8];
+    const char *p;
+    int rc = take_userinfo(r, &p, u, why, why_len);
+    if (rc)
+        return rc;
+    const char *hash = strchr(p, '#');
+    if (!hash)
+        return bl_einval(why, why_len,
+                         "master name is missing: end the URL with #NAME, the name Sentinel "
+                         "monitors (redis-sentinel://10.0.0.1:26379#mymaster)%s",
+                         memchr(r, '#', (size_t)(p - r))
+                             ? "; a '@' in the master name is written %40"
+                             : "");
+    const char *qm = memchr(p, '?', (size_t)(hash - p));
+    if (qm) {
+        quote(q, sizeof q, qm, (size_t)(hash - qm));
+        return bl_einval(why, why_len,
+                         "unexpected %s: redis-sentinel:// takes no query (the db goes after "
+                         "'/', the master name after '#')",
+                         q);
+    }
+    size_t ln = strcspn(p, "/#");
+    if (ln == 0)
+        return bl_einval(why, why_len, "sentinel list is empty (write "
+                                       "redis-sentinel://host[:port][,host[:port]...]#NAME)");
+
+    /* Check every sentinel before allocating anything. */
+    struct {
+        const char *h;
+        size_t hn;
+        int port;
+    } ep[BL_URL_SENTINELS_MAX];
+    int n = 0;
+    for (const char *s = p, *end = p + ln;;) {
+        const char *comma = memchr(s, ',', (size_t)(end - s));
+        size_t sn = comma ? (size_t)(comma - s) : (size_t)(end - s);
+        if (n == BL_URL_SENTINELS_MAX)
+            return bl_einval(why, why_len, "more than %d sentinels", BL_URL_SENTINELS_MAX);
+        char what[32];
+        snprintf(what, sizeof what, "sentinel %d: ", n + 1);
+        if (sn == 0)
+            return bl_einval(why, why_len, "%sis empty (a stray ',')", what);
+        rc = parse_endpoint(s, sn, 26379, what, "", &ep[n].h, &ep[n].hn, &ep[n].port, why,
+                            why_len);
+        if (rc)
+            return rc;
+        for (int k = 0; k < n; k++)
+            if (ep[k].port == ep[n].port && ep[k].hn == ep[n].hn &&
+                strncasecmp(ep[k].h, ep[n].h, ep[n].hn) == 0) {
+                quote(q, sizeof q, ep[n].h, ep[n].hn);
+                return bl_einval(why, why_len, "%s%s port %d is the same as sentinel %d", what,
+                                 q, ep[n].port, k + 1);
+            }
+        n++;
+        if (!comma)
+            break;
+        s = comma + 1;
+    }
+    int db = 0;
+    const char *d = p + ln;
+    if (*d == '/') {
+        d++;
+        size_t dn = (size_t)(hash - d);
+        if (dn == 0)
+            return bl_einval(why, why_len, "db after '/' is empty (leave out '/' for db 0)");
+        rc = parse_db(d, dn, &db, why, why_len);
+        if (rc)
+            return rc;
+    }
+    rc = parse_master_name(hash + 1, u, why, why_len);
+    if (rc || !u)
+        return rc;
+    u->mode = BL_URL_SENTINEL;
+    u->db = db;
+    u->n_sentinels = n;
+    for (int k = 0; k < n; k++) {
+        u->sentinels[k].port = ep[k].port;
+        rc = take_str(ep[k].h, ep[k].hn, &u->sentinels[k].host, why, why_len);
+        if (rc)
+            return rc;
+    }
+    return BL_OK;
 }
 
 static int parse_query(const char *p, int *db, char *why, size_t why_len)
@@ -425,6 +586,7 @@ static int parse_unix(const char *r, bl_url *u, char *why, size_t why_len)
     if (rc)
         return rc;
     if (u) {
+        u->mode = BL_URL_UNIX;
         u->db = db;
         u->port = 0;
     }
@@ -459,20 +621,23 @@ int bl_url_parse(const char *url, bl_url *out, char *why, size_t why_len)
         if (!scheme_char(url[i]))
             sep = NULL;
     if (!sep || sn == 0)
-        return bl_einval(why, why_len, "URL does not start with redis:// or unix:// "
-                   "(e.g. redis://127.0.0.1:6379/0)");
+        return bl_einval(why, why_len, "URL does not start with redis://, unix:// or "
+                   "redis-sentinel:// (e.g. redis://127.0.0.1:6379/0)");
     const char *rest = sep + 3;
     int rc;
     if (sn == 5 && strncasecmp(url, "redis", 5) == 0) {
         rc = parse_redis(rest, out ? &u : NULL, why, why_len);
     } else if (sn == 4 && strncasecmp(url, "unix", 4) == 0) {
         rc = parse_unix(rest, out ? &u : NULL, why, why_len);
+    } else if (sn == 14 && strncasecmp(url, "redis-sentinel", 14) == 0) {
+        rc = parse_sentinel(rest, out ? &u : NULL, why, why_len);
     } else if (sn == 6 && strncasecmp(url, "rediss", 6) == 0) {
         return bl_einval(why, why_len, "scheme 'rediss' (TLS) is not supported: hiredis 0.14 has "
                    "no TLS");
     } else {
         quote(q, sizeof q, url, sn);
-        return bl_einval(why, why_len, "scheme %s is not redis:// or unix://", q);
+        return bl_einval(why, why_len, "scheme %s is not redis://, unix:// or redis-sentinel://",
+                         q);
     }
     if (rc) {
         bl_url_free(&u);
@@ -489,9 +654,26 @@ void bl_url_free(bl_url *u)
         return;
     free(u->host);
     free(u->unix_path);
+    for (int i = 0; i < u->n_sentinels && i < BL_URL_SENTINELS_MAX; i++)
+        free(u->sentinels[i].host);
+    free(u->master_name);
     free(u->username);
     if (u->password) /* do not leave the secret lying in freed memory */
         explicit_bzero(u->password, strlen(u->password));
     free(u->password);
     memset(u, 0, sizeof *u);
 }
+
+int bl_url_kind(const char *url)
+{
+    static const struct {
+        const char *scheme;
+        int mode;
+    } k[] = {{"redis://", BL_URL_PLAIN}, {"unix://", BL_URL_UNIX},
+             {"redis-sentinel://", BL_URL_SENTINEL}};
+    for (size_t i = 0; url && i < sizeof k / sizeof k[0]; i++)
+        if (strncasecmp(url, k[i].scheme, strlen(k[i].scheme)) == 0)
+            return k[i].mode;
+    return -1;
+}
+

@@ -18,6 +18,9 @@ static void assert_url_zero(const bl_url *u)
 {
     cr_assert(!u->host && !u->unix_path && !u->username && !u->password);
     cr_assert(u->port == 0 && u->db == 0);
+    cr_assert(u->mode == BL_URL_PLAIN && u->n_sentinels == 0 && !u->master_name);
+    for (int i = 0; i < BL_URL_SENTINELS_MAX; i++)
+        cr_assert(!u->sentinels[i].host && !u->sentinels[i].port);
 }
 
 /* ---- valid URLs ----------------------------------------------------------- */
@@ -362,6 +365,217 @@ Test(url, messages_never_contain_the_password)
     }
 }
 
+/* ---- redis-sentinel:// ------------------------------------------------------ */
+
+Test(sentinel_url, every_part)
+{
+    bl_url u;
+    cr_assert_eq(bl_url_parse("redis-sentinel://alice:s3cret@10.0.0.1:26380,10.0.0.2,"
+                              "[::1]:26381,sentinel-3.internal/3#mymaster",
+                              &u, why, sizeof why),
+                 BL_OK, "%s", why);
+    cr_assert_eq(u.mode, BL_URL_SENTINEL);
+    cr_assert_eq(u.n_sentinels, 4);
+    cr_assert_str_eq(u.sentinels[0].host, "10.0.0.1");
+    cr_assert_eq(u.sentinels[0].port, 26380);
+    cr_assert_str_eq(u.sentinels[1].host, "10.0.0.2");
+    cr_assert_eq(u.sentinels[1].port, 26379, "the sentinel port by default");
+    cr_assert_str_eq(u.sentinels[2].host, "::1", "brackets are not part of the host");
+    cr_assert_eq(u.sentinels[2].port, 26381);
+    cr_assert_str_eq(u.sentinels[3].host, "sentinel-3.internal");
+    cr_assert_null(u.sentinels[4].host);
+    cr_assert_eq(u.db, 3);
+    cr_assert_str_eq(u.master_name, "mymaster");
+    cr_assert_str_eq(u.username, "alice", "the credentials are the master's");
+    cr_assert_str_eq(u.password, "s3cret");
+    cr_assert_null(u.host, "no fixed address: the sentinels say where the master is");
+    cr_assert_null(u.unix_path);
+    cr_assert_eq(u.port, 0);
+    cr_assert_str_eq(why, "");
+    bl_url_free(&u);
+    assert_url_zero(&u);
+}
+
+Test(sentinel_url, minimal_and_modes)
+{
+    bl_url u;
+    cr_assert_eq(bl_url_parse("Redis-Sentinel://127.0.0.1#m", &u, why, sizeof why), BL_OK,
+                 "%s", why);
+    cr_assert_eq(u.n_sentinels, 1);
+    cr_assert_eq(u.sentinels[0].port, 26379);
+    cr_assert_eq(u.db, 0);
+    cr_assert_null(u.username);
+    cr_assert_null(u.password);
+    cr_assert_str_eq(u.master_name, "m");
+    bl_url_free(&u);
+    cr_assert_eq(bl_url_parse("redis://h", &u, why, sizeof why), BL_OK);
+    cr_assert_eq(u.mode, BL_URL_PLAIN);
+    cr_assert_eq(u.n_sentinels, 0);
+    bl_url_free(&u);
+    cr_assert_eq(bl_url_parse("unix:///s", &u, why, sizeof why), BL_OK);
+    cr_assert_eq(u.mode, BL_URL_UNIX);
+    bl_url_free(&u);
+    cr_assert_eq(bl_url_parse("redis-sentinel://:pw@h:1,[::1]/2#m", NULL, NULL, 0), BL_OK,
+                 "check-only");
+    cr_assert_eq(bl_url_kind("redis-sentinel://x"), BL_URL_SENTINEL);
+    cr_assert_eq(bl_url_kind("REDIS-SENTINEL://"), BL_URL_SENTINEL);
+    cr_assert_eq(bl_url_kind("redis://x"), BL_URL_PLAIN);
+    cr_assert_eq(bl_url_kind("Unix:///x"), BL_URL_UNIX);
+    cr_assert_eq(bl_url_kind("rediss://x"), -1);
+    cr_assert_eq(bl_url_kind("redis-sentinel:/x"), -1);
+    cr_assert_eq(bl_url_kind(NULL), -1);
+}
+
+Test(sentinel_url, password_and_master_name_may_hold_delimiters)
+{
+    bl_url u;
+    /* The credentials end at the last '@'; the name starts at the first '#'
+     * after them, and may hold a '#' of its own. */
+    cr_assert_eq(bl_url_parse("redis-sentinel://u:p#w@d,x@h1,h2#a#b", &u, why, sizeof why),
+                 BL_OK, "%s", why);
+    cr_assert_str_eq(u.password, "p#w@d,x");
+    cr_assert_eq(u.n_sentinels, 2);
+    cr_assert_str_eq(u.master_name, "a#b");
+    bl_url_free(&u);
+    cr_assert_eq(bl_url_parse("redis-sentinel://h#my%40master%25%2F", &u, why, sizeof why),
+                 BL_OK, "%s", why);
+    cr_assert_str_eq(u.master_name, "my@master%/", "the name is percent-decoded");
+    bl_url_free(&u);
+    cr_assert_eq(bl_url_parse("redis-sentinel://h#!~:/?[]", &u, why, sizeof why), BL_OK,
+                 "%s", why);
+    cr_assert_str_eq(u.master_name, "!~:/?[]");
+    bl_url_free(&u);
+}
+
+Test(sentinel_url, limits)
+{
+    /* 16 sentinels fit, 17 do not. */
+    char url[1024] = "redis-sentinel://";
+    for (int i = 0; i < 17; i++)
+        snprintf(url + strlen(url), sizeof url - strlen(url), "%s10.0.0.%d", i ? "," : "",
+                 i + 1);
+    strcat(url, "#m");
+    cr_assert_eq(bl_url_parse(url, NULL, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "more than 16 sentinels"), "%s", why);
+    *strrchr(url, ',') = '\0';
+    strcat(url, "#m");
+    bl_url u;
+    cr_assert_eq(bl_url_parse(url, &u, why, sizeof why), BL_OK, "%s", why);
+    cr_assert_eq(u.n_sentinels, 16);
+    cr_assert_str_eq(u.sentinels[15].host, "10.0.0.16");
+    bl_url_free(&u);
+
+    /* The name: 256 bytes fit (after decoding), 257 do not. */
+    char big[600] = "redis-sentinel://h#";
+    size_t o = strlen(big);
+    memset(big + o, 'n', 255);
+    strcpy(big + o + 255, "%40");
+    cr_assert_eq(bl_url_parse(big, &u, why, sizeof why), BL_OK, "%s", why);
+    cr_assert_eq(strlen(u.master_name), 256);
+    bl_url_free(&u);
+    strcat(big, "x");
+    cr_assert_eq(bl_url_parse(big, NULL, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "master name is longer than 256 bytes"), "%s", why);
+}
+
+Test(sentinel_url, refuses_malformed_naming_the_part)
+{
+    struct {
+        const char *url, *part;
+    } bad[] = {
+        {"redis-sentinel://", "master name is missing"},
+        {"redis-sentinel://h", "master name is missing: end the URL with #NAME"},
+        {"redis-sentinel://h:26379/1", "master name is missing"},
+        {"redis-sentinel://:pw@h#a@b", "a '@' in the master name is written %40"},
+        {"redis-sentinel://h#", "master name after '#' is empty"},
+        {"redis-sentinel://#m", "sentinel list is empty"},
+        {"redis-sentinel:///1#m", "sentinel list is empty"},
+        {"redis-sentinel://:pw@#m", "sentinel list is empty"},
+        {"redis-sentinel://h,#m", "sentinel 2: is empty (a stray ',')"},
+        {"redis-sentinel://,h#m", "sentinel 1: is empty"},
+        {"redis-sentinel://a,,b#m", "sentinel 2: is empty"},
+        {"redis-sentinel://h:0#m", "sentinel 1: port '0' is out of range 1..65535"},
+        {"redis-sentinel://a,b:x#m", "sentinel 2: port 'x' is not a number"},
+        {"redis-sentinel://a,b:65536#m", "sentinel 2: port '65536' is out of range"},
+        {"redis-sentinel://a,b:#m", "sentinel 2: port after ':' is empty (leave out ':' for "
+                                    "26379)"},
+        {"redis-sentinel://a,b:1:2#m", "sentinel 2: port '1:2'"},
+        {"redis-sentinel://a,ho$t#m", "sentinel 2: host 'ho$t' has a character"},
+        {"redis-sentinel://ho st#m", "sentinel 1: host 'ho\\x20st' contains whitespace"},
+        {"redis-sentinel://a,[::1#m", "sentinel 2: IPv6 address '[::1' has no closing ']'"},
+        {"redis-sentinel://a,[]#m", "sentinel 2: IPv6 address between '[' and ']' is empty"},
+        {"redis-sentinel://[127.0.0.1]#m", "sentinel 1: host '127.0.0.1' in brackets"},
+        {"redis-sentinel://a,::1#m", "sentinel 2: host is empty (write an IPv6 address in "
+                                     "brackets: [::1]:26379)"},
+        {"redis-sentinel://a,[::1]x#m", "sentinel 2: unexpected 'x' after the IPv6 address"},
+        {"redis-sentinel://h,h#m", "sentinel 2: 'h' port 26379 is the same as sentinel 1"},
+        {"redis-sentinel://H:26379,h#m", "is the same as sentinel 1"},
+        {"redis-sentinel://[::1]:1,a,[::1]:1#m", "sentinel 3: '::1' port 1 is the same as "
+                                                 "sentinel 1"},
+        {"redis-sentinel://h/#m", "db after '/' is empty"},
+        {"redis-sentinel://h/x#m", "db 'x' is not a number"},
+        {"redis-sentinel://h/-1#m", "db '-1' is not a number"},
+        {"redis-sentinel://h/2147483648#m", "db '2147483648' is out of range"},
+        {"redis-sentinel://h/1/2#m", "db '1/2'"},
+        {"redis-sentinel://h?db=1#m", "unexpected '?db=1': redis-sentinel:// takes no query"},
+        {"redis-sentinel://h/1?timeout=1s#m", "unexpected '?timeout=1s'"},
+        {"redis-sentinel://h#my master", "master name contains whitespace"},
+        {"redis-sentinel://h#my%20master", "master name contains whitespace"},
+        {"redis-sentinel://h#m\t", "master name contains whitespace or a control"},
+        {"redis-sentinel://h#m\x7f", "master name contains whitespace or a control"},
+        {"redis-sentinel://h#m%0a", "master name 'm%0a' has a byte outside printable ASCII"},
+        {"redis-sentinel://h#m%zz", "master name has a '%' not followed by two hex digits"},
+        {"redis-sentinel://h#m%4", "master name has a '%'"},
+        {"redis-sentinel://h#m%00", "master name contains %00"},
+        {"redis-sentinel://h#\xc3\xa9t\xc3\xa9", "master name '\\xc3\\xa9t\\xc3\\xa9' has a "
+                                                 "byte outside printable ASCII"},
+        {"redis-sentinel://h#m%C3%A9", "outside printable ASCII"},
+        {"redis-sentinel://u@h#m", "credentials before '@' have no ':'"},
+        {"redis-sentinel://@h#m", "credentials before '@' are empty"},
+        {"redis-sentinel://u:@h#m", "password after ':' is empty"},
+        {"redis-sentinel://:p%zz@h#m", "password has a '%'"},
+        {"redis-sentinels://h#m", "scheme 'redis-sentinels' is not redis://, unix:// or "
+                                  "redis-sentinel://"},
+        {"sentinel://h#m", "scheme 'sentinel'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        bl_url u;
+        memset(&u, 0x5a, sizeof u);
+        why[0] = '\0';
+        cr_assert_eq(bl_url_parse(bad[i].url, &u, why, sizeof why), BL_EINVAL,
+                     "accepted case %zu (%s)", i, bad[i].url);
+        cr_assert(strstr(why, bad[i].part), "case %zu: wanted \"%s\" in \"%s\"", i,
+                  bad[i].part, why);
+        assert_url_zero(&u);
+        cr_assert_eq(bl_url_parse(bad[i].url, NULL, NULL, 0), BL_EINVAL,
+                     "case %zu: check-only agrees", i);
+    }
+}
+
+Test(sentinel_url, messages_never_contain_the_password)
+{
+    const char *bad[] = {
+        "redis-sentinel://:" SECRET "@h",
+        "redis-sentinel://u:" SECRET "@h:x#m",
+        "redis-sentinel://u:" SECRET "@h,,h#m",
+        "redis-sentinel://u:" SECRET "@h?q#m",
+        "redis-sentinel://u:" SECRET "@h#",
+        "redis-sentinel://u:" SECRET "@h#a b",
+        "redis-sentinel://u:" SECRET "%zz@h#m",
+        "redis-sentinel://u:" SECRET "#x@h:0#m",
+        "redis-sentinel://" SECRET "@h#m",
+        "redis-sentinel://:" SECRET "@h#a@b",
+        "redis-sentinel://:x#" SECRET "@h#a@b", /* a name written with a raw '@' */
+        "redis-sentinel://h#" SECRET "@x y",    /* the same, refused for the space */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(why, 0, sizeof why);
+        cr_assert_eq(bl_url_parse(bad[i], NULL, why, sizeof why), BL_EINVAL, "case %zu", i);
+        cr_assert(why[0], "case %zu has a message", i);
+        cr_assert_null(strstr(why, "LEAKED"), "case %zu leaks: %s", i, why);
+    }
+}
+
 /* ---- bl_config_validate ----------------------------------------------------- */
 
 Test(validate, checks_the_url_and_names_it)
@@ -417,7 +631,7 @@ static void clear_env(void)
 }
 
 /* A config whose every byte is known, to see that an error changed none. */
-static void sentinel_config(bl_config *c)
+static void known_config(bl_config *c)
 {
     memset(c, 0, sizeof *c);
     bl_config_init(c);
@@ -432,7 +646,7 @@ static void sentinel_config(bl_config *c)
 static int from_env_unchanged_on_error(const char *what)
 {
     bl_config c, before;
-    sentinel_config(&c);
+    known_config(&c);
     memcpy(&before, &c, sizeof c);
     why[0] = '\0';
     int rc = bl_config_from_env(&c, why, sizeof why);
@@ -659,7 +873,7 @@ Test(env, backend_selection_table)
             if (vals[k])
                 setenv(names[k], vals[k], 1);
         bl_config c, before;
-        sentinel_config(&c);
+        known_config(&c);
         c.backend = -5;
         memcpy(&before, &c, sizeof c);
         int rc = bl_config_from_env(&c, why, sizeof why);

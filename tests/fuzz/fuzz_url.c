@@ -4,8 +4,9 @@
  *  - the check-only call (out NULL, no why) agrees with the full one;
  *  - an error has a one-line, printable message and leaves *out zeroed;
  *  - an error message never contains the password;
- *  - an accepted URL is sane (one of host/unix_path, ports and db in range)
- *    and survives a round trip: printed back (credentials and path
+ *  - an accepted URL is sane (one of host/unix_path/sentinels as its mode
+ *    says, ports and db in range, a printable master name) and survives a
+ *    round trip: printed back (credentials, path and master name
  *    percent-encoded) it parses to the same fields.
  */
 #include <stdint.h>
@@ -54,7 +55,7 @@ static void round_trip(const bl_url *u)
         o += enc(o, u->unix_path, 1);
         o += sprintf(o, "?db=%d", u->db);
     } else {
-        o += sprintf(o, "redis://");
+        o += sprintf(o, u->mode == BL_URL_SENTINEL ? "redis-sentinel://" : "redis://");
         if (u->password) {
             if (u->username)
                 o += enc(o, u->username, 0);
@@ -62,8 +63,18 @@ static void round_trip(const bl_url *u)
             o += enc(o, u->password, 0);
             *o++ = '@';
         }
-        o += sprintf(o, strchr(u->host, ':') ? "[%s]:%d/%d" : "%s:%d/%d", u->host, u->port,
-                     u->db);
+        if (u->mode == BL_URL_SENTINEL) {
+            for (int i = 0; i < u->n_sentinels; i++) {
+                const bl_url_endpoint *e = &u->sentinels[i];
+                o += sprintf(o, strchr(e->host, ':') ? "%s[%s]:%d" : "%s%s:%d", i ? "," : "",
+                             e->host, e->port);
+            }
+            o += sprintf(o, "/%d#", u->db);
+            o += enc(o, u->master_name, 0);
+        } else {
+            o += sprintf(o, strchr(u->host, ':') ? "[%s]:%d/%d" : "%s:%d/%d", u->host, u->port,
+                         u->db);
+        }
     }
     bl_url v;
     char why[256];
@@ -75,6 +86,11 @@ static void round_trip(const bl_url *u)
         CHECK(same(u->host, v.host) && same(u->unix_path, v.unix_path));
         CHECK(same(u->username, v.username) && same(u->password, v.password));
         CHECK(u->port == v.port && u->db == v.db);
+        CHECK(u->mode == v.mode && u->n_sentinels == v.n_sentinels);
+        CHECK(same(u->master_name, v.master_name));
+        for (int i = 0; i < u->n_sentinels; i++)
+            CHECK(same(u->sentinels[i].host, v.sentinels[i].host) &&
+                  u->sentinels[i].port == v.sentinels[i].port);
     }
     bl_url_free(&v);
     free(s);
@@ -162,9 +178,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (rc == BL_OK) {
         CHECK(why[0] == '\0');
-        CHECK(!u.host != !u.unix_path);
         CHECK(u.db >= 0);
-        if (u.host) {
+        if (u.mode == BL_URL_SENTINEL) {
+            CHECK(!u.host && !u.unix_path && !u.port);
+            CHECK(u.n_sentinels >= 1 && u.n_sentinels <= BL_URL_SENTINELS_MAX);
+            for (int i = 0; i < BL_URL_SENTINELS_MAX; i++) {
+                const bl_url_endpoint *e = &u.sentinels[i];
+                if (i >= u.n_sentinels) {
+                    CHECK(!e->host && !e->port);
+                    continue;
+                }
+                CHECK(e->port >= 1 && e->port <= 65535);
+                CHECK(bl_host_ok(e->host, strlen(e->host)));
+                for (int k = 0; k < i; k++)
+                    CHECK(e->port != u.sentinels[k].port ||
+                          strcasecmp(e->host, u.sentinels[k].host) != 0);
+            }
+            size_t mn = strlen(u.master_name);
+            CHECK(mn >= 1 && mn <= BL_MASTER_NAME_MAX);
+            for (size_t i = 0; i < mn; i++)
+                CHECK(u.master_name[i] > 0x20 && u.master_name[i] < 0x7f);
+        } else {
+            CHECK(!u.host != !u.unix_path);
+            CHECK(u.mode == (u.unix_path ? BL_URL_UNIX : BL_URL_PLAIN));
+            CHECK(!u.n_sentinels && !u.master_name && !u.sentinels[0].host);
+        }
+        CHECK(bl_url_kind(s) == u.mode);
+        if (u.mode == BL_URL_SENTINEL) {
+            /* checked above */
+        } else if (u.host) {
             CHECK(u.port >= 1 && u.port <= 65535);
             CHECK(bl_host_ok(u.host, strlen(u.host)));
         } else {
@@ -179,6 +221,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (const char *p = why; *p; p++)
             CHECK(*p >= 0x20 && *p < 0x7f);
         CHECK(!u.host && !u.unix_path && !u.username && !u.password && !u.port && !u.db);
+        CHECK(!u.mode && !u.n_sentinels && !u.master_name && !u.sentinels[0].host);
         check_no_password(s, why);
     }
     bl_url_free(&u);
