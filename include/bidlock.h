@@ -78,11 +78,24 @@ enum bl_backend_kind {
     BL_BACKEND_MEMORY = 1 /* one process only: development and tests */
 };
 
+/* bl_config.min_replicas: see there. */
+#define BL_REPLICAS_AUTO (-1)    /* the replicas connected to the master now */
+#define BL_REPLICAS_DEFAULT (-2) /* AUTO for a redis-sentinel:// url, else 0 */
+
 typedef struct bl_config {
     /* Where Redis is. A url, when set, wins over the fields below it:
      *   redis://[[user]:password@]host[:port][/db]
      *   unix:///path/to/socket[?db=N]
+     *   redis-sentinel://[[user]:password@]host[:port][,host[:port]...][/db]#NAME
      * (port 6379, db 0 when left out; IPv6 in brackets: redis://[::1]:6380/2).
+     * redis-sentinel:// names 1..16 Sentinels (port 26379 when left out) that
+     * are asked where the master called NAME is; NAME is required (1..256
+     * printable bytes, no space; percent-decoded, so a '@' is %40). Its
+     * credentials and db are the master's; the Sentinels' own are
+     * sentinel_username/sentinel_password below. Sentinel hosts should be
+     * numeric addresses (asking them happens on the loop: no resolving).
+     * NOTE: this version parses and checks Sentinel URLs, but cannot follow
+     * a Sentinel master yet: bl_config_validate refuses them (fail closed).
      * user, password and the socket path are percent-decoded (%40 is '@',
      * %25 is '%'); the credentials end at the last '@'. An empty port or db
      * ("host:", "host/"), a query on redis://, rediss:// (no TLS in hiredis
@@ -102,6 +115,34 @@ typedef struct bl_config {
     const char *username;
     const char *password;
     int db;
+    /* AUTH for the Sentinels of a redis-sentinel:// url (Sentinel has its
+     * own requirepass; the URL's credentials are the master's). Only with a
+     * Sentinel url (bl_config_validate refuses them with another url: a
+     * credential that is silently unused hides a wrong url); a username
+     * needs a password. Copied by bl_manager_new; never logged.
+     * Defaults NULL, NULL. */
+    const char *sentinel_username;
+    const char *sentinel_password;
+    /* Replica acknowledgement: a grant (or a lease renewal) counts only once
+     * WAIT says this many replicas have it, so that a failover right after
+     * it cannot promote a replica without the lock. 0 = off; 1..64 = that
+     * many; BL_REPLICAS_AUTO = as many as are connected to the master when
+     * it is checked (none connected: no WAIT); BL_REPLICAS_DEFAULT = AUTO
+     * for a redis-sentinel:// url, 0 for redis:// and unix:// (bidlock then
+     * talks to one fixed server and follows no failover; WAIT costs about
+     * up to a third of the throughput - set it if something else, a virtual IP or
+     * a proxy, can move that address to a replica). Per manager. Ignored by
+     * the memory backend. Default BL_REPLICAS_DEFAULT.
+     * NOTE: WAIT is not sent by this version yet: bl_config_validate
+     * refuses a value that resolves to anything but 0 (fail closed). */
+    int min_replicas;
+    /* How long one WAIT may take, in ms (WAIT's timeout). It holds the
+     * command connection meanwhile, so keep it small: replicas on a LAN
+     * acknowledge within a round trip (~1 ms), and 100 ms is far above that
+     * yet small against the default wait (10 s) and TTL (300 s). 1 .. 60000,
+     * and below command_timeout_ms while replica acknowledgement is on.
+     * Default 100. */
+    uint32_t replica_timeout_ms;
     /* BL_BACKEND_REDIS or BL_BACKEND_MEMORY. Default BL_BACKEND_REDIS.
      * bidlock never switches backend by itself: a configured Redis that is
      * down gives BL_ECONN (fail closed), not a local lock. */
@@ -157,9 +198,16 @@ enum bl_log_level { BL_LOG_DEBUG = 0, BL_LOG_INFO = 1, BL_LOG_WARN = 2, BL_LOG_E
 BL_API void bl_config_init(bl_config *cfg);
 
 /* Fill connection and backend fields of *cfg from the environment (call
- * bl_config_init first). Reads REDIS_URL, else REDIS_HOST, REDIS_PORT,
- * REDIS_DB, REDIS_USERNAME, REDIS_PASSWORD (with REDIS_URL set these are
- * not read; set, they override url/unix_path set in code). USE_REDIS_LOCKS
+ * bl_config_init first). Reads REDIS_URL (any form of bl_config.url, also
+ * redis-sentinel://), else REDIS_HOST, REDIS_PORT, REDIS_DB, REDIS_USERNAME,
+ * REDIS_PASSWORD (with REDIS_URL set these are not read; set, they override
+ * url/unix_path set in code). Beside them, always read:
+ *   REDIS_SENTINEL_USERNAME, REDIS_SENTINEL_PASSWORD -> sentinel_username,
+ *     sentinel_password (only with a redis-sentinel:// url, from REDIS_URL
+ *     or from code; a username needs a password);
+ *   BIDLOCK_MIN_REPLICAS -> min_replicas: 0..64 or "auto" (any case);
+ *   BIDLOCK_REPLICA_TIMEOUT_MS -> replica_timeout_ms: 1..60000.
+ * USE_REDIS_LOCKS
  * (true/false/1/0/yes/no/on/off, any case) and BIDLOCK_ENV, else ENV, choose
  * the backend. Deployment spellings, any case: production, prod, staging;
  * development, dev, local, test. An unknown BIDLOCK_ENV is an error; an
@@ -169,7 +217,7 @@ BL_API void bl_config_init(bl_config *cfg);
  *   cannot stop another instance from bidding;
  *   unset: Redis if REDIS_URL/REDIS_HOST is set, memory in development,
  *   else Redis on 127.0.0.1:6379 (production fails closed).
- * REDIS_*, USE_REDIS_LOCKS or BIDLOCK_ENV set to "" is an error, not "unset".
+ * REDIS_*, USE_REDIS_LOCKS or BIDLOCK_* set to "" is an error, not "unset".
  * String fields point into the environment (bl_manager_new copies them).
  * Returns BL_OK, or BL_EINVAL with a sentence naming the bad variable or URL
  * part in why (never the password); *cfg is then unchanged. */

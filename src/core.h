@@ -66,6 +66,7 @@ struct bl_manager {
     bl_loop loop;
     bl_config cfg; /* string fields point at the copies below */
     char *url, *host, *unix_path, *prefix, *username, *password;
+    char *sentinel_username, *sentinel_password; /* sentinel branch (issue 13) */
     char holder[BL_HOLDER_MAX];
     size_t holder_len;
     char errmsg[BL_ERRMSG_MAX];

@@ -14,6 +14,12 @@
  *    any case. An unknown BIDLOCK_ENV is an error. An unknown or empty ENV
  *    is ignored: POSIX shells use ENV for their startup file, so
  *    ENV=/home/me/.shrc is common and says nothing about deployment.
+ *  - REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD, BIDLOCK_MIN_REPLICAS
+ *    and BIDLOCK_REPLICA_TIMEOUT_MS are read whether or not REDIS_URL is set
+ *    (the Sentinel url may come from code, the secret from the
+ *    environment). Sentinel credentials with a url that is not
+ *    redis-sentinel:// are refused, as bl_config_validate does, but naming
+ *    the variables (unless the backend is memory: then nothing is used).
  *  - USE_REDIS_LOCKS=false in the production class is refused: in-process
  *    locks cannot stop a second instance from bidding, which is exactly the
  *    failure bidlock exists to prevent. A single-instance service that
@@ -118,6 +124,42 @@ static int from_fields(bl_config *c, int *named, char *why, size_t why_len)
     return BL_OK;
 }
 
+/* REDIS_SENTINEL_*, BIDLOCK_MIN_REPLICAS, BIDLOCK_REPLICA_TIMEOUT_MS. */
+static int replication(bl_config *c, char *why, size_t why_len)
+{
+    const char *user, *pass, *n;
+    if (get("REDIS_SENTINEL_USERNAME", &user, why, why_len) ||
+        get("REDIS_SENTINEL_PASSWORD", &pass, why, why_len) ||
+        get("BIDLOCK_MIN_REPLICAS", &n, why, why_len))
+        return BL_EINVAL;
+    if (user && !pass)
+        return bl_einval(why, why_len, "REDIS_SENTINEL_USERNAME is set but "
+                         "REDIS_SENTINEL_PASSWORD is not (AUTH needs a password)");
+    if (n && strcasecmp(n, "auto") == 0) {
+        c->min_replicas = BL_REPLICAS_AUTO;
+    } else if (n) {
+        long v;
+        int rc = bl_parse_uint(n, strlen(n), 0, BL_REPLICAS_MAX, &v);
+        if (rc) {
+            char q[200];
+            bl_quote(q, sizeof q, n, strlen(n));
+            return bl_einval(why, why_len, "BIDLOCK_MIN_REPLICAS %s is %s 0..%d or 'auto'", q,
+                             rc == -1 ? "not a number" : "out of range", BL_REPLICAS_MAX);
+        }
+        c->min_replicas = (int)v;
+    }
+    int ms = -1;
+    if (get_number("BIDLOCK_REPLICA_TIMEOUT_MS", 1, BL_REPLICA_TIMEOUT_MAX, &ms, why, why_len))
+        return BL_EINVAL;
+    if (ms > 0)
+        c->replica_timeout_ms = (uint32_t)ms;
+    if (user)
+        c->sentinel_username = user;
+    if (pass)
+        c->sentinel_password = pass;
+    return BL_OK;
+}
+
 static int use_redis_locks(int *use, char *why, size_t why_len)
 {
     static const char *const yes[] = {"true", "1", "yes", "on", NULL};
@@ -191,6 +233,8 @@ int bl_config_from_env(bl_config *cfg, char *why, size_t why_len)
     } else if (from_fields(&c, &named, why, why_len)) {
         return BL_EINVAL;
     }
+    if (replication(&c, why, why_len))
+        return BL_EINVAL;
 
     int use;
     enum env_class cls;
@@ -216,6 +260,11 @@ int bl_config_from_env(bl_config *cfg, char *why, size_t why_len)
         c.backend = BL_BACKEND_MEMORY;
     else
         c.backend = BL_BACKEND_REDIS; /* production or unsaid: fail closed */
+    if (c.backend == BL_BACKEND_REDIS && bl_url_kind(c.url) != BL_URL_SENTINEL &&
+        (getenv("REDIS_SENTINEL_USERNAME") || getenv("REDIS_SENTINEL_PASSWORD")))
+        return bl_einval(why, why_len,
+                         "REDIS_SENTINEL_USERNAME/REDIS_SENTINEL_PASSWORD are set but the url "
+                         "(REDIS_URL, or the one set in code) is not a redis-sentinel:// URL");
     *cfg = c;
     return BL_OK;
 }

@@ -58,6 +58,9 @@ typedef struct bl_url_endpoint {
 /* The mode a URL's scheme asks for (nothing else is checked): BL_URL_PLAIN
  * for redis://, BL_URL_UNIX, BL_URL_SENTINEL; -1 for NULL or another scheme. */
 int bl_url_kind(const char *url);
+/* cfg->min_replicas with BL_REPLICAS_DEFAULT resolved: BL_REPLICAS_AUTO for
+ * a redis-sentinel:// url (Redis backend), else 0. */
+int bl_config_min_replicas(const bl_config *cfg);
 /* ---- end of the sentinel branch block ---------------------------------- */
 
 /* A parsed URL. Strings are malloc'd and owned by the struct; NULL when the

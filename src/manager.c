@@ -46,6 +46,8 @@ void bl_config_init(bl_config *cfg)
     cfg->done_ttl_ms = 7ULL * 24 * 3600 * 1000;
     cfg->handoff_ms = 250;
     cfg->wake_on_release = 1;
+    cfg->min_replicas = BL_REPLICAS_DEFAULT; /* sentinel branch (issue 13) */
+    cfg->replica_timeout_ms = 100;
 }
 
 int bl_config_validate(const bl_config *c, char *why, size_t why_len)
@@ -103,6 +105,31 @@ int bl_config_validate(const bl_config *c, char *why, size_t why_len)
         BAD("done_ttl_ms must be 1 ms .. 300 days");
     if (c->handoff_ms == 0 || c->handoff_ms > 60000)
         BAD("handoff_ms must be 1 .. 60000");
+    /* ---- sentinel branch (issue 13): Sentinel and replica settings ---- */
+    {
+        int redis = c->backend == BL_BACKEND_REDIS;
+        int sentinel = redis && bl_url_kind(c->url) == BL_URL_SENTINEL;
+        int replicas = bl_config_min_replicas(c);
+        if (c->sentinel_username && !c->sentinel_password)
+            BAD("sentinel_username needs a sentinel_password (AUTH has no username-only form)");
+        if (redis && !sentinel && (c->sentinel_username || c->sentinel_password))
+            BAD("sentinel_username/sentinel_password are set but url is not a "
+                "redis-sentinel:// URL");
+        if (c->min_replicas < BL_REPLICAS_DEFAULT || c->min_replicas > BL_REPLICAS_MAX)
+            BAD("min_replicas must be 0 .. 64, BL_REPLICAS_AUTO or BL_REPLICAS_DEFAULT");
+        if (c->replica_timeout_ms == 0 || c->replica_timeout_ms > BL_REPLICA_TIMEOUT_MAX)
+            BAD("replica_timeout_ms must be 1 .. 60000 (WAIT 0 would block for ever)");
+        if (redis && replicas != 0 && c->replica_timeout_ms >= c->command_timeout_ms)
+            BAD("replica_timeout_ms must be below command_timeout_ms while replica "
+                "acknowledgement is on (WAIT holds the connection that long)");
+        if (sentinel && !BL_HAVE_SENTINEL_BACKEND)
+            BAD("url: redis-sentinel:// is understood, but this version of bidlock cannot "
+                "follow a Sentinel master yet");
+        if (redis && replicas != 0 && !BL_HAVE_REPLICA_WAIT)
+            BAD("min_replicas: replica acknowledgement (WAIT) is not in this version of "
+                "bidlock yet; set 0");
+    }
+    /* ---- end of the sentinel branch block ---- */
     return BL_OK;
 #undef BAD
 }
@@ -145,6 +172,9 @@ static void manager_free(bl_manager *m)
     if (m->close_timer)
         m->loop.timer_free(m->close_timer);
     wipe(m->password);
+    wipe(m->sentinel_password);
+    free(m->sentinel_username);
+    free(m->sentinel_password);
     free(m->url);
     free(m->host);
     free(m->unix_path);
@@ -184,6 +214,8 @@ int bl_manager_new(const bl_loop *loop, const bl_config *cfg, bl_manager **out)
     m->cfg.key_prefix = m->prefix;
     m->cfg.username = m->username;
     m->cfg.password = m->password;
+    m->cfg.sentinel_username = m->sentinel_username = dup_or_null(cfg->sentinel_username, &oom);
+    m->cfg.sentinel_password = m->sentinel_password = dup_or_null(cfg->sentinel_password, &oom);
     m->backoff.initial_ms = cfg->backoff_initial_ms;
     m->backoff.max_ms = cfg->backoff_max_ms;
     m->backoff.multiplier = cfg->backoff_multiplier;

@@ -677,3 +677,11 @@ int bl_url_kind(const char *url)
     return -1;
 }
 
+int bl_config_min_replicas(const bl_config *c)
+{
+    if (c->min_replicas != BL_REPLICAS_DEFAULT)
+        return c->min_replicas;
+    return c->backend == BL_BACKEND_REDIS && bl_url_kind(c->url) == BL_URL_SENTINEL
+               ? BL_REPLICAS_AUTO
+               : 0;
+}

@@ -618,11 +618,205 @@ Test(validate, db_backend_and_credentials)
     cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_OK, "password alone is fine");
 }
 
+/* ---- Sentinel and replica settings ------------------------------------------ */
+
+/* What bl_config_validate says about a config that is right in every way
+ * but one this version may not serve yet (BL_HAVE_* in internal.h): OK once
+ * it does, until then BL_EINVAL with the sentence that says so. */
+static void assert_ok_once_built(const bl_config *c, int built, const char *not_yet)
+{
+    why[0] = '\0';
+    int rc = bl_config_validate(c, why, sizeof why);
+    if (built) {
+        cr_assert_eq(rc, BL_OK, "%s", why);
+    } else {
+        cr_assert_eq(rc, BL_EINVAL, "accepted although not built yet");
+        cr_assert(strstr(why, not_yet), "wanted \"%s\" in \"%s\"", not_yet, why);
+    }
+}
+
+#define SENTINEL_NOT_YET "cannot follow a Sentinel master yet"
+#define WAIT_NOT_YET "min_replicas: replica acknowledgement (WAIT) is not in this version"
+
+Test(replicas, defaults)
+{
+    bl_config c;
+    bl_config_init(&c);
+    cr_assert_eq(c.min_replicas, BL_REPLICAS_DEFAULT);
+    cr_assert_eq(c.replica_timeout_ms, 100);
+    cr_assert_null(c.sentinel_username);
+    cr_assert_null(c.sentinel_password);
+    cr_assert_eq(bl_config_min_replicas(&c), 0, "off for the default redis host");
+    c.url = "redis://10.0.0.1";
+    cr_assert_eq(bl_config_min_replicas(&c), 0, "off for redis://");
+    c.url = "unix:///tmp/r.sock";
+    cr_assert_eq(bl_config_min_replicas(&c), 0, "off for unix://");
+    c.url = "redis-sentinel://10.0.0.1#m";
+    cr_assert_eq(bl_config_min_replicas(&c), BL_REPLICAS_AUTO, "auto for redis-sentinel://");
+    c.backend = BL_BACKEND_MEMORY;
+    cr_assert_eq(bl_config_min_replicas(&c), 0, "the memory backend has no replicas");
+    c.backend = BL_BACKEND_REDIS;
+    c.min_replicas = 0;
+    cr_assert_eq(bl_config_min_replicas(&c), 0, "an explicit 0 turns it off");
+    c.min_replicas = 2;
+    cr_assert_eq(bl_config_min_replicas(&c), 2);
+    c.url = NULL;
+    c.min_replicas = BL_REPLICAS_AUTO;
+    cr_assert_eq(bl_config_min_replicas(&c), BL_REPLICAS_AUTO, "explicit auto, plain host");
+}
+
+Test(replicas, sentinel_url_config)
+{
+    bl_config c;
+    bl_config_init(&c);
+    c.url = "redis-sentinel://127.0.0.1:26379,127.0.0.1:26380#mymaster";
+    c.sentinel_password = SECRET;
+    assert_ok_once_built(&c, BL_HAVE_SENTINEL_BACKEND && BL_HAVE_REPLICA_WAIT,
+                         BL_HAVE_SENTINEL_BACKEND ? WAIT_NOT_YET : SENTINEL_NOT_YET);
+    if (!BL_HAVE_SENTINEL_BACKEND)
+        cr_assert(strncmp(why, "url: ", 5) == 0, "the CLI shows it as a --url problem: %s",
+                  why);
+    cr_assert_null(strstr(why, "LEAKED"));
+    c.min_replicas = 0; /* Sentinel without WAIT */
+    assert_ok_once_built(&c, BL_HAVE_SENTINEL_BACKEND, SENTINEL_NOT_YET);
+    c.sentinel_username = "watcher";
+    assert_ok_once_built(&c, BL_HAVE_SENTINEL_BACKEND, SENTINEL_NOT_YET);
+    /* Broken parts are named before "not built yet". */
+    c.sentinel_password = NULL;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "sentinel_username needs a sentinel_password"), "%s", why);
+    c.sentinel_password = SECRET;
+    c.url = "redis-sentinel://127.0.0.1#bad name";
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "url: master name contains whitespace"), "%s", why);
+    c.url = "redis-sentinel://127.0.0.1";
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "url: master name is missing"), "%s", why);
+}
+
+Test(replicas, sentinel_credentials_need_a_sentinel_url)
+{
+    bl_config c;
+    bl_config_init(&c);
+    c.sentinel_password = SECRET;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL, "with host/port");
+    cr_assert(strstr(why, "url is not a redis-sentinel:// URL"), "%s", why);
+    cr_assert_null(strstr(why, "LEAKED"));
+    c.url = "redis://10.0.0.1";
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL, "with redis://");
+    c.url = "unix:///tmp/s";
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL, "with unix://");
+    c.sentinel_password = NULL;
+    c.sentinel_username = "watcher";
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "sentinel_username needs a sentinel_password"), "%s", why);
+    c.backend = BL_BACKEND_MEMORY; /* nothing is used: nothing to refuse but the pair */
+    c.sentinel_password = SECRET;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_OK, "%s", why);
+}
+
+Test(replicas, ranges)
+{
+    bl_config c;
+    bl_config_init(&c);
+    c.min_replicas = 0;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_OK, "%s", why);
+    const int bad[] = {-3, -100, 65, 1000};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        c.min_replicas = bad[i];
+        cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL, "%d", bad[i]);
+        cr_assert(strstr(why, "min_replicas must be 0 .. 64"), "%s", why);
+    }
+    const int good[] = {1, 2, 64, BL_REPLICAS_AUTO};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        c.min_replicas = good[i];
+        assert_ok_once_built(&c, BL_HAVE_REPLICA_WAIT, WAIT_NOT_YET);
+    }
+    c.min_replicas = BL_REPLICAS_DEFAULT;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_OK, "%s", why);
+    const uint32_t bad_ms[] = {0, 60001, UINT32_MAX};
+    for (size_t i = 0; i < sizeof bad_ms / sizeof bad_ms[0]; i++) {
+        c.replica_timeout_ms = bad_ms[i];
+        cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL, "%u", bad_ms[i]);
+        cr_assert(strstr(why, "replica_timeout_ms must be 1 .. 60000"), "%s", why);
+    }
+    /* Off, the timeout only has to be in range (a test's small command
+     * timeout stays valid); on, WAIT must end before the command timer. */
+    c.replica_timeout_ms = 60000;
+    c.command_timeout_ms = 300;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_OK, "%s", why);
+    c.min_replicas = 1;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "replica_timeout_ms must be below command_timeout_ms"), "%s", why);
+    c.replica_timeout_ms = 299;
+    assert_ok_once_built(&c, BL_HAVE_REPLICA_WAIT, WAIT_NOT_YET);
+    c.backend = BL_BACKEND_MEMORY;
+    c.replica_timeout_ms = 5000;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_OK,
+                 "the memory backend ignores min_replicas: %s", why);
+}
+
+/* A Sentinel URL must not reach the Redis backend before it can follow one:
+ * bl_manager_new refuses it (and never touches the loop). */
+static int fake_attach(void *impl, struct redisAsyncContext *ac)
+{
+    (void)impl;
+    (void)ac;
+    cr_assert_fail("attach called");
+    return -1;
+}
+static bl_timer *fake_timer_new(void *impl, bl_timer_cb cb, void *data)
+{
+    (void)impl;
+    (void)cb;
+    (void)data;
+    cr_assert_fail("timer_new called");
+    return NULL;
+}
+static void fake_timer_op(bl_timer *t)
+{
+    (void)t;
+}
+static void fake_timer_start(bl_timer *t, uint64_t ms)
+{
+    (void)t;
+    (void)ms;
+}
+static uint64_t fake_now(void *impl)
+{
+    (void)impl;
+    return 0;
+}
+
+Test(replicas, manager_new_refuses_what_it_cannot_serve)
+{
+    bl_loop loop = {.impl = NULL,
+                    .attach = fake_attach,
+                    .timer_new = fake_timer_new,
+                    .timer_start = fake_timer_start,
+                    .timer_stop = fake_timer_op,
+                    .timer_free = fake_timer_op,
+                    .now_ms = fake_now};
+    bl_config c;
+    bl_config_init(&c);
+    c.url = "redis-sentinel://127.0.0.1:1#mymaster";
+    bl_manager *m = NULL;
+    if (!BL_HAVE_SENTINEL_BACKEND)
+        cr_assert_eq(bl_manager_new(&loop, &c, &m), BL_EINVAL);
+    c.url = NULL;
+    c.min_replicas = 1;
+    if (!BL_HAVE_REPLICA_WAIT)
+        cr_assert_eq(bl_manager_new(&loop, &c, &m), BL_EINVAL);
+    cr_assert_null(m);
+}
+
 /* ---- bl_config_from_env ----------------------------------------------------- */
 
 static const char *const vars[] = {"REDIS_URL",      "REDIS_HOST",     "REDIS_PORT",
                                    "REDIS_DB",       "REDIS_USERNAME", "REDIS_PASSWORD",
-                                   "USE_REDIS_LOCKS", "BIDLOCK_ENV",   "ENV"};
+                                   "USE_REDIS_LOCKS", "BIDLOCK_ENV",   "ENV",
+                                   "REDIS_SENTINEL_USERNAME", "REDIS_SENTINEL_PASSWORD",
+                                   "BIDLOCK_MIN_REPLICAS", "BIDLOCK_REPLICA_TIMEOUT_MS"};
 
 static void clear_env(void)
 {
@@ -887,6 +1081,145 @@ Test(env, backend_selection_table)
             cr_assert_eq(c.backend, t[i].want, "row %zu: backend %d", i, c.backend);
             cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_OK, "row %zu: %s", i, why);
         }
+    }
+}
+
+Test(env, sentinel_url_and_credentials)
+{
+    setenv("REDIS_URL", "redis-sentinel://:" SECRET "@127.0.0.1:26379,127.0.0.1:26380/2#mymaster",
+           1);
+    setenv("REDIS_SENTINEL_USERNAME", "watcher", 1);
+    setenv("REDIS_SENTINEL_PASSWORD", "sentinel-" SECRET, 1);
+    bl_config c;
+    bl_config_init(&c);
+    cr_assert_eq(bl_config_from_env(&c, why, sizeof why), BL_OK, "%s", why);
+    cr_assert_eq(c.url, getenv("REDIS_URL"));
+    cr_assert_eq(c.sentinel_username, getenv("REDIS_SENTINEL_USERNAME"));
+    cr_assert_eq(c.sentinel_password, getenv("REDIS_SENTINEL_PASSWORD"));
+    cr_assert_eq(c.backend, BL_BACKEND_REDIS);
+    cr_assert_eq(bl_config_min_replicas(&c), BL_REPLICAS_AUTO, "auto by default with Sentinel");
+    c.min_replicas = 0;
+    assert_ok_once_built(&c, BL_HAVE_SENTINEL_BACKEND, SENTINEL_NOT_YET);
+}
+
+Test(env, sentinel_credentials_with_a_url_set_in_code)
+{
+    setenv("REDIS_SENTINEL_PASSWORD", SECRET, 1);
+    bl_config c;
+    bl_config_init(&c);
+    c.url = "redis-sentinel://10.0.0.1#m";
+    cr_assert_eq(bl_config_from_env(&c, why, sizeof why), BL_OK, "%s", why);
+    cr_assert_str_eq(c.url, "redis-sentinel://10.0.0.1#m", "kept: nothing in the env says where");
+    cr_assert_str_eq(c.sentinel_password, SECRET);
+    cr_assert_null(c.sentinel_username);
+}
+
+Test(env, sentinel_credentials_without_a_sentinel_url_are_refused)
+{
+    const char *urls[] = {NULL, "redis://10.0.0.1", "unix:///tmp/r.sock"};
+    for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
+        clear_env();
+        if (urls[i])
+            setenv("REDIS_URL", urls[i], 1);
+        setenv("REDIS_SENTINEL_PASSWORD", SECRET, 1);
+        cr_assert_eq(from_env_unchanged_on_error("sentinel pw"), BL_EINVAL, "case %zu", i);
+        cr_assert(strstr(why, "REDIS_SENTINEL_USERNAME/REDIS_SENTINEL_PASSWORD are set but the "
+                              "url"),
+                  "case %zu: %s", i, why);
+        cr_assert_null(strstr(why, "LEAKED"), "%s", why);
+    }
+    /* A Sentinel url in code, but REDIS_HOST in the environment wins over it. */
+    clear_env();
+    setenv("REDIS_HOST", "10.0.0.2", 1);
+    setenv("REDIS_SENTINEL_PASSWORD", SECRET, 1);
+    bl_config c;
+    bl_config_init(&c);
+    c.url = "redis-sentinel://10.0.0.1#m";
+    cr_assert_eq(bl_config_from_env(&c, why, sizeof why), BL_EINVAL);
+    cr_assert_str_eq(c.url, "redis-sentinel://10.0.0.1#m", "unchanged on error");
+    /* The memory backend uses no credentials: nothing to refuse. */
+    clear_env();
+    setenv("USE_REDIS_LOCKS", "false", 1);
+    setenv("REDIS_SENTINEL_PASSWORD", SECRET, 1);
+    bl_config_init(&c);
+    cr_assert_eq(bl_config_from_env(&c, why, sizeof why), BL_OK, "%s", why);
+    cr_assert_eq(c.backend, BL_BACKEND_MEMORY);
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_OK, "%s", why);
+}
+
+Test(env, replica_settings)
+{
+    struct {
+        const char *n, *ms;
+        int want_n;
+        uint32_t want_ms;
+    } ok[] = {
+        {"auto", NULL, BL_REPLICAS_AUTO, 100}, {"AUTO", NULL, BL_REPLICAS_AUTO, 100},
+        {"Auto", "250", BL_REPLICAS_AUTO, 250}, {"0", NULL, 0, 100},
+        {"1", "1", 1, 1},                       {"64", "60000", 64, 60000},
+        {"007", NULL, 7, 100},                  {NULL, "40", BL_REPLICAS_DEFAULT, 40},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        clear_env();
+        if (ok[i].n)
+            setenv("BIDLOCK_MIN_REPLICAS", ok[i].n, 1);
+        if (ok[i].ms)
+            setenv("BIDLOCK_REPLICA_TIMEOUT_MS", ok[i].ms, 1);
+        bl_config c;
+        bl_config_init(&c);
+        cr_assert_eq(bl_config_from_env(&c, why, sizeof why), BL_OK, "case %zu: %s", i, why);
+        cr_assert_eq(c.min_replicas, ok[i].want_n, "case %zu", i);
+        cr_assert_eq(c.replica_timeout_ms, ok[i].want_ms, "case %zu", i);
+    }
+    /* Read with REDIS_URL too, and with the REDIS_HOST fields. */
+    clear_env();
+    setenv("REDIS_URL", "redis://10.0.0.1", 1);
+    setenv("BIDLOCK_MIN_REPLICAS", "2", 1);
+    bl_config c;
+    bl_config_init(&c);
+    cr_assert_eq(bl_config_from_env(&c, why, sizeof why), BL_OK, "%s", why);
+    cr_assert_eq(c.min_replicas, 2);
+    assert_ok_once_built(&c, BL_HAVE_REPLICA_WAIT, WAIT_NOT_YET);
+    clear_env();
+    setenv("REDIS_HOST", "10.0.0.1", 1);
+    setenv("BIDLOCK_MIN_REPLICAS", "0", 1);
+    bl_config_init(&c);
+    cr_assert_eq(bl_config_from_env(&c, why, sizeof why), BL_OK, "%s", why);
+    cr_assert_eq(c.min_replicas, 0);
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_OK, "%s", why);
+}
+
+Test(env, bad_replication_variables_name_the_variable_and_change_nothing)
+{
+    struct {
+        const char *var, *value, *part;
+    } bad[] = {
+        {"BIDLOCK_MIN_REPLICAS", "", "BIDLOCK_MIN_REPLICAS is set but empty"},
+        {"BIDLOCK_MIN_REPLICAS", "65", "BIDLOCK_MIN_REPLICAS '65' is out of range 0..64 or 'auto'"},
+        {"BIDLOCK_MIN_REPLICAS", "-1", "BIDLOCK_MIN_REPLICAS '-1' is not a number 0..64 or 'auto'"},
+        {"BIDLOCK_MIN_REPLICAS", "one", "BIDLOCK_MIN_REPLICAS 'one'"},
+        {"BIDLOCK_MIN_REPLICAS", " 1", "BIDLOCK_MIN_REPLICAS '\\x201'"},
+        {"BIDLOCK_MIN_REPLICAS", "auto ", "BIDLOCK_MIN_REPLICAS 'auto\\x20'"},
+        {"BIDLOCK_MIN_REPLICAS", "default", "BIDLOCK_MIN_REPLICAS 'default'"},
+        {"BIDLOCK_REPLICA_TIMEOUT_MS", "", "BIDLOCK_REPLICA_TIMEOUT_MS is set but empty"},
+        {"BIDLOCK_REPLICA_TIMEOUT_MS", "0", "BIDLOCK_REPLICA_TIMEOUT_MS '0' is out of range "
+                                            "1..60000"},
+        {"BIDLOCK_REPLICA_TIMEOUT_MS", "60001", "BIDLOCK_REPLICA_TIMEOUT_MS '60001'"},
+        {"BIDLOCK_REPLICA_TIMEOUT_MS", "1s", "BIDLOCK_REPLICA_TIMEOUT_MS '1s' is not a number"},
+        {"REDIS_SENTINEL_PASSWORD", "", "REDIS_SENTINEL_PASSWORD is set but empty"},
+        {"REDIS_SENTINEL_USERNAME", "", "REDIS_SENTINEL_USERNAME is set but empty"},
+        {"REDIS_SENTINEL_USERNAME", SECRET, "REDIS_SENTINEL_USERNAME is set but "
+                                            "REDIS_SENTINEL_PASSWORD is not"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        clear_env();
+        setenv("REDIS_URL", "redis-sentinel://10.0.0.1#m", 1);
+        setenv(bad[i].var, bad[i].value, 1);
+        cr_assert_eq(from_env_unchanged_on_error(bad[i].var), BL_EINVAL, "case %zu accepted",
+                     i);
+        cr_assert(strstr(why, bad[i].part), "case %zu: wanted \"%s\" in \"%s\"", i,
+                  bad[i].part, why);
+        cr_assert_null(strstr(why, "LEAKED"), "case %zu: %s", i, why);
     }
 }
 
