@@ -1,7 +1,7 @@
 /* bidlock_cli.c - the `bidlock` command: flock(1) across machines, on Redis.
  *
- *   bidlock run [--url URL] [--wait SECONDS] [--ttl MS] [--prefix P] [--done]
- *               MARKETPLACE POSTING -- COMMAND [ARG...]
+ *   bidlock run [--url URL] [--wait SECONDS] [--ttl MS] [--prefix P]
+ *               [--min-replicas N|auto] [--done] MARKETPLACE POSTING -- COMMAND [ARG...]
  *   bidlock status  [--url URL] [--prefix P] MARKETPLACE POSTING
  *   bidlock health  [--url URL]
  *   bidlock cleanup [--url URL] [--prefix P]
@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sysexits.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
@@ -40,7 +41,8 @@
 
 static const char usage_text[] =
     "Usage:\n"
-    "  bidlock run [--url URL] [--wait SECONDS] [--ttl MS] [--prefix P] [--done]\n"
+    "  bidlock run [--url URL] [--wait SECONDS] [--ttl MS] [--prefix P]\n"
+    "              [--min-replicas N|auto] [--done]\n"
     "              MARKETPLACE POSTING -- COMMAND [ARG...]\n"
     "  bidlock status  [--url URL] [--prefix P] MARKETPLACE POSTING\n"
     "  bidlock health  [--url URL]\n"
@@ -77,19 +79,31 @@ static const char help_text[] =
     "           markers and fencing counters stay); print how many.\n"
     "\n"
     "Options\n"
-    "  --url URL       redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or\n"
-    "                  unix:///PATH/TO/SOCKET[?db=N]. HOST must be an IP address\n"
-    "                  or localhost. Without --url the connection comes from the\n"
-    "                  environment, exactly as the library reads it: REDIS_URL, else\n"
-    "                  REDIS_HOST, REDIS_PORT, REDIS_DB, REDIS_USERNAME,\n"
-    "                  REDIS_PASSWORD; USE_REDIS_LOCKS and BIDLOCK_ENV/ENV choose the\n"
-    "                  backend (default: Redis on 127.0.0.1:6379).\n"
+    "  --url URL       redis://[[USER]:PASSWORD@]HOST[:PORT][/DB],\n"
+    "                  unix:///PATH/TO/SOCKET[?db=N] or\n"
+    "                  redis-sentinel://[[USER]:PASSWORD@]HOST[:PORT]\n"
+    "                                   [,HOST[:PORT]...][/DB]#NAME\n"
+    "                  (Sentinels, port 26379 by default, asked for the master NAME;\n"
+    "                  USER/PASSWORD are the master's, the Sentinels' own come from\n"
+    "                  REDIS_SENTINEL_USERNAME/REDIS_SENTINEL_PASSWORD). HOST must be\n"
+    "                  an IP address or localhost. Without --url the connection comes\n"
+    "                  from the environment, exactly as the library reads it:\n"
+    "                  REDIS_URL, else REDIS_HOST, REDIS_PORT, REDIS_DB,\n"
+    "                  REDIS_USERNAME, REDIS_PASSWORD; REDIS_SENTINEL_*,\n"
+    "                  BIDLOCK_MIN_REPLICAS and BIDLOCK_REPLICA_TIMEOUT_MS;\n"
+    "                  USE_REDIS_LOCKS and BIDLOCK_ENV/ENV choose the backend\n"
+    "                  (default: Redis on 127.0.0.1:6379).\n"
     "  --wait SECONDS  How long run waits for a busy lock; decimals allowed\n"
     "                  (0.5). 0 = try once. Default 10.\n"
     "  --ttl MS        Lease length in milliseconds (3 .. 30 days). Default 30000.\n"
     "                  Renewed while COMMAND runs; if bidlock dies, others wait at\n"
     "                  most this long.\n"
     "  --prefix P      Key prefix. Default bid_lock.\n"
+    "  --min-replicas N|auto\n"
+    "                  The lock counts only once N replicas (auto: those connected)\n"
+    "                  acknowledge it (WAIT). Default: auto with a redis-sentinel://\n"
+    "                  URL, else 0 (off). Not in this version yet: only 0 is\n"
+    "                  accepted.\n"
     "  --done          When COMMAND exits 0, mark the posting done (in the same\n"
     "                  atomic step as the release): later runs on it, from any\n"
     "                  machine, do not run COMMAND; they say so and exit 0.\n"
@@ -124,6 +138,7 @@ typedef struct app {
     /* options */
     const char *url, *prefix;
     int64_t wait_ms, ttl_ms;
+    int min_replicas; /* BL_REPLICAS_DEFAULT unless --min-replicas */
     int done_flag;
     const char *mp, *posting;
     char **command;
@@ -700,7 +715,7 @@ static int parse_args(app *a, int argc, char **argv)
     else
         return usage_error("unknown command '%s': expected run, status, health or cleanup", s);
 
-    const char *pos[2] = {NULL, NULL}, *wait = NULL, *ttl = NULL;
+    const char *pos[2] = {NULL, NULL}, *wait = NULL, *ttl = NULL, *replicas = NULL;
     int n = 0, i = 2;
     for (; i < argc; i++) {
         const char *arg = argv[i];
@@ -718,10 +733,11 @@ static int parse_args(app *a, int argc, char **argv)
                 continue;
             }
             /* --name VALUE or --name=VALUE */
-            static const char *const names[] = {"--url", "--prefix", "--wait", "--ttl"};
+            static const char *const names[] = {"--url", "--prefix", "--wait", "--ttl",
+                                                "--min-replicas"};
             const char *val = NULL;
             int which = -1;
-            for (int k = 0; k < 4; k++) {
+            for (int k = 0; k < 5; k++) {
                 size_t len = strlen(names[k]);
                 if (!strncmp(arg, names[k], len) && (arg[len] == '\0' || arg[len] == '=')) {
                     which = k;
@@ -737,7 +753,7 @@ static int parse_args(app *a, int argc, char **argv)
                     return usage_error("%s needs a value", names[which]);
                 val = argv[++i];
             }
-            const char **slot[] = {&a->url, &a->prefix, &wait, &ttl};
+            const char **slot[] = {&a->url, &a->prefix, &wait, &ttl, &replicas};
             *slot[which] = val;
             continue;
         }
@@ -767,6 +783,15 @@ static int parse_args(app *a, int argc, char **argv)
         return usage_error("--ttl '%s' is %s", ttl,
                            rc == -1 ? "not a whole number of milliseconds"
                                     : "out of range (3 ms .. 30 days)");
+    a->min_replicas = BL_REPLICAS_DEFAULT;
+    int64_t nrep;
+    if (replicas && !strcmp(replicas, "auto"))
+        a->min_replicas = BL_REPLICAS_AUTO;
+    else if (replicas && (rc = parse_ms(replicas, 0, 64, &nrep)) != 0)
+        return usage_error("--min-replicas '%s' is %s", replicas,
+                           rc == -1 ? "not a number or 'auto'" : "out of range (0 .. 64)");
+    else if (replicas)
+        a->min_replicas = (int)nrep;
     return -1;
 }
 
@@ -778,6 +803,21 @@ static int make_config(app *a, bl_config *cfg)
     if (a->url) {
         cfg->url = a->url;
         cfg->backend = BL_BACKEND_REDIS;
+        /* A password has no place on a command line: with a Sentinel
+         * --url, the Sentinels' credentials still come from the
+         * environment (with any other --url it is not read at all). */
+        int sentinel = strncasecmp(a->url, "redis-sentinel://", 17) == 0;
+        const char *su = sentinel ? getenv("REDIS_SENTINEL_USERNAME") : NULL;
+        const char *sp = sentinel ? getenv("REDIS_SENTINEL_PASSWORD") : NULL;
+        if ((su && !*su) || (sp && !*sp)) {
+            say("environment: REDIS_SENTINEL_%s is set but empty", su && !*su ? "USERNAME"
+                                                                             : "PASSWORD");
+            return EX_USAGE;
+        }
+        if (su || sp) {
+            cfg->sentinel_username = su;
+            cfg->sentinel_password = sp;
+        }
     } else if (bl_config_from_env(cfg, why, sizeof why) != BL_OK) {
         say("environment: %s", why);
         return EX_USAGE;
@@ -785,9 +825,13 @@ static int make_config(app *a, bl_config *cfg)
     if (a->prefix)
         cfg->key_prefix = a->prefix;
     a->prefix = cfg->key_prefix;
+    if (a->min_replicas != BL_REPLICAS_DEFAULT)
+        cfg->min_replicas = a->min_replicas;
     if (bl_config_validate(cfg, why, sizeof why) != BL_OK) {
         if (a->url && !strncmp(why, "url: ", 5))
             say("--url: %s", why + 5);
+        else if (a->min_replicas != BL_REPLICAS_DEFAULT && !strncmp(why, "min_replicas", 12))
+            say("--min-replicas: %s", why);
         else if (a->prefix && strstr(why, "key_prefix"))
             say("--prefix: %s", why);
         else

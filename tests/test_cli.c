@@ -18,6 +18,7 @@
 #include <criterion/criterion.h>
 
 #include "harness.h"
+#include "internal.h" /* BL_HAVE_SENTINEL_BACKEND, BL_HAVE_REPLICA_WAIT */
 
 #ifndef BIDLOCK_CLI_PATH
 #error "meson passes -DBIDLOCK_CLI_PATH"
@@ -56,7 +57,9 @@ typedef struct result {
 /* Variables the library reads: unset in children unless a test sets them. */
 static const char *const env_vars[] = {"REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB",
                                        "REDIS_USERNAME", "REDIS_PASSWORD", "USE_REDIS_LOCKS",
-                                       "BIDLOCK_ENV", "ENV", NULL};
+                                       "BIDLOCK_ENV", "ENV", "REDIS_SENTINEL_USERNAME",
+                                       "REDIS_SENTINEL_PASSWORD", "BIDLOCK_MIN_REPLICAS",
+                                       "BIDLOCK_REPLICA_TIMEOUT_MS", NULL};
 
 /* Start argv[0] (a path) with env ("NAME=value" strings, may be NULL). */
 static proc start(const char *const *argv, const char *const *env)
@@ -255,6 +258,13 @@ Test(cli, bad_usage_and_invalid_input_exit_64_with_one_line)
         {"status", "--url", "U", "--done", "ebay", "1", NULL},
         {"health", "--url", "U", "--prefix", "p", NULL},
         {"cleanup", "--url", "U", "stray", NULL},
+        {"run", "--url", "U", "--min-replicas", "x", "ebay", "1", "--", "true", NULL},
+        {"run", "--url", "U", "--min-replicas", "65", "ebay", "1", "--", "true", NULL},
+        {"run", "--url", "U", "--min-replicas", "-1", "ebay", "1", "--", "true", NULL},
+        {"status", "--url", "U", "--min-replicas", "1", "ebay", "1", NULL},
+        {"run", "--url", "redis-sentinel://127.0.0.1", "ebay", "1", "--", "true", NULL},
+        {"run", "--url", "redis-sentinel://127.0.0.1,,127.0.0.2#m", "ebay", "1", "--", "true",
+         NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *argv[16] = {BIDLOCK_CLI_PATH};
@@ -282,6 +292,54 @@ Test(cli, bad_usage_and_invalid_input_exit_64_with_one_line)
     cr_assert(strstr(r.err, "--wait") && strstr(r.err, "soon"), "%s", r.err);
     result_free(&r);
     cr_assert_eq(rs_lock_count(&srv), 0, "nothing was locked");
+}
+
+/* Issue 13's configuration side: a Sentinel URL and --min-replicas reach
+ * the library (which refuses them until it can serve them: BL_HAVE_* in
+ * src/internal.h), and 0 replicas is an ordinary run. */
+Test(cli, sentinel_url_and_min_replicas_pass_through)
+{
+    result r = CLI(NULL, "run", "--url", "redis-sentinel://127.0.0.1:1,[::1]:2/3#my%40master",
+                   "--wait", "0", "ebay", "1", "--", "true");
+    if (!BL_HAVE_SENTINEL_BACKEND) {
+        cr_assert_eq(r.code, 64, "exit %d: %s", r.code, r.err);
+        assert_one_error_line(&r);
+        cr_assert(strstr(r.err, "--url: redis-sentinel:// is understood"), "%s", r.err);
+    }
+    result_free(&r);
+    r = CLI(NULL, "run", "--url", "redis-sentinel://127.0.0.1,127.0.0.1#m", "ebay", "1", "--",
+            "true");
+    cr_assert_eq(r.code, 64);
+    cr_assert(strstr(r.err, "--url: sentinel 2:") && strstr(r.err, "same as sentinel 1"), "%s",
+              r.err);
+    result_free(&r);
+    r = CLI(NULL, "run", "--url", url, "--min-replicas", "2", "ebay", "1", "--", "true");
+    if (!BL_HAVE_REPLICA_WAIT) {
+        cr_assert_eq(r.code, 64, "exit %d: %s", r.code, r.err);
+        cr_assert(strstr(r.err, "--min-replicas: "), "%s", r.err);
+    }
+    result_free(&r);
+    r = CLI(NULL, "run", "--url", url, "--min-replicas=0", "ebay", "1", "--", "true");
+    cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
+    result_free(&r);
+    /* The Sentinels' password comes from the environment, never argv. */
+    const char *const env[] = {"REDIS_SENTINEL_PASSWORD=", NULL};
+    proc p = start_cli(env, "health", "--url", "redis-sentinel://127.0.0.1#m", (const char *)NULL);
+    r = finish(&p, 10000);
+    cr_assert_eq(r.code, 64);
+    cr_assert(strstr(r.err, "REDIS_SENTINEL_PASSWORD is set but empty"), "%s", r.err);
+    result_free(&r);
+    const char *const env2[] = {"REDIS_SENTINEL_PASSWORD=pw", NULL};
+    p = start_cli(env2, "run", "--url", url, "ebay", "1", "--", "true", (const char *)NULL);
+    r = finish(&p, 10000);
+    cr_assert_eq(r.code, 0, "not read with a redis:// --url: exit %d: %s", r.code, r.err);
+    result_free(&r);
+    const char *const env3[] = {"REDIS_URL=redis-sentinel://127.0.0.1:1#m",
+                                "BIDLOCK_MIN_REPLICAS=auto", NULL};
+    p = start_cli(env3, "health", (const char *)NULL);
+    r = finish(&p, 10000);
+    cr_assert_eq(r.code, BL_HAVE_SENTINEL_BACKEND ? 69 : 64, "exit %d: %s", r.code, r.err);
+    result_free(&r);
 }
 
 Test(cli, a_bad_environment_exits_64_and_names_the_variable)
