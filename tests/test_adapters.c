@@ -1,7 +1,9 @@
 /* The host-loop adapters, on whichever loop this build runs (harness.h):
  * managers come and go without leaving anything behind, socket errors reach
  * hiredis, a connection freed while its events are pending is safe, and
- * timers keep the contract of bidlock/loop.h. */
+ * timers keep the contract of bidlock/loop.h. On epoll, bidlock is one fd
+ * in the caller's own epoll set (the harness's loop already is such a
+ * caller; the tests at the end write one out). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -355,106 +357,181 @@ Test(adapters, thousands_of_timers_fire_once_each_no_earlier_than_due)
     assert_no_leaks();
 }
 
-/* ---- the epoll loop's own facilities ------------------------------------------------- */
+/* ---- epoll: driven from the caller's own epoll set ----------------------------------- */
 
 #if defined(BL_TEST_LOOP_EPOLL)
+#include <sys/epoll.h>
+
 #include "bidlock/epoll.h"
 
-typedef struct reader {
-    int n, eof, unwatch_at_eof;
-    unsigned last;
-    char buf[64];
-    size_t len;
-} reader;
+/* A program's own loop, written out here rather than taken from the
+ * harness: its epoll set holds bidlock's one fd (data.ptr NULL) and a pipe
+ * of its own. bidlock runs only when its fd is readable. */
+typedef struct own_loop {
+    int epfd, pipe[2];
+    bl_epoll *ep;
+    int pipe_events, dispatches;
+} own_loop;
 
-static void read_cb(bl_epoll_watch *w, int fd, unsigned events, void *data)
+static void own_new(own_loop *o)
 {
-    reader *r = data;
-    r->n++;
-    r->last = events;
-    ssize_t k = read(fd, r->buf + r->len, sizeof r->buf - 1 - r->len);
-    if (k > 0)
-        r->len += (size_t)k;
-    else if (k == 0) {
-        r->eof++;
-        if (r->unwatch_at_eof)
-            bl_epoll_unwatch(w);
+    memset(o, 0, sizeof *o);
+    o->ep = bl_epoll_new();
+    cr_assert(o->ep);
+    o->epfd = epoll_create1(EPOLL_CLOEXEC);
+    cr_assert(o->epfd >= 0);
+    cr_assert_eq(pipe(o->pipe), 0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    cr_assert_eq(epoll_ctl(o->epfd, EPOLL_CTL_ADD, bl_epoll_fd(o->ep), &ev), 0);
+    ev.data.ptr = o;
+    cr_assert_eq(epoll_ctl(o->epfd, EPOLL_CTL_ADD, o->pipe[0], &ev), 0);
+}
+
+/* Turn the caller's loop until *counter >= target (or timeout_ms). */
+static int own_wait(own_loop *o, const int *counter, int target, int timeout_ms)
+{
+    uint64_t end = mono_ms() + (uint64_t)timeout_ms;
+    while (*counter < target && mono_ms() < end) {
+        struct epoll_event evs[8];
+        int n = epoll_wait(o->epfd, evs, 8, 50);
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == NULL) {
+                o->dispatches++;
+                cr_assert(bl_epoll_dispatch(o->ep) >= 0);
+            } else {
+                char buf[16];
+                cr_assert(read(o->pipe[0], buf, sizeof buf) > 0);
+                o->pipe_events++;
+            }
+        }
     }
+    return *counter >= target;
 }
 
-static bl_epoll *own_epoll(tloop *t)
+static void own_free(own_loop *o)
 {
-    return (bl_epoll *)tl_bl(t)->impl;
+    epoll_ctl(o->epfd, EPOLL_CTL_DEL, bl_epoll_fd(o->ep), NULL);
+    bl_epoll_free(o->ep);
+    close(o->pipe[0]);
+    close(o->pipe[1]);
+    close(o->epfd);
 }
 
-Test(adapters, epoll_watches_a_pipe_pauses_and_sees_the_hangup)
+static void on_closed_count(bl_manager *m, void *data)
 {
-    bl_epoll *ep = own_epoll(T);
-    int p[2];
-    cr_assert_eq(pipe(p), 0);
-    reader r = {0};
-    r.unwatch_at_eof = 1;
-    bl_epoll_watch *w = bl_epoll_watch_fd(ep, p[0], BL_EPOLL_READ, read_cb, &r);
-    cr_assert(w);
-    cr_assert(bl_epoll_alive(ep));
-    cr_assert_eq(write(p[1], "ab", 2), 2);
-    cr_assert(tl_wait(T, &r.n, 1, 1000));
-    cr_assert_eq(r.last, BL_EPOLL_READ);
-    cr_assert_eq(bl_epoll_watch_set(w, 0), 0);
-    cr_assert(!bl_epoll_alive(ep), "a paused watch keeps nothing alive");
-    cr_assert_eq(write(p[1], "cd", 2), 2);
-    close(p[1]); /* hang-up while paused: no busy loop, no callback */
-    tl_run_for(T, 30);
-    cr_assert_eq(r.n, 1);
-    cr_assert_eq(bl_epoll_watch_set(w, BL_EPOLL_READ), 0);
-    cr_assert(tl_wait(T, &r.eof, 1, 1000));
-    cr_assert_str_eq(r.buf, "abcd");
-    cr_assert(!bl_epoll_alive(ep), "unwatched from inside its callback");
-    close(p[0]);
+    (void)m;
+    (*(int *)data)++;
 }
 
-Test(adapters, epoll_reports_a_regular_file_as_always_ready)
+Test(adapters, epoll_from_the_callers_own_epoll_set_acquires_and_releases)
 {
-    bl_epoll *ep = own_epoll(T);
-    char path[] = "/tmp/bidlock-file-XXXXXX";
-    int fd = mkstemp(path);
-    cr_assert(fd >= 0);
-    unlink(path);
-    cr_assert_eq(write(fd, "posting\n", 8), 8);
-    lseek(fd, 0, SEEK_SET);
-    reader r = {0};
-    r.unwatch_at_eof = 1;
-    cr_assert(bl_epoll_watch_fd(ep, fd, BL_EPOLL_READ, read_cb, &r), "%s", strerror(errno));
-    cr_assert(tl_wait(T, &r.eof, 1, 1000));
-    cr_assert_str_eq(r.buf, "posting\n");
-    cr_assert(!bl_epoll_alive(ep));
-    close(fd);
+    own_loop o;
+    own_new(&o);
+    bl_loop bl;
+    bl_epoll_loop(&bl, o.ep);
+    bl_config c;
+    bl_config_init(&c);
+    c.port = srv.port;
+    bl_manager *m = NULL;
+    cr_assert_eq(bl_manager_new(&bl, &c, &m), BL_OK);
+
+    outcome a = {0}, r = {0};
+    cr_assert_eq(bl_acquire(m, "ebay", "own-loop", NULL, on_lock, &a, NULL), BL_OK);
+    cr_assert_eq(write(o.pipe[1], "x", 1), 1); /* the program's own fd, same set */
+    cr_assert(own_wait(&o, &a.n, 1, 10000), "acquire never completed");
+    cr_assert_eq(a.status, BL_OK, "%s", bl_strerror(a.status));
+    cr_assert_eq(rs_lock_count(&srv), 1, "the lock is in Redis");
+    cr_assert_eq(bl_release(a.lock, on_lock, &r), BL_OK);
+    cr_assert(own_wait(&o, &r.n, 1, 10000), "release never completed");
+    cr_assert_eq(r.status, BL_OK);
+    cr_assert_eq(rs_lock_count(&srv), 0);
+    cr_assert(own_wait(&o, &o.pipe_events, 1, 1000), "the program's own fd was served too");
+
+    int closed = 0;
+    cr_assert_eq(bl_manager_close(m, on_closed_count, &closed), BL_OK);
+    cr_assert(own_wait(&o, &closed, 1, 10000), "close callback never ran");
+    cr_assert(!bl_epoll_alive(o.ep), "a connection or timer is left");
+    struct epoll_event ev;
+    cr_assert_eq(epoll_wait(o.epfd, &ev, 1, 20), 0,
+                 "with nothing left, bidlock's fd does not wake the caller's loop");
+    cr_assert(o.dispatches > 0);
+    own_free(&o);
+    assert_no_leaks();
 }
 
-static void stop_cb(void *data)
+Test(adapters, epoll_fd_turns_readable_when_a_timer_is_due)
 {
-    bl_epoll_stop(data);
-}
-
-Test(adapters, epoll_run_returns_when_nothing_is_left_or_when_stopped)
-{
-    bl_epoll *ep = own_epoll(T);
-    const bl_loop *l = tl_bl(T);
+    own_loop o;
+    own_new(&o);
+    bl_loop bl;
+    bl_epoll_loop(&bl, o.ep);
     int n = 0;
-    bl_timer *a = l->timer_new(l->impl, count_cb, &n);
-    l->timer_start(a, 20);
+    bl_timer *t = bl.timer_new(bl.impl, count_cb, &n);
+    cr_assert(t);
+    struct epoll_event ev;
+
+    /* Armed outside any dispatch: the caller's epoll_wait wakes for it. */
     uint64_t t0 = mono_ms();
-    cr_assert_eq(bl_epoll_run(ep), 0);
+    bl.timer_start(t, 40);
+    cr_assert_eq(epoll_wait(o.epfd, &ev, 1, 2000), 1, "the timer woke the loop");
+    cr_assert(mono_ms() - t0 >= 39, "woke after %llu ms", (unsigned long long)(mono_ms() - t0));
+    cr_assert_eq(ev.data.ptr, NULL);
+    cr_assert_eq(bl_epoll_dispatch(o.ep), 1);
     cr_assert_eq(n, 1);
-    cr_assert(mono_ms() - t0 >= 20);
-    bl_timer *s = l->timer_new(l->impl, stop_cb, ep);
-    l->timer_start(a, 10000);
-    l->timer_start(s, 10);
-    cr_assert_eq(bl_epoll_run(ep), 0);
-    cr_assert(mono_ms() - t0 < 5000, "stopped, not run to the 10 s timer");
-    cr_assert(bl_epoll_alive(ep));
-    l->timer_free(a);
-    l->timer_free(s);
-    cr_assert(!bl_epoll_alive(ep));
+    cr_assert_eq(epoll_wait(o.epfd, &ev, 1, 20), 0, "one-shot: quiet afterwards");
+
+    /* Moved later, then stopped: no wake-up at the old or any time. */
+    bl.timer_start(t, 10);
+    bl.timer_start(t, 60);
+    cr_assert_eq(epoll_wait(o.epfd, &ev, 1, 30), 0, "re-arming moved it");
+    bl.timer_stop(t);
+    cr_assert_eq(epoll_wait(o.epfd, &ev, 1, 80), 0, "a stopped timer does not wake the loop");
+
+    /* Due at once: readable right away, but the callback waits for dispatch. */
+    bl.timer_start(t, 0);
+    cr_assert_eq(n, 1, "never from inside timer_start");
+    cr_assert_eq(epoll_wait(o.epfd, &ev, 1, 1000), 1);
+    cr_assert_eq(bl_epoll_dispatch(o.ep), 1);
+    cr_assert_eq(n, 2);
+    bl.timer_free(t);
+    cr_assert(!bl_epoll_alive(o.ep));
+    own_free(&o);
+    assert_no_leaks();
+}
+
+/* A timer re-armed with 0 from its own callback runs in the next dispatch,
+ * not in this one: the fd is readable again as soon as this one ends. */
+typedef struct again {
+    const bl_loop *l;
+    bl_timer *t;
+    int n;
+} again;
+
+static void again_cb(void *data)
+{
+    again *g = data;
+    if (++g->n < 3)
+        g->l->timer_start(g->t, 0);
+}
+
+Test(adapters, epoll_a_timer_rearmed_in_its_callback_wakes_the_loop_again)
+{
+    own_loop o;
+    own_new(&o);
+    bl_loop bl;
+    bl_epoll_loop(&bl, o.ep);
+    again g = {&bl, NULL, 0};
+    g.t = bl.timer_new(bl.impl, again_cb, &g);
+    bl.timer_start(g.t, 0);
+    struct epoll_event ev;
+    for (int i = 1; i <= 3; i++) {
+        cr_assert_eq(epoll_wait(o.epfd, &ev, 1, 1000), 1, "round %d: the fd is readable", i);
+        cr_assert_eq(bl_epoll_dispatch(o.ep), 1, "one run per dispatch");
+        cr_assert_eq(g.n, i);
+    }
+    cr_assert_eq(epoll_wait(o.epfd, &ev, 1, 20), 0);
+    bl.timer_free(g.t);
+    own_free(&o);
+    assert_no_leaks();
 }
 #endif

@@ -3,8 +3,10 @@
  * bidlock owns no thread and no loop. Whatever loop the program already runs
  * supplies four things through a bl_loop: attaching a hiredis async context
  * to the loop, one-shot timers, and a monotonic clock. Adapters for libev,
- * libuv and epoll fill a bl_loop for you (bidlock/libev.h, ...); you only
- * need this header to write an adapter of your own.
+ * libuv and epoll fill a bl_loop for you (bidlock/libev.h, ...); they are
+ * header-only, so libbidlock links no loop library and a program links only
+ * the loop it runs. You only need this header to write an adapter of your
+ * own; each adapter header is a page or two to copy from.
  *
  * Contract for an adapter:
  *  - attach(): make the loop drive `ac` (read/write interest through the
