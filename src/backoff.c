@@ -1,5 +1,5 @@
 /* backoff.c - how long a waiting request pauses before its next attempt. */
-#include "internal.h"
+#include "backoff.h"
 
 uint64_t bl_backoff_next(const bl_backoff *b, double *step, uint64_t rnd, uint64_t now,
                          uint64_t deadline)

@@ -32,7 +32,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "internal.h"
+#include "ids.h"
+#include "url.h"
 
 enum env_class { ENV_UNSET, ENV_PROD, ENV_DEV, ENV_UNKNOWN };
 

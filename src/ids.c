@@ -8,7 +8,7 @@
 #include <unistd.h>
 #include <uuid/uuid.h>
 
-#include "internal.h"
+#include "ids.h"
 
 int bl_einval(char *why, size_t why_len, const char *fmt, ...)
 {
@@ -65,24 +65,6 @@ int bl_validate_prefix(const char *prefix, char *why, size_t why_len)
     return 0;
 }
 
-char *bl_make_key(const char *prefix, const char *mp, const char *posting, size_t *len)
-{
-    size_t a = strlen(prefix), b = strlen(mp), c = strlen(posting);
-    size_t n = a + 1 + b + 1 + c;
-    char *key = malloc(n + 1);
-    if (!key)
-        return NULL;
-    memcpy(key, prefix, a);
-    key[a] = ':';
-    memcpy(key + a + 1, mp, b);
-    key[a + 1 + b] = ':';
-    memcpy(key + a + 2 + b, posting, c);
-    key[n] = '\0';
-    if (len)
-        *len = n;
-    return key;
-}
-
 int bl_make_holder(char *buf, size_t len)
 {
     char host[256];
@@ -119,20 +101,6 @@ uint64_t bl_rand_next(uint64_t *state)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
-}
-
-char *bl_make_aux_key(const char *prefix, const char *kind, const char *mp, const char *posting,
-                      size_t *len)
-{
-    size_t a = strlen(prefix), k = strlen(kind), b = strlen(mp), c = strlen(posting);
-    size_t n = a + 2 + k + 1 + b + 1 + c;
-    char *key = malloc(n + 1);
-    if (!key)
-        return NULL;
-    snprintf(key, n + 1, "%s::%s:%s:%s", prefix, kind, mp, posting);
-    if (len)
-        *len = n;
-    return key;
 }
 
 uint64_t bl_now_us(void)

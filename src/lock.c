@@ -6,8 +6,8 @@
  *               WAITING-+                 |  +- refused/expired -> on_lost once
  *                  +-- deadline/cancel --> ENDING --(timer 0)--> callback --> DEAD
  *
- * Only backend completions (bl_lock_op_done), the request's own timer and
- * wake-ups (bl_manager_wake) move a request. The timer is reused for
+ * Only backend completions (op_done), the request's own timer and
+ * wake-ups (bl_lock_wake) move a request. The timer is reused for
  * backoff pauses, lease renewals and deferred completions (a callback must
  * never run inside the call that started it). A request has at most one
  * backend operation in flight; the handle lives until the user is done with
@@ -17,12 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core.h"
-
-static uint64_t now_ms(const bl_manager *m)
-{
-    return m->loop.now_ms(m->loop.impl);
-}
+#include "engine.h"
 
 static void set_errmsg(char *dst, const char *msg)
 {
@@ -49,7 +44,7 @@ void bl_lock_free(bl_lock *lock)
 static void maybe_free(bl_lock *lock)
 {
     bl_manager *m = lock->m;
-    if (lock->state != LS_DEAD || lock->inflight != BL_OP_NONE)
+    if (lock->state != LS_DEAD || lock->op.kind != BL_OP_NONE)
         return;
     if (m->closing) {
         bl_mgr_check_close(m);
@@ -58,13 +53,61 @@ static void maybe_free(bl_lock *lock)
     bl_lock_free(lock);
 }
 
+/* ms this request may still wait: the lifetime of its wait-queue entry on
+ * the server (0 = try once, no entry). */
+static uint64_t queue_ttl(const bl_lock *lock)
+{
+    const bl_manager *m = lock->m;
+    if (lock->try_once || !m->cfg.wake_on_release)
+        return 0;
+    uint64_t now = bl_mgr_now(m);
+    uint64_t left = lock->deadline > now ? lock->deadline - now : 0;
+    return left + m->cfg.handoff_ms + 1000;
+}
+
+/* 1 if another request of this manager waits on lock's key. */
+static int others_wait(bl_lock *lock)
+{
+    if (lock->wq)
+        return lock->wq->nwait > 1;
+    bl_wq *w = bl_wq_find(lock->m, lock->keys.k[BL_KEY_LOCK], lock->keys.len[BL_KEY_LOCK]);
+    return w && w->nwait > 0;
+}
+
+static void op_done(bl_op *op, const bl_op_result *r);
+
 static int start_op(bl_lock *lock, enum bl_op_kind kind)
 {
-    lock->op_sent = now_ms(lock->m);
-    int rc = lock->m->be->vt->start(lock->m->be, lock, kind);
-    if (rc == 0)
-        lock->inflight = kind;
+    bl_manager *m = lock->m;
+    lock->op_sent = bl_mgr_now(m);
+    lock->op = (bl_op){.kind = kind, .keys = &lock->keys, .ttl_ms = lock->ttl_ms,
+                       .errbuf = lock->errmsg, .done = op_done};
+    if (kind == BL_OP_ACQUIRE) {
+        lock->op.queue_ttl_ms = queue_ttl(lock);
+        lock->op.queued = lock->queued;
+        /* Our holder id in the server's queue speaks for every request of
+         * ours on this key: while another one waits, a grant keeps the
+         * entry (moved to the back), for as long as the longest of them
+         * may wait, so the next release wakes it. */
+        uint64_t keep = 0;
+        bl_wq *w = lock->wq ? lock->wq
+                            : bl_wq_find(m, lock->keys.k[BL_KEY_LOCK], lock->keys.len[BL_KEY_LOCK]);
+        for (bl_lock *l = w ? w->head : NULL; l; l = l->wnext)
+            if (l != lock && queue_ttl(l) > keep)
+                keep = queue_ttl(l);
+        lock->op.keep_queued = keep > 0;
+        if (keep > lock->op.queue_ttl_ms)
+            lock->op.queue_ttl_ms = keep;
+    }
+    int rc = m->be->vt->start(m->be, &lock->op);
+    if (rc != 0)
+        lock->op.kind = BL_OP_NONE;
     return rc;
+}
+
+static void leave_server_queue(bl_lock *lock)
+{
+    lock->m->be->vt->leave(lock->m->be, &lock->keys);
 }
 
 static void end_later(bl_lock *lock, enum bl_op_kind kind, int status)
@@ -77,19 +120,16 @@ static void end_later(bl_lock *lock, enum bl_op_kind kind, int status)
 
 /* ---- wait queues ------------------------------------------------------- */
 
-void bl_wq_join(bl_lock *lock); /* manager.c owns the map; see there */
-
 static void leave_queue(bl_lock *lock, int tell_server)
 {
     if (!lock->wq)
         return;
-    bl_manager *m = lock->m;
     int last = lock->wq->nwait == 1;
     bl_wq_leave(lock);
     /* Our holder id sits in the server's queue: take it out so a release
      * does not reserve the lock for a waiter that has gone. */
     if (tell_server && last)
-        m->be->vt->leave(m->be, lock);
+        leave_server_queue(lock);
 }
 
 /* ---- completions -------------------------------------------------------- */
@@ -157,7 +197,7 @@ static void lose(bl_lock *lock)
         return;
     lock->lost = 1;
     lock->m->stats.lost++;
-    bl_log(lock->m, BL_LOG_WARN, "lock %s was lost while held", lock->key);
+    bl_log(lock->m, BL_LOG_WARN, "lock %s was lost while held", lock->keys.k[BL_KEY_LOCK]);
     if (lock->on_lost)
         lock->on_lost(lock, BL_ELOST, lock->on_lost_data);
 }
@@ -170,7 +210,7 @@ static void lose(bl_lock *lock)
 static void arm_answer_deadline(bl_lock *lock)
 {
     bl_manager *m = lock->m;
-    uint64_t now = now_ms(m), limit = m->cfg.command_timeout_ms;
+    uint64_t now = bl_mgr_now(m), limit = m->cfg.command_timeout_ms;
     if (!lock->try_once && lock->state == LS_ACQUIRING)
         limit = lock->deadline > now + 50 ? lock->deadline - now : 50;
     m->loop.timer_start(lock->timer, limit);
@@ -187,15 +227,14 @@ static void attempt(bl_lock *lock)
         arm_answer_deadline(lock);
     if (rc < 0) {
         m->stats.errors_attempt++;
-        m->stats.errors++;
-        m->stats.conn_errors++;
+        bl_mgr_count_error(m, rc);
         if (!lock->errmsg[0])
             set_errmsg(lock->errmsg, "not connected to Redis");
         /* A request already waiting whose retry finds the connection down
          * (dropped, being re-made): nothing reached the server, so keep
          * waiting; the deadline still ends it, then with BL_ECONN. A first
          * attempt still fails at once: a Redis that is down fails closed. */
-        uint64_t now = now_ms(m);
+        uint64_t now = bl_mgr_now(m);
         if (rc == BL_ECONN && !lock->try_once && lock->step > 0 && now < lock->deadline) {
             lock->state = LS_WAITING;
             m->stats.waiting++;
@@ -215,7 +254,7 @@ static void wait_or_give_up(bl_lock *lock)
         fire_acquire(lock, BL_EBUSY);
         return;
     }
-    uint64_t now = now_ms(m);
+    uint64_t now = bl_mgr_now(m);
     if (now >= lock->deadline) {
         fire_acquire(lock, BL_ETIMEDOUT);
         return;
@@ -237,8 +276,7 @@ static void start_release_op(bl_lock *lock, enum bl_op_kind kind)
     if (rc == 0)
         arm_answer_deadline(lock);
     if (rc < 0) {
-        m->stats.errors++;
-        m->stats.conn_errors++;
+        bl_mgr_count_error(m, BL_ECONN);
         if (!lock->errmsg[0])
             set_errmsg(lock->errmsg, "not connected to Redis");
         end_later(lock, BL_OP_RELEASE, rc);
@@ -258,7 +296,7 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
     if (lock->state != LS_HELD || lock->lost)
         return;
     m->loop.timer_stop(lock->timer);
-    uint64_t now = now_ms(m);
+    uint64_t now = bl_mgr_now(m);
     if (r->status == BL_OK) {
         m->stats.extends++;
         lock->lease_until = lock->op_sent + lock->ttl_ms; /* counted from when we asked */
@@ -273,20 +311,17 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
     }
 }
 
-void bl_lock_op_done(bl_lock *lock, const bl_op_result *r)
+static void op_done(bl_op *op, const bl_op_result *r)
 {
+    bl_lock *lock = (bl_lock *)((char *)op - offsetof(bl_lock, op));
     bl_manager *m = lock->m;
-    enum bl_op_kind kind = lock->inflight;
-    lock->inflight = BL_OP_NONE;
+    enum bl_op_kind kind = lock->op.kind;
+    lock->op.kind = BL_OP_NONE;
     if (!lock->abandoned && (lock->state == LS_ACQUIRING || lock->state == LS_RELEASING))
         m->loop.timer_stop(lock->timer); /* the answer came in time */
     int err = r->status == BL_ECONN || r->status == BL_EREDIS;
     if (err) {
-        m->stats.errors++;
-        if (r->status == BL_ECONN)
-            m->stats.conn_errors++;
-        else
-            m->stats.redis_errors++;
+        bl_mgr_count_error(m, r->status);
         set_errmsg(lock->errmsg, r->errmsg);
     }
     if (kind == BL_OP_ACQUIRE) {
@@ -311,11 +346,9 @@ void bl_lock_op_done(bl_lock *lock, const bl_op_result *r)
         }
         /* A busy answer queued us on the server: leave, or the next release
          * reserves the lock for a waiter that has gone. */
-        if (kind == BL_OP_ACQUIRE && r->status == BL_EBUSY && bl_lock_queue_ttl(lock) > 0) {
-            bl_wq *w = bl_manager_wq_find(m, lock->key, lock->keylen);
-            if (!w || w->nwait == 0)
-                m->be->vt->leave(m->be, lock);
-        }
+        if (kind == BL_OP_ACQUIRE && r->status == BL_EBUSY && op->queue_ttl_ms > 0 &&
+            !others_wait(lock))
+            leave_server_queue(lock);
         maybe_free(lock);
         return;
     }
@@ -348,22 +381,20 @@ static void lock_timer_cb(void *data)
         attempt(lock);
         break;
     case LS_ACQUIRING: /* no answer in time: see arm_answer_deadline */
-        if (lock->inflight != BL_OP_ACQUIRE)
+        if (lock->op.kind != BL_OP_ACQUIRE)
             break;
         lock->abandoned = 1;
         set_errmsg(lock->errmsg, "Redis did not answer in time");
         if (lock->try_once) {
-            m->stats.errors++;
-            m->stats.conn_errors++;
+            bl_mgr_count_error(m, BL_ECONN);
         }
         fire_acquire(lock, lock->try_once ? BL_ECONN : BL_ETIMEDOUT);
         break;
     case LS_RELEASING:
-        if (lock->inflight == BL_OP_NONE)
+        if (lock->op.kind == BL_OP_NONE)
             break;
         lock->abandoned = 1;
-        m->stats.errors++;
-        m->stats.conn_errors++;
+        bl_mgr_count_error(m, BL_ECONN);
         set_errmsg(lock->errmsg, "Redis did not answer the release in time; the lock ends "
                                  "with its TTL");
         fire_release(lock, BL_ECONN);
@@ -377,8 +408,8 @@ static void lock_timer_cb(void *data)
     case LS_HELD: /* lease renewal */
         if (lock->lost)
             break;
-        if (lock->inflight != BL_OP_NONE) { /* renewal unanswered */
-            uint64_t now = now_ms(m);
+        if (lock->op.kind != BL_OP_NONE) { /* renewal unanswered */
+            uint64_t now = bl_mgr_now(m);
             if (now >= lock->lease_until)
                 lose(lock);
             else
@@ -389,7 +420,7 @@ static void lock_timer_cb(void *data)
             bl_op_result r = {BL_ECONN, 0, 0, "not connected"};
             extend_done(lock, &r);
         } else {
-            uint64_t now = now_ms(m);
+            uint64_t now = bl_mgr_now(m);
             m->loop.timer_start(lock->timer,
                                 lock->lease_until > now ? lock->lease_until - now : 1);
         }
@@ -399,7 +430,7 @@ static void lock_timer_cb(void *data)
     }
 }
 
-/* Called from bl_manager_wake: a release on our key. */
+/* Called from bl_wq_wake: a release on our key. */
 void bl_lock_wake(bl_lock *lock, int directed)
 {
     bl_manager *m = lock->m;
@@ -431,7 +462,7 @@ void bl_lock_close_one(bl_lock *lock)
         m->stats.held--;
         lock->abandoned = 1;
         m->loop.timer_stop(lock->timer);
-        if (lock->inflight == BL_OP_NONE && start_op(lock, BL_OP_RELEASE) != 0)
+        if (lock->op.kind == BL_OP_NONE && start_op(lock, BL_OP_RELEASE) != 0)
             m->stats.release_errors++;
         if (lock->in_section)
             end_later(lock, BL_OP_RELEASE, BL_ECANCELED);
@@ -460,35 +491,6 @@ void bl_acquire_opts_init(bl_acquire_opts *opts)
     opts->wait_ms = BL_WAIT_DEFAULT;
 }
 
-static const char *const aux_names[BL_AUX_COUNT] = {"q", "fence", "done"};
-
-/* "<prefix>:<mp>:<posting>" (kind NULL) or "<prefix>::<kind>:<mp>:<posting>"
- * into dst, NUL-terminated; returns its length. Plain copies, not sprintf:
- * every request builds four keys, and sprintf was a fifth of the client's
- * instructions per W2 cycle. */
-static size_t build_key(char *dst, const char *prefix, size_t plen, const char *kind,
-                        const char *mp, size_t mlen, const char *posting, size_t xlen)
-{
-    char *p = dst;
-    memcpy(p, prefix, plen);
-    p += plen;
-    *p++ = ':';
-    if (kind) {
-        size_t klen = strlen(kind);
-        *p++ = ':';
-        memcpy(p, kind, klen);
-        p += klen;
-        *p++ = ':';
-    }
-    memcpy(p, mp, mlen);
-    p += mlen;
-    *p++ = ':';
-    memcpy(p, posting, xlen);
-    p += xlen;
-    *p = '\0';
-    return (size_t)(p - dst);
-}
-
 static int start_request(bl_manager *m, const char *mp, const char *posting,
                          const bl_acquire_opts *opts, bl_lock **out)
 {
@@ -514,24 +516,12 @@ static int start_request(bl_manager *m, const char *mp, const char *posting,
         if (opts->auto_extend && ttl < 3)
             return bl_mgr_fail(m, BL_EINVAL, "auto_extend needs ttl_ms >= 3");
     }
-    /* One block: the request and its four key strings. */
+    /* One block: the request and the posting's names. */
     size_t plen = strlen(m->prefix), mlen = strlen(mp), xlen = strlen(posting);
-    size_t keylen = plen + 1 + mlen + 1 + xlen;
-    size_t total = keylen + 1;
-    for (int i = 0; i < BL_AUX_COUNT; i++)
-        total += plen + 2 + strlen(aux_names[i]) + 1 + mlen + 1 + xlen + 1;
-    bl_lock *lock = calloc(1, sizeof *lock + total);
+    bl_lock *lock = calloc(1, sizeof *lock + bl_keys_size(plen, mlen, xlen));
     if (!lock)
         return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
-    char *p = (char *)(lock + 1);
-    lock->key = p;
-    lock->keylen = build_key(p, m->prefix, plen, NULL, mp, mlen, posting, xlen);
-    p += lock->keylen + 1;
-    for (int i = 0; i < BL_AUX_COUNT; i++) {
-        lock->aux[i] = p;
-        lock->auxlen[i] = build_key(p, m->prefix, plen, aux_names[i], mp, mlen, posting, xlen);
-        p += lock->auxlen[i] + 1;
-    }
+    bl_keys_build(&lock->keys, (char *)(lock + 1), m->prefix, plen, mp, mlen, posting, xlen);
     lock->m = m;
     lock->timer = m->loop.timer_new(m->loop.impl, lock_timer_cb, lock);
     if (!lock->timer) {
@@ -540,7 +530,7 @@ static int start_request(bl_manager *m, const char *mp, const char *posting,
     }
     lock->ttl_ms = ttl;
     lock->try_once = wait == 0;
-    lock->started = now_ms(m);
+    lock->started = bl_mgr_now(m);
     lock->started_us = bl_now_us();
     lock->deadline = lock->started + wait;
     if (opts && opts->auto_extend) {
@@ -601,7 +591,7 @@ static int start_release(bl_lock *lock, enum bl_op_kind kind)
     lock->errmsg[0] = '\0';
     lock->started_us = bl_now_us();
     m->loop.timer_stop(lock->timer); /* lease renewal */
-    if (lock->inflight == BL_OP_EXTEND) {
+    if (lock->op.kind == BL_OP_EXTEND) {
         lock->release_after = kind; /* one operation at a time */
         arm_answer_deadline(lock);  /* ...and not forever behind a hung renewal */
         return BL_OK;
@@ -674,30 +664,7 @@ int bl_cancel(bl_lock *lock)
     }
 }
 
-const char *bl_lock_key(const bl_lock *lock) { return lock->key; }
+const char *bl_lock_key(const bl_lock *lock) { return lock->keys.k[BL_KEY_LOCK]; }
 const char *bl_lock_errmsg(const bl_lock *lock) { return lock->errmsg; }
 bl_manager *bl_lock_manager(const bl_lock *lock) { return lock->m; }
 uint64_t bl_lock_token(const bl_lock *lock) { return lock->token; }
-const char *bl_lock_key_len(const bl_lock *lock, size_t *len)
-{
-    *len = lock->keylen;
-    return lock->key;
-}
-const char *bl_lock_aux_key(const bl_lock *lock, int which, size_t *len)
-{
-    *len = lock->auxlen[which];
-    return lock->aux[which];
-}
-uint64_t bl_lock_ttl(const bl_lock *lock) { return lock->ttl_ms; }
-uint64_t bl_lock_queue_ttl(const bl_lock *lock)
-{
-    const bl_manager *m = lock->m;
-    if (lock->try_once || !m->cfg.wake_on_release)
-        return 0;
-    uint64_t now = now_ms(m);
-    uint64_t left = lock->deadline > now ? lock->deadline - now : 0;
-    return left + m->cfg.handoff_ms + 1000;
-}
-enum bl_op_kind bl_lock_inflight(const bl_lock *lock) { return lock->inflight; }
-int bl_lock_queued(const bl_lock *lock) { return lock->queued; }
-char *bl_lock_errbuf(bl_lock *lock) { return lock->errmsg; }

@@ -11,10 +11,12 @@
  * release wakes every waiter (no reserved hand-off), and expiry is checked
  * when a key is touched.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "backend.h"
+#include "ids.h"
 
 #define MEM_BUCKETS 1024
 
@@ -31,13 +33,13 @@ typedef struct mem_entry {
 
 typedef struct mem_op {
     struct mem_op *next;
-    bl_lock *lock;      /* lock operation, or */
+    bl_op *lop;         /* lock operation, or */
     bl_aop *aop;        /* admin operation */
-    enum bl_op_kind kind;
 } mem_op;
 
 typedef struct mem_be {
     bl_backend base;
+    bl_backend_host h;
     struct mem_be *next_be;
     mem_op *head, *tail;
     bl_timer *timer;
@@ -60,8 +62,7 @@ static unsigned bucket(const char *k, size_t n)
 
 static uint64_t now_ms(mem_be *b)
 {
-    const bl_loop *l = bl_manager_loop(b->base.m);
-    return l->now_ms(l->impl);
+    return bl_host_now(&b->h);
 }
 
 static mem_entry *find(const char *key, size_t n, int create)
@@ -124,24 +125,24 @@ static void wake_all(const char *key, size_t n)
 {
     for (mem_be *b = store.backends; b; b = b->next_be)
         if (!b->shutting)
-            bl_manager_wake(b->base.m, key, n, "*", 1);
+            b->h.wake(b->h.ctx, key, n, 0);
 }
 
 /* ---- running operations ------------------------------------------------------ */
 
-static void run_lock_op(mem_be *b, bl_lock *lock, enum bl_op_kind kind)
+static void run_lock_op(mem_be *b, bl_op *op)
 {
-    bl_manager *m = b->base.m;
-    const char *holder = bl_manager_holder(m);
+    enum bl_op_kind kind = op->kind;
+    const char *holder = b->h.holder;
     uint64_t now = now_ms(b);
-    size_t n;
-    const char *key = bl_lock_key_len(lock, &n);
+    size_t n = op->keys->len[BL_KEY_LOCK];
+    const char *key = op->keys->k[BL_KEY_LOCK];
     bl_op_result r = {BL_OK, 0, 0, NULL};
     mem_entry *e = find(key, n, kind == BL_OP_ACQUIRE);
     if (!e && kind == BL_OP_ACQUIRE) {
-        r.status = BL_EREDIS;
+        r.status = BL_ENOMEM;
         r.errmsg = "out of memory in the memory backend";
-        bl_lock_op_done(lock, &r);
+        op->done(op, &r);
         return;
     }
     if (e)
@@ -154,15 +155,15 @@ static void run_lock_op(mem_be *b, bl_lock *lock, enum bl_op_kind kind)
         else if (e->holder)
             r.status = BL_EBUSY;
         else if (!(e->holder = strdup(holder)))
-            r.status = BL_EREDIS, r.errmsg = "out of memory in the memory backend";
+            r.status = BL_ENOMEM, r.errmsg = "out of memory in the memory backend";
         else {
-            e->expires_ms = now + bl_lock_ttl(lock);
+            e->expires_ms = now + op->ttl_ms;
             r.token = next_token(e);
         }
         break;
     case BL_OP_EXTEND:
         if (e && e->holder && strcmp(e->holder, holder) == 0)
-            e->expires_ms = now + bl_lock_ttl(lock);
+            e->expires_ms = now + op->ttl_ms;
         else
             r.status = BL_ENOTHELD;
         break;
@@ -176,7 +177,7 @@ static void run_lock_op(mem_be *b, bl_lock *lock, enum bl_op_kind kind)
         if (kind == BL_OP_RELEASE_DONE) {
             free(e->done_by);
             e->done_by = strdup(holder);
-            e->done_until = now + bl_manager_config(m)->done_ttl_ms;
+            e->done_until = now + b->h.cfg->done_ttl_ms;
         }
         woke = 1;
         break;
@@ -187,22 +188,15 @@ static void run_lock_op(mem_be *b, bl_lock *lock, enum bl_op_kind kind)
      * requests only queue their attempt, which runs on a later drain. */
     if (woke)
         wake_all(key, n);
-    bl_lock_op_done(lock, &r);
-}
-
-static int prefix_matches(const mem_entry *e, const char *prefix, size_t plen)
-{
-    return e->keylen > plen + 1 && memcmp(e->key, prefix, plen) == 0 && e->key[plen] == ':' &&
-           e->key[plen + 1] != ':';
+    op->done(op, &r);
 }
 
 static void run_admin(mem_be *b, bl_aop *op)
 {
-    bl_manager *m = b->base.m;
     uint64_t now = now_ms(b);
     op->status = BL_OK;
     if (op->kind == BL_AOP_INSPECT) {
-        mem_entry *e = find(op->key, strlen(op->key), 0);
+        mem_entry *e = find(op->keys->k[BL_KEY_LOCK], op->keys->len[BL_KEY_LOCK], 0);
         if (e) {
             settle(e, now);
             if (e->holder) {
@@ -216,14 +210,14 @@ static void run_admin(mem_be *b, bl_aop *op)
             maybe_drop(e);
         }
     } else if (op->kind == BL_AOP_CLEANUP) {
-        const char *prefix = bl_manager_prefix(m), *holder = bl_manager_holder(m);
+        const char *prefix = b->h.prefix, *holder = b->h.holder;
         size_t plen = strlen(prefix);
         for (int i = 0; i < MEM_BUCKETS; i++) {
             mem_entry *e = store.buckets[i];
             while (e) {
                 mem_entry *next = e->next;
                 settle(e, now);
-                if (e->holder && prefix_matches(e, prefix, plen) &&
+                if (e->holder && bl_keys_is_lock_key(e->key, e->keylen, prefix, plen) &&
                     (!op->mine_only || strcmp(e->holder, holder) == 0)) {
                     free(e->holder);
                     e->holder = NULL;
@@ -246,53 +240,56 @@ static void drain(void *data)
     while (list) {
         mem_op *op = list;
         list = op->next;
-        if (op->lock)
-            run_lock_op(b, op->lock, op->kind);
+        if (op->lop)
+            run_lock_op(b, op->lop);
         else
             run_admin(b, op->aop);
         free(op);
     }
     if (b->shutting && !b->head)
-        bl_manager_backend_closed(b->base.m);
+        b->h.closed(b->h.ctx);
 }
 
-static int enqueue(mem_be *b, bl_lock *lock, bl_aop *aop, enum bl_op_kind kind)
+static int enqueue(mem_be *b, bl_op *lop, bl_aop *aop)
 {
     mem_op *op = calloc(1, sizeof *op);
     if (!op)
         return BL_ENOMEM;
-    op->lock = lock;
+    op->lop = lop;
     op->aop = aop;
-    op->kind = kind;
     if (b->tail)
         b->tail->next = op;
     else
         b->head = op;
     b->tail = op;
-    bl_manager_loop(b->base.m)->timer_start(b->timer, 0);
+    b->h.loop->timer_start(b->timer, 0);
     return 0;
 }
 
-static int be_start(bl_backend *be, bl_lock *lock, enum bl_op_kind kind)
+static int be_start(bl_backend *be, bl_op *op)
 {
-    return enqueue((mem_be *)be, lock, NULL, kind);
+    int rc = enqueue((mem_be *)be, op, NULL);
+    if (rc)
+        snprintf(op->errbuf, BL_ERRMSG_MAX, "out of memory");
+    return rc;
 }
 
 static int be_admin(bl_backend *be, bl_aop *op)
 {
-    return enqueue((mem_be *)be, NULL, op, BL_OP_NONE);
+    return enqueue((mem_be *)be, NULL, op);
 }
 
-static void be_leave(bl_backend *be, bl_lock *lock)
+static void be_leave(bl_backend *be, const bl_keys *keys)
 {
     (void)be;
-    (void)lock;
+    (void)keys;
 }
 
-static void be_watch(bl_backend *be, bl_wq *wq, int on)
+static void be_watch(bl_backend *be, const char *key, size_t keylen, int on)
 {
     (void)be;
-    (void)wq;
+    (void)key;
+    (void)keylen;
     (void)on;
 }
 
@@ -307,7 +304,7 @@ static void be_shutdown(bl_backend *be, int force)
     mem_be *b = (mem_be *)be;
     (void)force; /* nothing can hang: the queue drains on the next turn */
     b->shutting = 1;
-    bl_manager_loop(be->m)->timer_start(b->timer, 0);
+    b->h.loop->timer_start(b->timer, 0);
 }
 
 static void be_free(bl_backend *be)
@@ -324,7 +321,7 @@ static void be_free(bl_backend *be)
         free(op);
     }
     if (b->timer)
-        bl_manager_loop(be->m)->timer_free(b->timer);
+        b->h.loop->timer_free(b->timer);
     free(b);
     if (!store.backends) { /* last one out frees the store */
         for (int i = 0; i < MEM_BUCKETS; i++)
@@ -342,15 +339,14 @@ static const bl_backend_vt mem_vt = {
     "memory", be_start, be_leave, be_watch, be_admin, be_conn_state, be_shutdown, be_free,
 };
 
-int bl_memory_backend_new(bl_manager *m, bl_backend **out)
+int bl_memory_backend_new(const bl_backend_host *host, bl_backend **out)
 {
     mem_be *b = calloc(1, sizeof *b);
     if (!b)
         return BL_ENOMEM;
     b->base.vt = &mem_vt;
-    b->base.m = m;
-    const bl_loop *l = bl_manager_loop(m);
-    b->timer = l->timer_new(l->impl, drain, b);
+    b->h = *host;
+    b->timer = host->loop->timer_new(host->loop->impl, drain, b);
     if (!b->timer) {
         free(b);
         return BL_ENOMEM;

@@ -1,9 +1,10 @@
-/* metrics.c - Prometheus text exposition of a metrics snapshot. */
+/* metrics.c - latency histograms, metrics snapshots and their Prometheus
+ * text exposition. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "internal.h"
+#include "engine.h"
 
 typedef struct out {
     char *buf;
@@ -82,5 +83,29 @@ size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len)
     histogram(&o, "acquire_seconds", "Time from bl_acquire to the lock being held.",
               &mt->acquire_ms);
     histogram(&o, "release_seconds", "Time from bl_release to its answer.", &mt->release_ms);
-    return o.used + 1;
+    return o.used;
+}
+
+/* ---- snapshots ------------------------------------------------------------ */
+
+const double bl_hist_bounds_ms[BL_HIST_BUCKETS] = {0.1, 0.25, 0.5, 1,   2.5,  5,    10,
+                                                   25,  50,   100, 250, 500, 1000, 2500};
+
+void bl_hist_add(bl_histogram *h, double ms)
+{
+    int i = 0;
+    while (i < BL_HIST_BUCKETS && ms > bl_hist_bounds_ms[i])
+        i++;
+    h->counts[i]++;
+    h->count++;
+    h->sum_ms += ms;
+}
+
+void bl_manager_metrics(const bl_manager *m, bl_metrics *out)
+{
+    memset(out, 0, sizeof *out);
+    bl_manager_stats(m, &out->stats);
+    out->conn_state = m->be->vt->conn_state(m->be);
+    out->acquire_ms = m->acquire_hist;
+    out->release_ms = m->release_hist;
 }

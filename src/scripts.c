@@ -1,15 +1,9 @@
-/* scripts.c - Lua bodies.
+/* scripts.c - Lua bodies. The names they work on are in keyspace.h.
  *
- * Keys of one posting (prefix P, marketplace M, posting X):
- *   P:M:X          the lock: holder id, or "~"..holder while a release has
- *                  reserved it for that waiter (fair hand-off, short PX)
- *   P::q:M:X       waiters: sorted set holder -> arrival ms (server clock)
- *   P::fence:M:X   last fencing token handed out
- *   P::done:M:X    done marker (holder that marked it)
- * A marketplace is never empty, so "P::..." can never be a lock key.
- * A waiter listens on the channel "<lock key>|<its holder id>" (channels
- * are not keys) while it waits: a hand-off message reaches only the
- * waiter it was handed to.
+ * A waiter listens on the channel "<lock key>|<its holder id>" while it
+ * waits: a hand-off message reaches only the waiter it was handed to. The
+ * queue holds holder ids, one per manager: the entry speaks for every
+ * request of that manager on the key (see keep_queued in backend.h).
  *
  * Fencing tokens are max(last + 1, server time in us): strictly increasing
  * while the fence key lives, and still increasing after it expired as long
@@ -21,6 +15,8 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
     /* KEYS: lock fence done queue
      * ARGV: holder ttl_ms fence_ttl_ms queue_ttl_ms(0 = try once, no queue)
      *       queued(1 if this request joined the queue before)
+     *       keep(1 if another request of this holder still waits: a grant
+     *       keeps the holder in the queue, moved to the back)
      * -> token > 0 | 0 busy | -2 done
      * The uncontended path is SET NX first: 4 calls in all. */
     [BL_SCRIPT_ACQUIRE] = {"acquire",
@@ -38,10 +34,14 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "end\n"
         "if redis.call('EXISTS', KEYS[3]) == 1 then\n"
         "  redis.call('DEL', KEYS[1])\n"
-        "  redis.call('ZREM', KEYS[4], ARGV[1])\n"
+        "  if ARGV[6] ~= '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end\n"
         "  return -2\n"
         "end\n"
-        "if ARGV[5] == '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end\n"
+        "if ARGV[6] == '1' then\n"
+        "  local t = redis.call('TIME')\n"
+        "  redis.call('ZADD', KEYS[4], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])\n"
+        "  if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end\n"
+        "elseif ARGV[5] == '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end\n"
         /* SET .. GET writes the new token and returns the last one in one
          * call; only if the clock stepped back is it written again. */
         "local t = redis.call('TIME')\n"

@@ -43,7 +43,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "internal.h"
+#include "ids.h"
+#include "url.h"
 
 #define QUOTE_MAX 40
 

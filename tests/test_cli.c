@@ -18,7 +18,7 @@
 #include <criterion/criterion.h>
 
 #include "harness.h"
-#include "internal.h" /* BL_HAVE_SENTINEL_BACKEND, BL_HAVE_REPLICA_WAIT */
+#include "url.h" /* BL_HAVE_SENTINEL_BACKEND, BL_HAVE_REPLICA_WAIT */
 
 #ifndef BIDLOCK_CLI_PATH
 #error "meson passes -DBIDLOCK_CLI_PATH"

@@ -8,7 +8,8 @@
 
 #include <criterion/criterion.h>
 
-#include "internal.h"
+#include "ids.h"
+#include "url.h"
 
 #define SECRET "Zq9-LEAKED-PW"
 

@@ -6,7 +6,10 @@
 
 #include <criterion/criterion.h>
 
-#include "internal.h"
+#include "backoff.h"
+#include "ids.h"
+#include "keyspace.h"
+#include "resp.h"
 
 static char why[256];
 

@@ -10,7 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "ids.h"
+#include "keyspace.h"
 
 #define CHECK(cond)                                                                        \
     do {                                                                                   \

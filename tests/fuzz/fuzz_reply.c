@@ -18,7 +18,7 @@
 
 #include <hiredis/hiredis.h>
 
-#include "internal.h"
+#include "resp.h"
 #include "scripts.h"
 
 #define CHECK(cond)                                                                        \

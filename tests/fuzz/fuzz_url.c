@@ -15,7 +15,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "internal.h"
+#include "ids.h"
+#include "url.h"
 
 #define CHECK(cond)                                                                        \
     do {                                                                                   \

@@ -1,9 +1,12 @@
-/* core.h - the manager and request structs, shared by lock.c and manager.c
- * only. Backends see them through the accessors in internal.h. */
-#ifndef BIDLOCK_CORE_H
-#define BIDLOCK_CORE_H
+/* engine.h - the manager and request structs, shared by the engine's files
+ * (lock.c, waitq.c, manager.c, config.c, admin.c, metrics.c). Backends
+ * never see them: they get a bl_op / bl_aop and a bl_backend_host. */
+#ifndef BIDLOCK_ENGINE_H
+#define BIDLOCK_ENGINE_H
 
-#include "internal.h"
+#include "backend.h"
+#include "backoff.h"
+#include "ids.h"
 
 enum lock_state {
     LS_ACQUIRING, /* an acquire attempt is in flight */
@@ -14,33 +17,39 @@ enum lock_state {
     LS_DEAD       /* the user is done with it; freed once nothing is in flight */
 };
 
+/* The requests of this manager that wait on one key, oldest first. */
+typedef struct bl_wq {
+    bl_lock *head, *tail;
+    int nwait;
+    struct bl_wq *hnext; /* hash chain */
+    size_t keylen;
+    char key[];
+} bl_wq;
+
 struct bl_lock {
     bl_manager *m;
     bl_lock *prev, *next;   /* manager's list of live requests */
     bl_lock *wprev, *wnext; /* its wait queue (while wq != NULL) */
     bl_wq *wq;
     enum lock_state state;
-    enum bl_op_kind inflight;
-    int abandoned;      /* user no longer waits for this grant/lock: give it back */
-    char *key;
-    size_t keylen;
-    char *aux[BL_AUX_COUNT];
-    size_t auxlen[BL_AUX_COUNT];
+    bl_op op;               /* the backend operation; op.kind != NONE while in flight */
+    int abandoned;          /* user no longer waits for this grant/lock: give it back */
+    bl_keys keys;
     uint64_t ttl_ms;
-    uint64_t started;   /* loop clock, bl_acquire */
+    uint64_t started;       /* loop clock, bl_acquire */
     uint64_t started_us;
-    uint64_t deadline;  /* loop clock */
+    uint64_t deadline;      /* loop clock */
     int try_once;
-    int queued;         /* joined the server's wait queue */
-    double step;        /* backoff state */
-    bl_timer *timer;    /* backoff, deferred completion, lease renewal */
+    int queued;             /* joined the server's wait queue */
+    double step;            /* backoff state */
+    bl_timer *timer;        /* backoff, deferred completion, lease renewal */
     int pending_status;
     enum bl_op_kind pending_kind; /* which callback ENDING fires */
     uint64_t token;
     /* lease */
     int auto_extend, lost;
-    uint64_t lease_until; /* loop clock: the lease surely ends by then */
-    uint64_t op_sent;     /* loop clock: when the last operation was sent */
+    uint64_t lease_until;   /* loop clock: the lease surely ends by then */
+    uint64_t op_sent;       /* loop clock: when the last operation was sent */
     void (*on_lost)(bl_lock *, int, void *);
     void *on_lost_data;
     enum bl_op_kind release_after; /* a release asked for while extending */
@@ -66,11 +75,12 @@ struct bl_manager {
     bl_loop loop;
     bl_config cfg; /* string fields point at the copies below */
     char *url, *host, *unix_path, *prefix, *username, *password;
-    char *sentinel_username, *sentinel_password; /* sentinel branch (issue 13) */
+    char *sentinel_username, *sentinel_password;
     char holder[BL_HOLDER_MAX];
     size_t holder_len;
     char errmsg[BL_ERRMSG_MAX];
     bl_backend *be;
+    bl_backend_host host_if; /* what the backend was given */
     bl_lock *locks;
     bl_wq *wq[BL_WQ_BUCKETS];
     bl_stats stats;
@@ -86,14 +96,27 @@ struct bl_manager {
     void *close_data;
 };
 
-/* lock.c -> manager.c */
-void bl_mgr_check_close(bl_manager *m);
+static inline uint64_t bl_mgr_now(const bl_manager *m)
+{
+    return m->loop.now_ms(m->loop.impl);
+}
+
+/* manager.c */
 int bl_mgr_fail(bl_manager *m, int status, const char *msg);
+void bl_mgr_check_close(bl_manager *m);
+void bl_log(const bl_manager *m, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Count an operation that failed: conn_errors or redis_errors. */
+void bl_mgr_count_error(bl_manager *m, int status);
+/* metrics.c */
 void bl_hist_add(bl_histogram *h, double ms);
-/* lock.c: join/leave a wait queue */
+/* waitq.c: the engine's wait queues */
 void bl_wq_join(bl_lock *lock);
 void bl_wq_leave(bl_lock *lock);
-/* manager.c: cancel/abandon everything at close */
+void bl_wq_wake(bl_manager *m, const char *key, size_t keylen, int directed);
+bl_wq *bl_wq_find(bl_manager *m, const char *key, size_t keylen);
+void bl_wq_free_all(bl_manager *m);
+/* lock.c: close and wake-up entry points */
 void bl_lock_close_one(bl_lock *lock);
 void bl_lock_flush_ending(bl_lock *lock);
 void bl_lock_free(bl_lock *lock);

@@ -1,0 +1,136 @@
+/* admin.c - health, inspection and cleanup: the engine's side of the
+ * admin operations. The backend runs a bl_aop (backend.h) and finishes it
+ * through its deliver/release hooks; the user's typed callback lives here,
+ * next to the op, never cast through void *. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+typedef struct admin_req {
+    bl_aop op; /* first: the backend sees only this */
+    bl_manager *m;
+    union {
+        bl_health_cb health;
+        bl_inspect_cb inspect;
+        bl_cleanup_cb cleanup;
+    } cb;
+    void *data;
+} admin_req;
+
+static void deliver(bl_aop *op)
+{
+    admin_req *r = (admin_req *)op;
+    bl_manager *m = r->m;
+    m->admin_inflight--;
+    switch (op->kind) {
+    case BL_AOP_PING: {
+        bl_health h = {op->status, m->be->vt->conn_state(m->be), op->latency_ms,
+                       m->be->vt->name, op->errmsg};
+        r->cb.health(m, &h, r->data);
+        break;
+    }
+    case BL_AOP_INSPECT:
+        op->info.status = op->status;
+        op->info.errmsg = op->errmsg;
+        r->cb.inspect(m, &op->info, r->data);
+        break;
+    case BL_AOP_CLEANUP:
+        r->cb.cleanup(m, op->status, op->removed, r->data);
+        break;
+    }
+    bl_mgr_check_close(m);
+}
+
+static void release(bl_aop *op)
+{
+    admin_req *r = (admin_req *)op;
+    if (op->timer)
+        r->m->loop.timer_free(op->timer);
+    free(op->keys);
+    free(op->holder_buf);
+    free(r);
+}
+
+static admin_req *req_new(bl_manager *m, enum bl_aop_kind kind, void *data)
+{
+    admin_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->op.kind = kind;
+    r->op.started_us = bl_now_us();
+    r->op.deliver = deliver;
+    r->op.release = release;
+    r->m = m;
+    r->data = data;
+    return r;
+}
+
+static int req_start(bl_manager *m, admin_req *r)
+{
+    int rc = m->be->vt->admin(m->be, &r->op);
+    if (rc < 0) {
+        release(&r->op);
+        return bl_mgr_fail(m, rc, rc == BL_ENOMEM ? "out of memory"
+                                                  : "the backend cannot take the request");
+    }
+    m->admin_inflight++;
+    return BL_OK;
+}
+
+/* The checks every admin call shares; 0 if it may go on. */
+static int refuse(bl_manager *m, int cb_missing)
+{
+    if (!m)
+        return BL_EINVAL;
+    if (cb_missing)
+        return bl_mgr_fail(m, BL_EINVAL, "callback is NULL");
+    if (m->closing)
+        return bl_mgr_fail(m, BL_ECLOSED, "the manager is closing");
+    return 0;
+}
+
+int bl_health_check(bl_manager *m, bl_health_cb cb, void *data)
+{
+    int rc = refuse(m, !cb);
+    if (rc)
+        return rc;
+    admin_req *r = req_new(m, BL_AOP_PING, data);
+    if (!r)
+        return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
+    r->cb.health = cb;
+    return req_start(m, r);
+}
+
+int bl_inspect(bl_manager *m, const char *marketplace, const char *posting, bl_inspect_cb cb,
+               void *data)
+{
+    int rc = refuse(m, !cb);
+    if (rc)
+        return rc;
+    char why[BL_ERRMSG_MAX];
+    if (bl_validate_id(marketplace, 1, why, sizeof why) ||
+        bl_validate_id(posting, 0, why, sizeof why))
+        return bl_mgr_fail(m, BL_EINVAL, why);
+    admin_req *r = req_new(m, BL_AOP_INSPECT, data);
+    if (!r || !(r->op.keys = bl_keys_new(m->prefix, marketplace, posting))) {
+        free(r);
+        return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
+    }
+    r->cb.inspect = cb;
+    r->op.info.pttl_ms = -1;
+    return req_start(m, r);
+}
+
+int bl_cleanup(bl_manager *m, int mine_only, bl_cleanup_cb cb, void *data)
+{
+    int rc = refuse(m, !cb);
+    if (rc)
+        return rc;
+    admin_req *r = req_new(m, BL_AOP_CLEANUP, data);
+    if (!r)
+        return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
+    r->cb.cleanup = cb;
+    r->op.mine_only = mine_only != 0;
+    return req_start(m, r);
+}

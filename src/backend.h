@@ -1,0 +1,165 @@
+/* backend.h - the seam between the engine and a store (Redis, memory).
+ *
+ * One way only. The engine hands a backend a request descriptor that
+ * carries everything the store needs and how to finish (bl_op, bl_aop); a
+ * backend is created with a host struct (bl_backend_host) that says where
+ * it runs and whom to tell about things nobody asked for (a wake-up, the
+ * end of a close). A backend includes this header and nothing of the
+ * engine's; no backend calls the engine by name.
+ *
+ * Ownership: the engine owns every bl_op and bl_aop; a backend holds a
+ * pointer to one from the start call until it calls its done (bl_op) or
+ * release (bl_aop) hook, exactly once. The engine owns who waits on which
+ * key; a backend owns only what it needs to hear about releases (the Redis
+ * backend's subscriptions).
+ */
+#ifndef BIDLOCK_BACKEND_H
+#define BIDLOCK_BACKEND_H
+
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "common.h"
+#include "keyspace.h"
+
+#define BL_FENCE_TTL_MS (24ULL * 3600 * 1000) /* how long a fence counter lives */
+
+enum bl_op_kind {
+    BL_OP_NONE = 0,
+    BL_OP_ACQUIRE,      /* join the wait queue unless try-once */
+    BL_OP_RELEASE,
+    BL_OP_RELEASE_DONE, /* release and mark the posting done */
+    BL_OP_EXTEND
+};
+
+/* The outcome of one lock operation. status: BL_OK, BL_EBUSY (acquire
+ * found it taken), BL_EDONE, BL_ENOTHELD (release/extend refused),
+ * BL_ECONN, BL_EREDIS, BL_ENOMEM. token: for a granted acquire. handed_off:
+ * a release gave the lock to a waiter. errmsg: valid during the call. */
+typedef struct bl_op_result {
+    int status;
+    uint64_t token;
+    int handed_off;
+    const char *errmsg;
+} bl_op_result;
+
+/* One lock operation: what to do, on which names, and how to finish. The
+ * engine fills it before each start; it stays valid and unchanged until
+ * done has been called. */
+typedef struct bl_op {
+    enum bl_op_kind kind;
+    const bl_keys *keys;
+    uint64_t ttl_ms;       /* acquire, extend: the lease */
+    uint64_t queue_ttl_ms; /* acquire: lifetime of our wait-queue entry; 0 = try once */
+    int queued;            /* acquire: an earlier attempt of this request queued us */
+    int keep_queued;       /* acquire: another request of ours waits on this key, so
+                            * a grant must keep our place in the queue */
+    char *errbuf;          /* BL_ERRMSG_MAX bytes: why a start failed synchronously */
+    void (*done)(struct bl_op *op, const bl_op_result *r);
+} bl_op;
+
+/* Admin operations (health, inspect, cleanup). */
+enum bl_aop_kind { BL_AOP_PING, BL_AOP_INSPECT, BL_AOP_CLEANUP };
+typedef struct bl_aop {
+    enum bl_aop_kind kind;
+    bl_keys *keys;      /* inspect: the posting's names */
+    int mine_only;      /* cleanup */
+    uint64_t started_us;
+    /* results, filled by the backend before deliver */
+    int status;
+    char errmsg[BL_ERRMSG_MAX];
+    double latency_ms;
+    bl_lock_info info;
+    char *holder_buf;   /* inspect: malloc'd holder id, freed by release */
+    uint64_t removed;
+    /* engine hooks: deliver runs the user's callback (once); release frees
+     * the op (and its timer). An answer that did not come in time is
+     * delivered at once and released when the late answer, or the
+     * connection's end, comes: see bl_aop_done. */
+    void (*deliver)(struct bl_aop *op);
+    void (*release)(struct bl_aop *op);
+    void *engine;
+    /* the backend's own */
+    char cursor[32];     /* cleanup: SCAN cursor */
+    struct bl_aop *next;
+    bl_timer *timer;     /* bounds the wait for an answer; freed by release */
+    int orphaned;        /* delivered already; release it on the late answer */
+} bl_aop;
+
+static inline void bl_aop_done(bl_aop *op)
+{
+    op->deliver(op);
+    op->release(op);
+}
+
+/* What a backend is given at creation. Copied by the backend; every
+ * pointer in it outlives the backend. */
+typedef struct bl_backend_host {
+    const bl_loop *loop;
+    const bl_config *cfg; /* validated; strings live as long as the backend */
+    const char *holder;   /* this manager's holder id */
+    size_t holder_len;
+    const char *prefix;
+    void *ctx;            /* passed back to every hook below */
+    /* A release was seen on key: the engine wakes its waiters there.
+     * directed: the lock was handed to us (the oldest waiter goes);
+     * otherwise everyone retries. */
+    void (*wake)(void *ctx, const char *key, size_t keylen, int directed);
+    /* A shutdown finished: nothing is in flight and no callback will come. */
+    void (*closed)(void *ctx);
+    /* The connection came back after a loss (counted in the stats). */
+    void (*reconnected)(void *ctx);
+    uint64_t (*rand)(void *ctx);
+    void (*log)(void *ctx, int level, const char *line); /* NULL: silent */
+} bl_backend_host;
+
+/* Log a formatted line through the host (no newline, never a password). */
+static inline void bl_host_log(const bl_backend_host *h, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static inline void bl_host_log(const bl_backend_host *h, int level, const char *fmt, ...)
+{
+    if (!h->log)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    h->log(h->ctx, level, line);
+}
+
+static inline uint64_t bl_host_now(const bl_backend_host *h)
+{
+    return h->loop->now_ms(h->loop->impl);
+}
+
+typedef struct bl_backend bl_backend;
+typedef struct bl_backend_vt {
+    const char *name;
+    /* Start op. On 0, op->done is called exactly once, later, from the
+     * loop. On a negative status nothing was sent, done is never called,
+     * and op->errbuf may say why. */
+    int (*start)(bl_backend *be, bl_op *op);
+    /* Fire-and-forget: this holder stops waiting on the posting. */
+    void (*leave)(bl_backend *be, const bl_keys *keys);
+    /* The first waiter of ours arrived on key (on = 1) / the last one left. */
+    void (*watch)(bl_backend *be, const char *key, size_t keylen, int on);
+    /* Admin op: 0 and bl_aop_done later (exactly once), or a negative
+     * status and nothing happens. */
+    int (*admin)(bl_backend *be, bl_aop *op);
+    int (*conn_state)(const bl_backend *be); /* enum bl_conn_state */
+    /* Close: let in-flight operations finish, then call host->closed.
+     * force: drop the connection now (in-flight operations end with
+     * BL_ECONN). May be called again with force = 1. */
+    void (*shutdown)(bl_backend *be, int force);
+    void (*free)(bl_backend *be);
+} bl_backend_vt;
+
+struct bl_backend {
+    const bl_backend_vt *vt;
+};
+
+int bl_redis_backend_new(const bl_backend_host *host, bl_backend **out);
+int bl_memory_backend_new(const bl_backend_host *host, bl_backend **out);
+
+#endif

@@ -1,0 +1,113 @@
+/* redis.h - the Redis backend's own parts, shared by its files only:
+ *   redis.c        creation, the vtable, shutdown and free
+ *   redis_conn.c   connections: connect, AUTH/SELECT, deadlines, reconnect
+ *   redis_ops.c    the script cache and the lock operations
+ *   redis_sub.c    the subscriber connection's table: wake-ups, linger
+ *   redis_admin.c  PING, inspect, cleanup (SCAN + script)
+ *   resp.c         the pure codec (resp.h), fuzzed on its own
+ *
+ * hiredis 0.14.1 facts these files lean on (see DESIGN.md):
+ *  - attach the loop adapter before redisAsyncSetConnectCallback;
+ *  - every pending reply callback runs exactly once, with NULL when the
+ *    context is freed or the connection fails;
+ *  - after a failed connect or a disconnect, hiredis frees the context
+ *    itself; there is no async reconnect, so we make a new context;
+ *  - never free the context inside its connect or disconnect callback;
+ *  - a subscribed connection (RESP2) takes only (UN)SUBSCRIBE: we send it
+ *    AUTH/SELECT first and nothing else afterwards.
+ */
+#ifndef BIDLOCK_REDIS_H
+#define BIDLOCK_REDIS_H
+
+#include <netinet/in.h>
+
+#include "backend.h"
+#include "scripts.h"
+#include "url.h"
+
+struct redisAsyncContext;
+
+enum conn_state { CONN_DOWN, CONN_CONNECTING, CONN_UP };
+enum timer_role { TR_NONE, TR_CONNECT_DEADLINE, TR_RECONNECT };
+enum sub_state { SUB_NONE = 0, SUB_PENDING, SUB_ON, SUB_LEAVING };
+
+#define LINGER_MS 1000     /* keep a subscription this long after the last waiter */
+#define EVALSHA_SCRIPTS 3  /* acquire, release, extend run by sha */
+#define SUB_BUCKETS 256
+#define ADDRS_MAX 4        /* addresses of one host name, tried in turn */
+
+typedef struct redis_be redis_be;
+
+typedef struct conn {
+    redis_be *r;
+    int is_sub;
+    struct redisAsyncContext *ac;
+    enum conn_state state;
+    bl_timer *timer;
+    enum timer_role role;
+    double reconnect_step;
+    int ever_up;
+    int setup_failed; /* AUTH/SELECT refused: last_err says why */
+    char last_err[160];
+} conn;
+
+/* A key the subscriber connection listens on (its channel
+ * "<key>|<holder>"), kept while the engine has waiters there and for
+ * LINGER_MS after, so a busy key is not re-subscribed per request. */
+typedef struct sub_entry {
+    struct sub_entry *hnext;
+    enum sub_state state;
+    int wanted;          /* the engine has waiters on this key */
+    uint64_t idle_since; /* loop clock, when wanted dropped to 0 */
+    size_t keylen;
+    char key[];
+} sub_entry;
+
+struct redis_be {
+    bl_backend base;
+    bl_backend_host h;
+    conn cmd, sub;
+    int sub_started;
+    char sha[BL_SCRIPT_COUNT][41];
+    int sha_ok[BL_SCRIPT_COUNT];
+    int loads_pending; /* SCRIPT LOADs on the wire */
+    int shutting, closed_notified;
+    /* where to connect */
+    bl_url url;
+    const char *unix_path, *username, *password;
+    int port, db;
+    char addrs[ADDRS_MAX][INET6_ADDRSTRLEN];
+    int naddrs, addr_i;
+    /* subscriptions */
+    sub_entry *subs[SUB_BUCKETS];
+    bl_timer *linger_timer;
+    int linger_armed;
+    /* admin operations that end without the server (down, closing) */
+    bl_aop *deferred;
+    bl_timer *defer_timer;
+};
+
+static inline const bl_loop *LOOP(const redis_be *r) { return r->h.loop; }
+
+/* redis_conn.c */
+int redis_conn_init(redis_be *r);   /* resolve once; BL_ECONN + log if it cannot */
+void redis_connect(conn *c);
+void redis_drop(conn *c, const char *why);
+void redis_conn_timer_cb(void *data);
+const char *redis_conn_errmsg(conn *c, const struct redisAsyncContext *ac);
+void redis_notify_closed(redis_be *r);
+/* redis_ops.c */
+void redis_load_scripts(redis_be *r);
+int redis_op_start(bl_backend *be, bl_op *op);
+void redis_op_leave(bl_backend *be, const bl_keys *keys);
+/* redis_sub.c */
+void redis_sub_watch(bl_backend *be, const char *key, size_t keylen, int on);
+void redis_sub_resubscribe(redis_be *r); /* the subscriber connection is new */
+void redis_sub_forget(redis_be *r);      /* ...or gone: nothing is subscribed */
+void redis_sub_free(redis_be *r);
+void redis_linger_cb(void *data);
+/* redis_admin.c */
+int redis_admin(bl_backend *be, bl_aop *op);
+void redis_defer_cb(void *data);
+
+#endif

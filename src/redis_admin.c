@@ -1,0 +1,237 @@
+/* redis_admin.c - admin operations on the command connection: PING,
+ * the inspect script, and cleanup (SCAN steps, each batch of lock keys
+ * through the cleanup script). Every answer is waited for at most
+ * command_timeout_ms: a hung server is reported, not waited for. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "ids.h"
+#include "redis.h"
+#include "resp.h"
+
+void redis_defer_cb(void *data)
+{
+    redis_be *r = data;
+    bl_aop *list = r->deferred;
+    r->deferred = NULL;
+    while (list) {
+        bl_aop *op = list;
+        list = op->next;
+        bl_aop_done(op);
+    }
+}
+
+static void end_later(redis_be *r, bl_aop *op, int status, const char *msg)
+{
+    if (op->timer)
+        LOOP(r)->timer_stop(op->timer);
+    op->status = status;
+    snprintf(op->errmsg, sizeof op->errmsg, "%s", msg);
+    op->next = r->deferred;
+    r->deferred = op;
+    LOOP(r)->timer_start(r->defer_timer, 0);
+}
+
+/* An answer came for op. 0 if op was already reported as timed out: it is
+ * freed here and the answer dropped. */
+static int aop_answered(bl_aop *op)
+{
+    if (op->orphaned) {
+        op->release(op);
+        return 0;
+    }
+    return 1;
+}
+
+/* No answer within command_timeout_ms (a paused or hung server): report it
+ * now; the late answer is dropped by aop_answered. */
+static void aop_timeout_cb(void *data)
+{
+    bl_aop *op = data;
+    op->status = BL_ECONN;
+    snprintf(op->errmsg, sizeof op->errmsg, "Redis did not answer in time");
+    op->orphaned = 1;
+    op->deliver(op);
+}
+
+/* (Re)start the answer deadline of op. */
+static void aop_arm(redis_be *r, bl_aop *op)
+{
+    if (op->timer)
+        LOOP(r)->timer_start(op->timer, r->h.cfg->command_timeout_ms);
+}
+
+static void admin_fail(bl_aop *op, redisAsyncContext *ac, const redisReply *reply)
+{
+    conn *c = ac->data;
+    op->status = reply ? BL_EREDIS : BL_ECONN;
+    snprintf(op->errmsg, sizeof op->errmsg, "%s",
+             reply && reply->type == REDIS_REPLY_ERROR && reply->str[0] ? reply->str
+             : reply                                   ? "unexpected reply"
+                                                       : redis_conn_errmsg(c, ac));
+    bl_aop_done(op);
+}
+
+static void ping_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    if (!aop_answered(op))
+        return;
+    if (!reply || reply->type != REDIS_REPLY_STATUS) {
+        admin_fail(op, ac, reply);
+        return;
+    }
+    op->latency_ms = (double)(bl_now_us() - op->started_us) / 1000.0;
+    op->status = BL_OK;
+    bl_aop_done(op);
+}
+
+static void inspect_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    if (!aop_answered(op))
+        return;
+    if (!reply) {
+        admin_fail(op, ac, reply);
+        return;
+    }
+    op->status = bl_redis_inspect_reply(reply, &op->info, &op->holder_buf);
+    if (op->status != BL_OK)
+        snprintf(op->errmsg, sizeof op->errmsg, "%s", op->info.errmsg);
+    bl_aop_done(op);
+}
+
+static int scan_step(redis_be *r, bl_aop *op);
+
+static void cleanup_batch_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    if (!aop_answered(op))
+        return;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer < 0) {
+        admin_fail(op, ac, reply);
+        return;
+    }
+    op->removed += (uint64_t)reply->integer;
+    conn *c = ac->data;
+    if (strcmp(op->cursor, "0") == 0) {
+        op->status = BL_OK;
+        bl_aop_done(op);
+    } else if (scan_step(c->r, op) != 0) {
+        admin_fail(op, ac, NULL);
+    }
+}
+
+static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    if (!aop_answered(op))
+        return;
+    conn *c = ac->data;
+    size_t room = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+                          reply->element[1]->type == REDIS_REPLY_ARRAY
+                      ? reply->element[1]->elements
+                      : 0;
+    const char **argv = malloc((room + 6) * sizeof *argv);
+    size_t *lens = malloc((room + 6) * sizeof *lens);
+    if (!argv || !lens) {
+        free(argv);
+        free(lens);
+        op->status = BL_ENOMEM;
+        snprintf(op->errmsg, sizeof op->errmsg, "out of memory");
+        bl_aop_done(op);
+        return;
+    }
+    redis_be *r = c->r;
+    long nkeys = reply ? bl_redis_scan_reply(reply, r->h.prefix, op->cursor,
+                                             sizeof op->cursor, argv + 3, lens + 3)
+                       : -1;
+    if (nkeys < 0) {
+        free(argv);
+        free(lens);
+        admin_fail(op, ac, reply);
+        return;
+    }
+    int argc = 3 + (int)nkeys;
+    int rc;
+    if (nkeys > 0) {
+        char nk[24];
+        const char *holder = op->mine_only ? r->h.holder : "";
+        argv[0] = "EVAL", lens[0] = 4;
+        argv[1] = bl_scripts[BL_SCRIPT_CLEANUP].body;
+        lens[1] = strlen(argv[1]);
+        argv[2] = nk, lens[2] = (size_t)snprintf(nk, sizeof nk, "%ld", nkeys);
+        argv[argc] = holder, lens[argc++] = strlen(holder);
+        rc = redisAsyncCommandArgv(ac, cleanup_batch_cb, op, argc, argv, lens);
+        aop_arm(r, op);
+    } else if (strcmp(op->cursor, "0") == 0) {
+        free(argv);
+        free(lens);
+        op->status = BL_OK;
+        bl_aop_done(op);
+        return;
+    } else {
+        rc = scan_step(r, op);
+    }
+    free(argv);
+    free(lens);
+    if (rc != REDIS_OK)
+        admin_fail(op, ac, NULL);
+}
+
+static int scan_step(redis_be *r, bl_aop *op)
+{
+    char pat[2 * BL_PREFIX_MAX + 4];
+    bl_keys_scan_pattern(pat, r->h.prefix); /* MATCH takes a glob: escaped */
+    aop_arm(r, op);
+    return redisAsyncCommand(r->cmd.ac, scan_cb, op, "SCAN %s MATCH %s COUNT 1000", op->cursor,
+                             pat);
+}
+
+int redis_admin(bl_backend *be, bl_aop *op)
+{
+    redis_be *r = (redis_be *)be;
+    if (r->cmd.state == CONN_DOWN || !r->cmd.ac) {
+        char msg[BL_ERRMSG_MAX];
+        snprintf(msg, sizeof msg, "not connected to Redis: %s",
+                 r->cmd.last_err[0] ? r->cmd.last_err : "connection down");
+        end_later(r, op, BL_ECONN, msg);
+        return 0;
+    }
+    /* Every answer is waited for at most command_timeout_ms (per SCAN step
+     * for cleanup): a hung server is reported, not waited for. */
+    op->timer = LOOP(r)->timer_new(LOOP(r)->impl, aop_timeout_cb, op);
+    if (!op->timer)
+        return BL_ENOMEM;
+    aop_arm(r, op);
+    int rc;
+    switch (op->kind) {
+    case BL_AOP_PING:
+        rc = redisAsyncCommand(r->cmd.ac, ping_cb, op, "PING");
+        break;
+    case BL_AOP_INSPECT:
+        rc = redisAsyncCommand(r->cmd.ac, inspect_cb, op, "EVAL %s 3 %b %b %b",
+                               bl_scripts[BL_SCRIPT_INSPECT].body, op->keys->k[BL_KEY_LOCK],
+                               op->keys->len[BL_KEY_LOCK], op->keys->k[BL_KEY_DONE],
+                               op->keys->len[BL_KEY_DONE], op->keys->k[BL_KEY_FENCE],
+                               op->keys->len[BL_KEY_FENCE]);
+        break;
+    default:
+        snprintf(op->cursor, sizeof op->cursor, "0");
+        rc = scan_step(r, op);
+        break;
+    }
+    if (rc != REDIS_OK) {
+        end_later(r, op, BL_ECONN, "connection to Redis is closing");
+        return 0;
+    }
+    return 0;
+}

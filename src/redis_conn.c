@@ -1,0 +1,252 @@
+/* redis_conn.c - the Redis backend's connections: connect (to the address
+ * resolved once at creation), AUTH/SELECT pipelined behind it, a connect
+ * deadline, reconnect with backoff. Both the command and the subscriber
+ * connection are a `conn`; what each does once up is in redis_ops.c and
+ * redis_sub.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "backoff.h"
+#include "redis.h"
+
+const char *redis_conn_errmsg(conn *c, const redisAsyncContext *ac)
+{
+    if (ac && ac->c.errstr[0])
+        return ac->c.errstr;
+    if (c->last_err[0])
+        return c->last_err;
+    return "connection to Redis lost";
+}
+
+void redis_notify_closed(redis_be *r)
+{
+    if (!r->shutting || r->closed_notified || r->cmd.ac || r->sub.ac)
+        return;
+    r->closed_notified = 1;
+    r->h.closed(r->h.ctx);
+}
+
+static void schedule_reconnect(conn *c)
+{
+    redis_be *r = c->r;
+    if (r->shutting) {
+        redis_notify_closed(r);
+        return;
+    }
+    bl_backoff b = {r->h.cfg->reconnect_initial_ms, 30000.0, 2.0};
+    uint64_t pause = bl_backoff_next(&b, &c->reconnect_step, r->h.rand(r->h.ctx), 0, UINT64_MAX);
+    c->role = TR_RECONNECT;
+    LOOP(r)->timer_start(c->timer, pause);
+}
+
+static void set_err(conn *c, const char *why)
+{
+    if (why != c->last_err) /* callers may pass last_err itself: no overlapping copy */
+        snprintf(c->last_err, sizeof c->last_err, "%s", why);
+}
+
+static void went_down(conn *c, const char *why)
+{
+    redis_be *r = c->r;
+    set_err(c, why);
+    c->ac = NULL;
+    c->state = CONN_DOWN;
+    if (c->is_sub)
+        redis_sub_forget(r);
+    if (!r->shutting)
+        bl_host_log(&r->h, BL_LOG_WARN, "bidlock: %s connection down: %s",
+                    c->is_sub ? "subscriber" : "Redis", why);
+    schedule_reconnect(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    conn *c = ac->data;
+    if (!c)
+        return;
+    redis_be *r = c->r;
+    LOOP(r)->timer_stop(c->timer);
+    c->role = TR_NONE;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this and fails every queued
+         * command with a NULL reply. A host name with several addresses:
+         * the next attempt takes the next one. */
+        if (r->naddrs > 1)
+            r->addr_i = (r->addr_i + 1) % r->naddrs;
+        went_down(c, ac->c.errstr[0] ? ac->c.errstr : "connect failed");
+        return;
+    }
+    c->state = CONN_UP;
+    c->reconnect_step = 0;
+    if (c->ever_up && !c->is_sub) {
+        r->h.reconnected(r->h.ctx);
+        bl_host_log(&r->h, BL_LOG_INFO, "bidlock: reconnected to Redis");
+    }
+    c->ever_up = 1;
+    c->last_err[0] = '\0';
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    conn *c = ac->data;
+    (void)status;
+    if (!c || c->ac != ac)
+        return;
+    went_down(c, ac->c.errstr[0] ? ac->c.errstr : "connection closed");
+    redis_notify_closed(c->r);
+}
+
+void redis_drop(conn *c, const char *why)
+{
+    redisAsyncContext *ac = c->ac;
+    set_err(c, why);
+    c->ac = NULL;
+    c->state = CONN_DOWN;
+    if (ac)
+        redisAsyncFree(ac); /* pending callbacks run now with NULL */
+    if (c->is_sub)
+        redis_sub_forget(c->r);
+}
+
+/* AUTH / SELECT answers. A refusal makes the connection useless: drop it
+ * (from the loop, not inside hiredis's callback) and retry with backoff. */
+static void setup_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    conn *c = ac->data;
+    const char *what = priv;
+    if (!c || !reply || reply->type != REDIS_REPLY_ERROR || c->ac != ac)
+        return;
+    /* Server messages never contain the password. */
+    snprintf(c->last_err, sizeof c->last_err, "%s failed: %s", what, reply->str);
+    bl_host_log(&c->r->h, BL_LOG_ERROR, "bidlock: %s", c->last_err);
+    c->state = CONN_DOWN; /* new operations fail fast from now on */
+    c->setup_failed = 1;
+    c->role = TR_CONNECT_DEADLINE; /* reuse the deadline path: drop + retry */
+    LOOP(c->r)->timer_start(c->timer, 0);
+}
+
+void redis_connect(conn *c)
+{
+    redis_be *r = c->r;
+    redisAsyncContext *ac = r->unix_path
+                                ? redisAsyncConnectUnix(r->unix_path)
+                                : redisAsyncConnect(r->addrs[r->addr_i], r->port);
+    if (!ac || ac->err) {
+        set_err(c, ac && ac->errstr[0] ? ac->errstr : "cannot create a connection");
+        if (ac)
+            redisAsyncFree(ac);
+        went_down(c, c->last_err);
+        return;
+    }
+    ac->data = c;
+    if (LOOP(r)->attach(LOOP(r)->impl, ac) != 0) {
+        redisAsyncFree(ac);
+        went_down(c, "cannot attach the connection to the loop");
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    c->ac = ac;
+    c->state = CONN_CONNECTING;
+    c->role = TR_CONNECT_DEADLINE;
+    LOOP(r)->timer_start(c->timer, r->h.cfg->connect_timeout_ms);
+    /* Pipelined behind the connect: hiredis sends them once it is up. */
+    if (r->password) {
+        if (r->username)
+            redisAsyncCommand(ac, setup_reply_cb, "AUTH", "AUTH %s %s", r->username, r->password);
+        else
+            redisAsyncCommand(ac, setup_reply_cb, "AUTH", "AUTH %s", r->password);
+    }
+    if (r->db)
+        redisAsyncCommand(ac, setup_reply_cb, "SELECT", "SELECT %d", r->db);
+    if (c->is_sub)
+        redis_sub_resubscribe(r);
+    else
+        redis_load_scripts(r);
+}
+
+void redis_conn_timer_cb(void *data)
+{
+    conn *c = data;
+    enum timer_role role = c->role;
+    c->role = TR_NONE;
+    if (role == TR_CONNECT_DEADLINE && c->ac) {
+        /* A connect deadline, or AUTH/SELECT refused (message already set). */
+        if (!c->setup_failed) {
+            snprintf(c->last_err, sizeof c->last_err, "connect timed out");
+            bl_host_log(&c->r->h, BL_LOG_WARN, "bidlock: Redis connect timed out");
+        }
+        c->setup_failed = 0;
+        redis_drop(c, c->last_err);
+        schedule_reconnect(c);
+    } else if (role == TR_RECONNECT && !c->r->shutting) {
+        redis_connect(c);
+    }
+}
+
+/* hiredis would resolve a host name at every (re)connect, synchronously,
+ * on the loop. Resolve it once here - bl_manager_new is a setup call, and
+ * bidlock.h says it may block there - and reconnect to the addresses,
+ * taking the next one after a failed connect ("localhost" may be ::1 and
+ * 127.0.0.1, and the server may listen on only one of them). */
+static int resolve_once(redis_be *r, const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1) {
+        snprintf(r->addrs[0], sizeof r->addrs[0], "%s", host);
+        r->naddrs = 1;
+        return 0;
+    }
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
+        return -1;
+    for (struct addrinfo *a = res; a && r->naddrs < ADDRS_MAX; a = a->ai_next) {
+        const void *addr = a->ai_family == AF_INET6
+                               ? (const void *)&((struct sockaddr_in6 *)a->ai_addr)->sin6_addr
+                               : (const void *)&((struct sockaddr_in *)a->ai_addr)->sin_addr;
+        if ((a->ai_family == AF_INET || a->ai_family == AF_INET6) &&
+            inet_ntop(a->ai_family, addr, r->addrs[r->naddrs], sizeof r->addrs[0]))
+            r->naddrs++;
+    }
+    freeaddrinfo(res);
+    return r->naddrs > 0 ? 0 : -1;
+}
+
+int redis_conn_init(redis_be *r)
+{
+    const bl_config *cfg = r->h.cfg;
+    const char *host;
+    if (cfg->url) {
+        int rc = bl_url_parse(cfg->url, &r->url, NULL, 0);
+        if (rc != BL_OK)
+            return rc;
+        host = r->url.host;
+        r->port = r->url.port;
+        r->unix_path = r->url.unix_path;
+        r->username = r->url.username;
+        r->password = r->url.password;
+        r->db = r->url.db;
+    } else {
+        host = cfg->host;
+        r->port = cfg->port;
+        r->unix_path = cfg->unix_path;
+        r->username = cfg->username;
+        r->password = cfg->password;
+        r->db = cfg->db;
+    }
+    if (!r->unix_path && (!host || resolve_once(r, host) != 0)) {
+        bl_host_log(&r->h, BL_LOG_ERROR, "bidlock: cannot resolve the Redis host name");
+        return BL_ECONN;
+    }
+    return BL_OK;
+}

@@ -1,0 +1,34 @@
+/* resp.h - the pure half of the Redis backend: command encoding and the
+ * reading of script, inspect and SCAN replies (resp.c). No I/O, no state:
+ * it links alone into the fuzzers. */
+#ifndef BIDLOCK_RESP_H
+#define BIDLOCK_RESP_H
+
+#include "backend.h"
+
+struct redisReply;
+
+/* v in decimal into buf (>= 20 bytes), no NUL; returns the length. */
+size_t bl_u64_dec(char *buf, uint64_t v);
+/* The RESP encoding of argv ("*<argc>\r\n", then "$<len>\r\n<arg>\r\n" per
+ * argument: the bytes redisFormatCommandArgv produces) into buf; returns its
+ * length, or 0 if cap might be too small (it counts 20 digits a length). */
+size_t bl_resp_format(char *buf, size_t cap, int argc, const char **argv, const size_t *lens);
+
+/* A lock script's reply as a result. Anything that is not one of the
+ * documented answers is BL_EREDIS; res->errmsg may point into reply. */
+void bl_redis_interpret(enum bl_op_kind kind, const struct redisReply *reply, bl_op_result *res);
+/* The inspect script's reply as lock info. BL_OK: info's held, pttl_ms,
+ * done, last_token are set, and info->holder points at a malloc'd copy
+ * stored in *holder_buf (the caller frees it). BL_EREDIS: not an inspect
+ * answer; info->errmsg says why (it may point into reply). BL_ENOMEM. */
+int bl_redis_inspect_reply(const struct redisReply *reply, bl_lock_info *info, char **holder_buf);
+/* A SCAN reply. Returns -1 if it is not a SCAN answer (an error reply, a
+ * cursor that is not 1..cap-1 digits), else the number of lock keys under
+ * prefix it lists, stored as pointers into reply in keys/lens (room for
+ * reply's element[1]->elements entries); the next cursor goes to
+ * cursor[0..cap). */
+long bl_redis_scan_reply(const struct redisReply *reply, const char *prefix, char *cursor,
+                         size_t cap, const char **keys, size_t *lens);
+
+#endif
