@@ -16,13 +16,23 @@
  *     and the adapters bidlock/libev.h, ...).
  *   - A bl_lock is a request: bl_acquire() starts it and its callback ends
  *     the acquire; bl_release() starts the release and its callback ends it.
- *   - Nothing blocks. Waiting for a busy lock is a loop timer (exponential
- *     backoff with jitter, 50 ms -> 1 s, x1.5, clamped to the deadline).
+ *   - Nothing blocks, with one exception: bl_manager_new resolves a Redis
+ *     host name (not a numeric address or a unix socket) once, with a
+ *     synchronous getaddrinfo - call it at start-up. Waiting for a busy
+ *     lock is a loop timer (exponential backoff with jitter, 50 ms -> 1 s,
+ *     x1.5, clamped to the deadline).
  *   - Every function that takes a callback either returns 0 and then calls
  *     the callback exactly once, later, from the loop - never from inside
  *     the call that started it - or returns a negative BL_E* status and
  *     never calls it.
  *   - Everything runs on the loop thread. A manager is not thread-safe.
+ *   - A bl_lock handle is yours until the callback that ends the request
+ *     returns (libuv's rule): the acquire callback with any status but
+ *     BL_OK, the release callback, or the section's done callback. Inside
+ *     that callback every call on the handle is still safe (a second
+ *     bl_release there says BL_EINVAL); after it returns, the handle is
+ *     freed and must not be passed to any function again. bl_manager_close
+ *     keeps every handle valid until its close callback has returned.
  *
  * A first program is in README.md and examples/.
  */
@@ -44,24 +54,39 @@ extern "C" {
 #define BL_API
 #endif
 
+/* The version this header belongs to; bl_version() is the library's. */
 #define BIDLOCK_VERSION "0.1.0"
+#define BIDLOCK_VERSION_NUM 0x000100 /* 0xMMmmpp: major, minor, patch */
+
+/* The library's version: its BIDLOCK_VERSION string, and its
+ * BIDLOCK_VERSION_NUM in *num when num is not NULL. Compare with the
+ * macros to see whether a program runs against the library it was built
+ * with. Static storage. */
+BL_API const char *bl_version(int *num);
 
 /* ---- Status codes ------------------------------------------------------ */
 
-/* 0 is success; every failure is negative and distinct. */
+/* One table, three views: the enum, bl_status_name and bl_strerror.
+ * X(name, value, sentence); 0 is success, every failure is negative and
+ * distinct. */
+#define BL_STATUS_MAP(X)                                                                   \
+    X(BL_OK, 0, "success")                      /* acquired / released */                \
+    X(BL_ETIMEDOUT, -1, "lock not acquired before the deadline")                        \
+    X(BL_EBUSY, -2, "lock is held by another holder") /* try-once (wait 0) */          \
+    X(BL_ENOTHELD, -3, "lock is not held by this holder (expired or taken over)")       \
+    X(BL_ECONN, -4, "Redis connection error")   /* not reachable / connection lost */    \
+    X(BL_EREDIS, -5, "Redis replied with an error") /* see bl_lock_errmsg() */         \
+    X(BL_EINVAL, -6, "invalid argument")        /* or a call in the wrong state */       \
+    X(BL_ECANCELED, -7, "request cancelled")    /* bl_cancel() or bl_manager_close() */  \
+    X(BL_ENOMEM, -8, "out of memory")                                                   \
+    X(BL_ECLOSED, -9, "manager is closing")     /* nothing was started */                \
+    X(BL_EDONE, -10, "posting is already done") /* acquire: marked done; no lock taken */ \
+    X(BL_ELOST, -11, "lock was lost while held") /* auto-extend */
+
 enum bl_status {
-    BL_OK = 0,          /* acquired / released */
-    BL_ETIMEDOUT = -1,  /* not acquired before the request's wait deadline */
-    BL_EBUSY = -2,      /* try-once request (wait 0) found the lock taken */
-    BL_ENOTHELD = -3,   /* release: the lock expired or another holder owns it */
-    BL_ECONN = -4,      /* Redis not reachable / connection lost */
-    BL_EREDIS = -5,     /* Redis answered with an error; see bl_lock_errmsg() */
-    BL_EINVAL = -6,     /* invalid argument or call in the wrong state */
-    BL_ECANCELED = -7,  /* bl_cancel() or bl_manager_close() ended the request */
-    BL_ENOMEM = -8,     /* out of memory */
-    BL_ECLOSED = -9,    /* the manager is closing; nothing was started */
-    BL_EDONE = -10,     /* acquire: the posting is marked done; no lock taken */
-    BL_ELOST = -11      /* auto-extend: the lock was lost while held */
+#define BL_STATUS_ENUM(name, value, text) name = value,
+    BL_STATUS_MAP(BL_STATUS_ENUM)
+#undef BL_STATUS_ENUM
 };
 
 /* A sentence for a status ("lock not acquired before the deadline").
@@ -103,8 +128,9 @@ typedef struct bl_config {
      * Otherwise unix_path wins over host/port. A host name (not a numeric
      * address like 127.0.0.1 or ::1) is resolved ONCE, synchronously, by
      * bl_manager_new - a setup call, so make it at start-up, not on a hot
-     * path - and reconnects reuse that address (hiredis would otherwise
-     * resolve it on the loop at every reconnect).
+     * path - and reconnects reuse its addresses (up to 4, tried in turn
+     * after a failed connect: "localhost" may be ::1 and 127.0.0.1); hiredis
+     * would otherwise resolve it on the loop at every reconnect.
      * Defaults: NULL, "127.0.0.1", 6379, NULL. */
     const char *url;
     const char *host;
@@ -320,9 +346,10 @@ typedef struct bl_acquire_opts {
 BL_API void bl_acquire_opts_init(bl_acquire_opts *opts);
 
 /* Called once when an acquire ends. status is BL_OK (you hold the lock:
- * release it with bl_release), BL_EBUSY, BL_ETIMEDOUT, BL_ECONN, BL_EREDIS,
- * BL_ECANCELED or BL_ENOMEM. On any status but BL_OK the handle is freed
- * when the callback returns. */
+ * release it with bl_release), BL_EBUSY, BL_ETIMEDOUT, BL_EDONE (the
+ * posting is marked done: do not bid), BL_ECONN, BL_EREDIS, BL_ECANCELED
+ * or BL_ENOMEM. On any status but BL_OK the handle is freed when the
+ * callback returns. */
 typedef void (*bl_acquire_cb)(bl_lock *lock, int status, void *data);
 
 /* Start acquiring the lock for (marketplace, posting).
@@ -338,13 +365,17 @@ BL_API int bl_acquire(bl_manager *m, const char *marketplace, const char *postin
 
 /* Called once when a release ends: BL_OK (our lock was deleted),
  * BL_ENOTHELD (it had expired or belongs to another holder; nothing was
- * deleted), BL_ECONN, BL_EREDIS. The handle is freed when it returns. */
+ * deleted), BL_ECONN, BL_EREDIS, BL_ENOMEM (the memory backend, or no
+ * memory to send the command; the lock then ends with its TTL). The
+ * handle is freed when it returns. */
 typedef void (*bl_release_cb)(bl_lock *lock, int status, void *data);
 
 /* Release a held lock (after its acquire callback said BL_OK). cb may be
  * NULL. Returns BL_OK, or BL_EINVAL if the lock is not in the held state
- * (e.g. a second release) / BL_ECLOSED while the manager closes; then
- * nothing is sent and cb is never called. */
+ * (a second release while the first is under way, or from inside its
+ * callback; after that callback the handle is gone, see the model above)
+ * / BL_ECLOSED while the manager closes; then nothing is sent and cb is
+ * never called. */
 BL_API int bl_release(bl_lock *lock, bl_release_cb cb, void *data);
 
 /* Like bl_release, and atomically (in the same script) mark the posting
@@ -355,13 +386,18 @@ BL_API int bl_release_done(bl_lock *lock, bl_release_cb cb, void *data);
 /* Stop an acquire that has not ended yet: its callback is called with
  * BL_ECANCELED (later, from the loop). If the server granted the lock in
  * the meantime, bidlock releases it. Returns BL_OK, or BL_EINVAL when the
- * acquire already ended or is ending (its callback still comes). */
+ * acquire is ending (its callback still comes) or has ended with BL_OK
+ * (the lock is held: release it). Once an acquire callback with another
+ * status has returned, the handle is gone: never cancel it then. */
 BL_API int bl_cancel(bl_lock *lock);
 
 /* The lock's full key, "<prefix>:<marketplace>:<posting>". Owned by lock. */
 BL_API const char *bl_lock_key(const bl_lock *lock);
-/* For BL_EREDIS / BL_ECONN: the server's or the connection's message.
- * Owned by lock; valid inside the callback. "" otherwise. */
+/* Why a request ended as it did, in one line: for BL_EREDIS / BL_ECONN the
+ * server's or the connection's message; for BL_ETIMEDOUT, "Redis did not
+ * answer in time" when the deadline passed with an attempt unanswered (a
+ * paused or hung server), else ""; for BL_ENOMEM, "out of memory".
+ * "" for every other status. Owned by lock; valid inside the callback. */
 BL_API const char *bl_lock_errmsg(const bl_lock *lock);
 BL_API bl_manager *bl_lock_manager(const bl_lock *lock);
 /* The fencing token of a held lock: a number that strictly increases per
@@ -436,8 +472,10 @@ typedef struct bl_metrics {
 BL_API void bl_manager_metrics(const bl_manager *m, bl_metrics *out);
 
 /* Render a metrics snapshot in Prometheus text exposition format (metric
- * names bidlock_*, with # HELP and # TYPE lines). Writes at most len bytes
- * including the NUL; returns the length it needed (like snprintf). */
+ * names bidlock_*, with # HELP and # TYPE lines). Like snprintf: writes at
+ * most len bytes including the NUL (buf may be NULL when len is 0) and
+ * returns the text's length without the NUL, so the text was cut when the
+ * result is >= len. */
 BL_API size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len);
 
 /* ---- Scoped section: acquire, run, always release ---------------------- */
@@ -462,7 +500,10 @@ BL_API int bl_with_lock(bl_manager *m, const char *marketplace, const char *post
                         bl_section_done_cb done, void *data);
 
 /* End a section started by bl_with_lock. Returns BL_OK, or BL_EINVAL if
- * lock is not a running section (e.g. called twice). */
+ * lock is not a running section (called twice before the done callback
+ * returned). The handle is gone once the done callback has returned -
+ * also when close ended the section with BL_ECANCELED: after that done
+ * callback, never call bl_section_end with it. */
 BL_API int bl_section_end(bl_lock *lock, int section_status);
 
 #ifdef __cplusplus

@@ -102,6 +102,11 @@ static inline uint64_t bl_mgr_now(const bl_manager *m)
 }
 
 /* manager.c */
+typedef int (*bl_backend_factory)(const bl_backend_host *host, bl_backend **out);
+/* bl_manager_new with a backend of the caller's (make != NULL), e.g. a fake
+ * one in the engine's tests; NULL = the one cfg->backend names. */
+int bl_manager_new_with(const bl_loop *loop, const bl_config *cfg, bl_backend_factory make,
+                        bl_manager **out);
 int bl_mgr_fail(bl_manager *m, int status, const char *msg);
 void bl_mgr_check_close(bl_manager *m);
 void bl_log(const bl_manager *m, int level, const char *fmt, ...)

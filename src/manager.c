@@ -18,7 +18,7 @@ void bl_mgr_count_error(bl_manager *m, int status)
 {
     if (status == BL_ECONN)
         m->stats.conn_errors++;
-    else
+    else if (status == BL_EREDIS)
         m->stats.redis_errors++;
 }
 
@@ -108,6 +108,12 @@ static void host_log(void *ctx, int level, const char *line)
 
 int bl_manager_new(const bl_loop *loop, const bl_config *cfg, bl_manager **out)
 {
+    return bl_manager_new_with(loop, cfg, NULL, out);
+}
+
+int bl_manager_new_with(const bl_loop *loop, const bl_config *cfg, bl_backend_factory make,
+                        bl_manager **out)
+{
     bl_config defaults;
     if (!cfg) {
         bl_config_init(&defaults);
@@ -156,7 +162,9 @@ int bl_manager_new(const bl_loop *loop, const bl_config *cfg, bl_manager **out)
         .reconnected = host_reconnected, .rand = host_rand, .log = host_log};
     int rc = oom ? BL_ENOMEM : BL_OK;
     if (rc == BL_OK) {
-        if (cfg->backend == BL_BACKEND_MEMORY) {
+        if (make) {
+            rc = make(&m->host_if, &m->be);
+        } else if (cfg->backend == BL_BACKEND_MEMORY) {
             rc = bl_memory_backend_new(&m->host_if, &m->be);
             bl_log(m, BL_LOG_WARN,
                    "bidlock: using the in-memory backend: locks are local to this process "

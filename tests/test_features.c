@@ -546,10 +546,15 @@ Test(features, prometheus_text_parses_and_counts_match)
     bl_manager_metrics(a, &mt);
     cr_assert_eq(mt.acquire_ms.count, 2);
     cr_assert_eq(mt.release_ms.count, 1);
+    /* snprintf's contract: the text's length without the NUL; a text that
+     * fits exactly (len = n + 1) is whole, len = n is cut (ret >= len). */
     size_t need = bl_metrics_prometheus(&mt, NULL, 0);
-    char *buf = malloc(need);
-    cr_assert_eq(bl_metrics_prometheus(&mt, buf, need), need);
-    cr_assert_eq(strlen(buf) + 1, need);
+    char *buf = malloc(need + 1);
+    cr_assert_eq(bl_metrics_prometheus(&mt, buf, need + 1), need);
+    cr_assert_eq(strlen(buf), need, "exact fit: whole and terminated");
+    cr_assert_eq(bl_metrics_prometheus(&mt, buf, need), need, "one byte short: reports n");
+    cr_assert_eq(strlen(buf), need - 1, "...and is cut, terminated");
+    cr_assert_eq(bl_metrics_prometheus(&mt, buf, need + 1), need);
     char small[64];
     cr_assert_eq(bl_metrics_prometheus(&mt, small, sizeof small), need, "reports what it needs");
     cr_assert_eq(strlen(small), sizeof small - 1, "truncated, terminated");

@@ -225,3 +225,27 @@ Test(resp, encoding_matches_redisFormatCommandArgv)
     cr_assert_eq(bl_resp_format(buf, (size_t)wlen - 1, argc, argv, lens), 0);
     redisFreeCommand(want);
 }
+
+Test(units, the_runtime_version_is_the_header_version)
+{
+    int num = -1;
+    const char *v = bl_version(&num);
+    cr_assert_str_eq(v, BIDLOCK_VERSION);
+    cr_assert_eq(num, BIDLOCK_VERSION_NUM);
+    int maj, min, pat;
+    cr_assert_eq(sscanf(v, "%d.%d.%d", &maj, &min, &pat), 3);
+    cr_assert_eq(num, maj << 16 | min << 8 | pat, "the number spells the string");
+    cr_assert_str_eq(bl_version(NULL), v);
+}
+
+Test(units, every_status_has_one_name_and_one_sentence)
+{
+    for (int s = 0; s >= -11; s--) {
+        cr_assert_str_neq(bl_status_name(s), "BL_UNKNOWN", "status %d", s);
+        cr_assert_str_neq(bl_strerror(s), "unknown status", "status %d", s);
+        for (int t = s + 1; t <= 0; t++)
+            cr_assert_str_neq(bl_strerror(s), bl_strerror(t), "%d and %d", s, t);
+    }
+    cr_assert_str_eq(bl_status_name(-12), "BL_UNKNOWN");
+    cr_assert_str_eq(bl_status_name(BL_EDONE), "BL_EDONE");
+}

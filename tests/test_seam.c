@@ -1,0 +1,632 @@
+/* test_seam.c - both sides of the backend seam (src/backend.h) without a
+ * server, a real loop or a sleep: the engine against a fake backend on a
+ * fake clock (backoff, deadlines, answer deadlines, leases, wake-ups,
+ * close), and the memory backend against a fake engine (a host struct of
+ * recorders). Time moves only when a test says so. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+/* ---- a fake loop: a clock the test moves, one-shot timers --------------- */
+
+struct bl_timer {
+    bl_timer_cb cb;
+    void *data;
+    int armed;
+    uint64_t due, seq;
+    struct bl_timer *next;
+};
+
+static uint64_t fnow, fseq;
+static struct bl_timer *ftimers;
+
+static bl_timer *ft_new(void *impl, bl_timer_cb cb, void *data)
+{
+    (void)impl;
+    struct bl_timer *t = calloc(1, sizeof *t);
+    t->cb = cb;
+    t->data = data;
+    t->next = ftimers;
+    ftimers = t;
+    return t;
+}
+static void ft_start(bl_timer *t, uint64_t after)
+{
+    t->armed = 1;
+    t->due = fnow + after;
+    t->seq = ++fseq;
+}
+static void ft_stop(bl_timer *t) { t->armed = 0; }
+static void ft_free(bl_timer *t)
+{
+    struct bl_timer **pp = &ftimers;
+    while (*pp != t)
+        pp = &(*pp)->next;
+    *pp = t->next;
+    free(t);
+}
+static uint64_t ft_now(void *impl)
+{
+    (void)impl;
+    return fnow;
+}
+static int ft_attach(void *impl, struct redisAsyncContext *ac)
+{
+    (void)impl;
+    (void)ac;
+    return -1;
+}
+
+/* Move the clock by ms, firing due timers in order (due time, then arming
+ * order), each at its own time. */
+static void advance(uint64_t ms)
+{
+    uint64_t target = fnow + ms;
+    for (;;) {
+        struct bl_timer *best = NULL;
+        for (struct bl_timer *t = ftimers; t; t = t->next)
+            if (t->armed && t->due <= target &&
+                (!best || t->due < best->due || (t->due == best->due && t->seq < best->seq)))
+                best = t;
+        if (!best)
+            break;
+        if (best->due > fnow)
+            fnow = best->due;
+        best->armed = 0;
+        best->cb(best->data);
+    }
+    fnow = target;
+}
+
+static const bl_loop floop = {NULL, ft_attach, ft_new, ft_start, ft_stop, ft_free, ft_now};
+
+/* ---- a fake backend: records what the engine asks ------------------------ */
+
+#define MAX_OPS 256
+typedef struct fake_be {
+    bl_backend base;
+    bl_backend_host h;
+    bl_op *ops[MAX_OPS];
+    enum bl_op_kind kinds[MAX_OPS];
+    uint64_t sent_at[MAX_OPS];
+    int nops;
+    int watch_on, watch_off, leaves;
+} fake_be;
+
+static fake_be *FB;
+
+static int fb_start(bl_backend *be, bl_op *op)
+{
+    fake_be *f = (fake_be *)be;
+    cr_assert_lt(f->nops, MAX_OPS);
+    f->kinds[f->nops] = op->kind;
+    f->sent_at[f->nops] = fnow;
+    f->ops[f->nops++] = op;
+    return 0;
+}
+static void fb_leave(bl_backend *be, const bl_keys *k)
+{
+    (void)k;
+    ((fake_be *)be)->leaves++;
+}
+static void fb_watch(bl_backend *be, const char *key, size_t n, int on)
+{
+    (void)key;
+    (void)n;
+    if (on)
+        ((fake_be *)be)->watch_on++;
+    else
+        ((fake_be *)be)->watch_off++;
+}
+static int fb_admin(bl_backend *be, bl_aop *op)
+{
+    (void)be;
+    (void)op;
+    return BL_ENOMEM;
+}
+static int fb_state(const bl_backend *be)
+{
+    (void)be;
+    return BL_CONN_UP;
+}
+static void fb_shutdown(bl_backend *be, int force)
+{
+    (void)force;
+    fake_be *f = (fake_be *)be;
+    f->h.closed(f->h.ctx);
+}
+static void fb_free(bl_backend *be) { free(be); }
+static const bl_backend_vt fb_vt = {"fake", fb_start, fb_leave, fb_watch, fb_admin,
+                                    fb_state, fb_shutdown, fb_free};
+static int fb_make(const bl_backend_host *h, bl_backend **out)
+{
+    fake_be *f = calloc(1, sizeof *f);
+    f->base.vt = &fb_vt;
+    f->h = *h;
+    FB = f;
+    *out = &f->base;
+    return 0;
+}
+
+/* Answer operation i. */
+static void answer(int i, int status, uint64_t token)
+{
+    cr_assert_lt(i, FB->nops, "no operation %d was sent", i);
+    bl_op_result r = {status, token, 0, status == BL_ECONN ? "connection lost" : NULL};
+    FB->ops[i]->done(FB->ops[i], &r);
+}
+
+/* ---- recorders -------------------------------------------------------------- */
+
+typedef struct rec {
+    int calls, status;
+    uint64_t at;
+    bl_lock *lock;
+    char errmsg[BL_ERRMSG_MAX];
+} rec;
+
+static void on_acq(bl_lock *l, int status, void *data)
+{
+    rec *r = data;
+    r->calls++;
+    r->status = status;
+    r->at = fnow;
+    r->lock = l;
+    snprintf(r->errmsg, sizeof r->errmsg, "%s", bl_lock_errmsg(l));
+}
+static void on_rel(bl_lock *l, int status, void *data) { on_acq(l, status, data); }
+static int lost_calls, lost_status;
+static void on_lost(bl_lock *l, int status, void *data)
+{
+    (void)l;
+    (void)data;
+    lost_calls++;
+    lost_status = status;
+}
+static int closed_calls;
+static void on_closed(bl_manager *m, void *data)
+{
+    (void)m;
+    (void)data;
+    closed_calls++;
+}
+
+static bl_manager *M;
+
+static void setup(void)
+{
+    fnow = 1000000;
+    fseq = 0;
+    lost_calls = closed_calls = 0;
+    bl_config cfg;
+    bl_config_init(&cfg);
+    cr_assert_eq(bl_manager_new_with(&floop, &cfg, fb_make, &M), BL_OK);
+}
+
+static void teardown(void)
+{
+    if (M) {
+        cr_assert_eq(bl_manager_close(M, on_closed, NULL), BL_OK);
+        advance(10000);
+        cr_assert_eq(closed_calls, 1, "close called back once");
+        M = NULL;
+    }
+    cr_assert_null(ftimers, "every timer freed");
+}
+
+static bl_acquire_opts opts(int64_t ttl, int64_t wait)
+{
+    bl_acquire_opts o;
+    bl_acquire_opts_init(&o);
+    o.ttl_ms = ttl;
+    o.wait_ms = wait;
+    return o;
+}
+
+TestSuite(seam, .init = setup, .fini = teardown);
+
+Test(seam, busy_attempts_follow_the_backoff_and_end_at_the_deadline)
+{
+    rec r = {0};
+    bl_acquire_opts o = opts(30000, 2000);
+    uint64_t start = fnow;
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &r, NULL), BL_OK);
+    cr_assert_eq(FB->nops, 1, "the first attempt goes at once");
+    cr_assert_eq(FB->kinds[0], BL_OP_ACQUIRE);
+    cr_assert_gt(FB->ops[0]->queue_ttl_ms, 2000, "the queue entry outlives the wait");
+    double step = 50;
+    for (int i = 0; r.calls == 0; i++) {
+        cr_assert_lt(i, 40, "bounded number of attempts");
+        answer(FB->nops - 1, BL_EBUSY, 0);
+        if (r.calls)
+            break;
+        int before = FB->nops;
+        uint64_t asked = fnow, left = start + 2000 - fnow;
+        uint64_t lo = (uint64_t)(step / 2), hi = (uint64_t)step;
+        if (hi > left) /* clamped to the deadline: the last attempt goes there */
+            lo = hi = left;
+        while (FB->nops == before && fnow - asked <= hi)
+            advance(1);
+        cr_assert_eq(FB->nops, before + 1, "one attempt per pause (%d)", i);
+        cr_assert(fnow - asked >= lo && fnow - asked <= hi,
+                  "pause %d: %llu ms, not in [%llu, %llu]", i,
+                  (unsigned long long)(fnow - asked), (unsigned long long)lo,
+                  (unsigned long long)hi);
+        step = step * 1.5 > 1000 ? 1000 : step * 1.5;
+    }
+    cr_assert_eq(r.calls, 1);
+    cr_assert_eq(r.status, BL_ETIMEDOUT);
+    cr_assert_geq(fnow, start + 2000, "not before the deadline");
+    cr_assert_str_empty(r.errmsg, "every attempt was answered: no message, not '%s'", r.errmsg);
+    cr_assert_eq(FB->watch_on, 1);
+    cr_assert_eq(FB->watch_off, 1);
+    cr_assert_eq(FB->leaves, 1, "leaves the server's queue when it gives up");
+    bl_stats s;
+    bl_manager_stats(M, &s);
+    cr_assert_eq(s.timeouts, 1);
+    cr_assert_eq(s.attempts, s.conflicts);
+}
+
+Test(seam, an_unanswered_attempt_ends_at_the_deadline_and_a_late_grant_is_given_back)
+{
+    rec r = {0};
+    bl_acquire_opts o = opts(30000, 500);
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &r, NULL), BL_OK);
+    advance(499);
+    cr_assert_eq(r.calls, 0);
+    advance(1);
+    cr_assert_eq(r.calls, 1);
+    cr_assert_eq(r.status, BL_ETIMEDOUT);
+    cr_assert_str_eq(r.errmsg, "Redis did not answer in time");
+    answer(0, BL_OK, 42); /* the grant arrives after all */
+    cr_assert_eq(FB->nops, 2);
+    cr_assert_eq(FB->kinds[1], BL_OP_RELEASE, "a late grant is released at once");
+    answer(1, BL_OK, 0);
+    bl_stats s;
+    bl_manager_stats(M, &s);
+    cr_assert_eq(s.abandoned, 1);
+    cr_assert_eq(s.attempts, s.acquired + s.done + s.abandoned + s.conflicts + s.errors_attempt);
+    cr_assert_eq(r.calls, 1, "the callback ran once");
+}
+
+Test(seam, a_try_once_without_an_answer_is_a_connection_error_after_command_timeout)
+{
+    rec r = {0};
+    bl_acquire_opts o = opts(30000, 0);
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &r, NULL), BL_OK);
+    advance(4999);
+    cr_assert_eq(r.calls, 0);
+    advance(1);
+    cr_assert_eq(r.status, BL_ECONN);
+    answer(0, BL_EBUSY, 0); /* late and harmless */
+    cr_assert_eq(r.calls, 1);
+}
+
+Test(seam, a_lease_is_renewed_every_third_of_its_ttl)
+{
+    rec r = {0};
+    bl_acquire_opts o = opts(300, 0);
+    o.auto_extend = 1;
+    o.on_lost = on_lost;
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &r, NULL), BL_OK);
+    answer(0, BL_OK, 7);
+    cr_assert_eq(r.status, BL_OK);
+    cr_assert_eq(bl_lock_token(r.lock), 7);
+    for (int i = 1; i <= 5; i++) {
+        advance(99);
+        cr_assert_eq(FB->nops, i, "not early (%d)", i);
+        advance(1);
+        cr_assert_eq(FB->nops, i + 1, "renewal %d at ttl/3", i);
+        cr_assert_eq(FB->kinds[i], BL_OP_EXTEND);
+        cr_assert_eq(FB->ops[i]->ttl_ms, 300);
+        answer(i, BL_OK, 0);
+    }
+    cr_assert_eq(lost_calls, 0);
+    rec rr = {0};
+    cr_assert_eq(bl_release(r.lock, on_rel, &rr), BL_OK);
+    answer(FB->nops - 1, BL_OK, 0);
+    cr_assert_eq(rr.status, BL_OK);
+}
+
+Test(seam, an_unanswered_renewal_loses_the_lock_when_the_lease_runs_out)
+{
+    rec r = {0};
+    bl_acquire_opts o = opts(300, 0);
+    o.auto_extend = 1;
+    o.on_lost = on_lost;
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &r, NULL), BL_OK);
+    uint64_t sent = fnow;
+    answer(0, BL_OK, 7);
+    advance(100);
+    cr_assert_eq(FB->kinds[1], BL_OP_EXTEND);
+    advance(sent + 299 - fnow);
+    cr_assert_eq(lost_calls, 0, "the lease still runs");
+    advance(1);
+    cr_assert_eq(lost_calls, 1, "lost exactly when the lease surely ended");
+    cr_assert_eq(lost_status, BL_ELOST);
+    advance(1000);
+    cr_assert_eq(lost_calls, 1, "once");
+    answer(1, BL_OK, 0); /* a late renewal: the handle stays valid */
+    rec rr = {0};
+    cr_assert_eq(bl_release(r.lock, on_rel, &rr), BL_OK);
+    answer(FB->nops - 1, BL_ENOTHELD, 0);
+    cr_assert_eq(rr.calls, 1);
+}
+
+Test(seam, a_refused_renewal_loses_at_once_and_a_failed_one_retries_within_the_lease)
+{
+    rec r = {0};
+    bl_acquire_opts o = opts(300, 0);
+    o.auto_extend = 1;
+    o.on_lost = on_lost;
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &r, NULL), BL_OK);
+    answer(0, BL_OK, 7);
+    advance(100);
+    answer(1, BL_ECONN, 0);
+    cr_assert_eq(lost_calls, 0, "a transient error is not a loss");
+    advance(30); /* ttl/10 */
+    cr_assert_eq(FB->nops, 3, "retried soon");
+    cr_assert_eq(FB->kinds[2], BL_OP_EXTEND);
+    answer(2, BL_ENOTHELD, 0);
+    cr_assert_eq(lost_calls, 1, "a refused renewal is a loss at once");
+    rec rr = {0};
+    cr_assert_eq(bl_release(r.lock, on_rel, &rr), BL_OK);
+    answer(FB->nops - 1, BL_ENOTHELD, 0);
+}
+
+Test(seam, a_release_during_a_renewal_goes_after_it)
+{
+    rec r = {0};
+    bl_acquire_opts o = opts(300, 0);
+    o.auto_extend = 1;
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &r, NULL), BL_OK);
+    answer(0, BL_OK, 7);
+    advance(100);
+    rec rr = {0};
+    cr_assert_eq(bl_release(r.lock, on_rel, &rr), BL_OK);
+    cr_assert_eq(FB->nops, 2, "one operation at a time");
+    answer(1, BL_OK, 0);
+    cr_assert_eq(FB->nops, 3);
+    cr_assert_eq(FB->kinds[2], BL_OP_RELEASE);
+    answer(2, BL_OK, 0);
+    cr_assert_eq(rr.calls, 1);
+    cr_assert_eq(rr.status, BL_OK);
+}
+
+Test(seam, a_directed_wake_sends_the_oldest_waiter_which_keeps_the_queue_for_the_next)
+{
+    rec a = {0}, b = {0};
+    bl_acquire_opts o = opts(30000, 10000);
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &a, NULL), BL_OK);
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &b, NULL), BL_OK);
+    answer(0, BL_EBUSY, 0);
+    answer(1, BL_EBUSY, 0);
+    cr_assert_eq(FB->watch_on, 1, "one watch per key, not per request");
+    size_t n = strlen("bid_lock:mp:x");
+    FB->h.wake(FB->h.ctx, "bid_lock:mp:x", n, 1);
+    cr_assert_eq(FB->nops, 3, "the oldest goes at once, without a timer");
+    cr_assert(FB->ops[2]->queued, "it says it queued before");
+    cr_assert(FB->ops[2]->keep_queued, "another request of ours still waits");
+    cr_assert_gt(FB->ops[2]->queue_ttl_ms, 9000, "kept as long as the other may wait");
+    answer(2, BL_OK, 5);
+    cr_assert_eq(a.status, BL_OK);
+    rec ra = {0};
+    cr_assert_eq(bl_release(a.lock, on_rel, &ra), BL_OK);
+    answer(3, BL_OK, 0);
+    FB->h.wake(FB->h.ctx, "bid_lock:mp:x", n, 1);
+    cr_assert_eq(FB->nops, 5, "the second waiter is woken too");
+    cr_assert(!FB->ops[4]->keep_queued, "nobody else of ours waits");
+    answer(4, BL_OK, 6);
+    cr_assert_eq(b.status, BL_OK);
+    cr_assert_eq(FB->watch_off, 1);
+    cr_assert_eq(FB->leaves, 0, "granted: the server took us out itself");
+    rec rb = {0};
+    cr_assert_eq(bl_release(b.lock, on_rel, &rb), BL_OK);
+    answer(5, BL_OK, 0);
+    bl_stats s;
+    bl_manager_stats(M, &s);
+    cr_assert_eq(s.wakeups, 2);
+}
+
+Test(seam, close_cancels_waiters_and_gives_held_locks_back_before_calling_back)
+{
+    rec w = {0}, h = {0};
+    bl_acquire_opts o = opts(30000, 10000);
+    cr_assert_eq(bl_acquire(M, "mp", "held", &o, on_acq, &h, NULL), BL_OK);
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &w, NULL), BL_OK);
+    answer(0, BL_OK, 1);
+    answer(1, BL_EBUSY, 0);
+    cr_assert_eq(bl_manager_close(M, on_closed, NULL), BL_OK);
+    cr_assert_eq(FB->kinds[2], BL_OP_RELEASE, "the held lock is given back");
+    advance(0);
+    cr_assert_eq(w.status, BL_ECANCELED);
+    cr_assert_eq(closed_calls, 0, "not while the release is out");
+    answer(2, BL_OK, 0);
+    advance(0);
+    cr_assert_eq(closed_calls, 1);
+    M = NULL;
+}
+
+Test(seam, calls_inside_an_ending_callback_are_refused_not_undefined)
+{
+    rec r = {0};
+    bl_acquire_opts o = opts(30000, 0);
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &r, NULL), BL_OK);
+    answer(0, BL_OK, 1);
+    cr_assert_eq(bl_cancel(r.lock), BL_EINVAL, "a held lock cannot be cancelled");
+    rec rr = {0};
+    cr_assert_eq(bl_release(r.lock, on_rel, &rr), BL_OK);
+    cr_assert_eq(bl_release(r.lock, on_rel, &rr), BL_EINVAL, "a second release while the first runs");
+    answer(1, BL_OK, 0);
+    cr_assert_eq(rr.calls, 1);
+}
+
+/* ---- the memory backend against a fake engine ----------------------------- */
+
+typedef struct host_rec {
+    int wakes, directed, closed;
+    char key[64];
+} host_rec;
+static void h_wake(void *ctx, const char *key, size_t n, int directed)
+{
+    host_rec *h = ctx;
+    h->wakes++;
+    h->directed += directed;
+    snprintf(h->key, sizeof h->key, "%.*s", (int)n, key);
+}
+static void h_closed(void *ctx) { ((host_rec *)ctx)->closed++; }
+static void h_reconnected(void *ctx) { (void)ctx; }
+static uint64_t h_rand(void *ctx)
+{
+    (void)ctx;
+    return 4;
+}
+
+typedef struct op_rec {
+    bl_op op;
+    int calls;
+    bl_op_result r;
+    char err[BL_ERRMSG_MAX];
+} op_rec;
+static void op_done(bl_op *op, const bl_op_result *r)
+{
+    op_rec *o = (op_rec *)op;
+    o->calls++;
+    o->r = *r;
+}
+static void mk_op(op_rec *o, enum bl_op_kind kind, const bl_keys *k, uint64_t ttl)
+{
+    memset(o, 0, sizeof *o);
+    o->op = (bl_op){.kind = kind, .keys = k, .ttl_ms = ttl, .errbuf = o->err, .done = op_done};
+}
+
+TestSuite(memory_seam);
+
+Test(memory_seam, the_memory_backend_keeps_redis_semantics_behind_the_seam)
+{
+    fnow = 5000;
+    bl_config cfg;
+    bl_config_init(&cfg);
+    host_rec ha = {0}, hb = {0};
+    bl_backend_host a = {.loop = &floop, .cfg = &cfg, .holder = "A", .holder_len = 1,
+                         .prefix = "bid_lock", .ctx = &ha, .wake = h_wake, .closed = h_closed,
+                         .reconnected = h_reconnected, .rand = h_rand};
+    bl_backend_host b = a;
+    b.holder = "B";
+    b.ctx = &hb;
+    bl_backend *ba, *bb;
+    cr_assert_eq(bl_memory_backend_new(&a, &ba), 0);
+    cr_assert_eq(bl_memory_backend_new(&b, &bb), 0);
+    bl_keys *k = bl_keys_new("bid_lock", "mp", "x");
+    op_rec o1, o2, o3;
+    mk_op(&o1, BL_OP_ACQUIRE, k, 1000);
+    cr_assert_eq(ba->vt->start(ba, &o1.op), 0);
+    cr_assert_eq(o1.calls, 0, "never inside start");
+    advance(0);
+    cr_assert_eq(o1.calls, 1);
+    cr_assert_eq(o1.r.status, BL_OK);
+    cr_assert_gt(o1.r.token, 0);
+    mk_op(&o2, BL_OP_ACQUIRE, k, 1000);
+    bb->vt->start(bb, &o2.op);
+    advance(0);
+    cr_assert_eq(o2.r.status, BL_EBUSY);
+    mk_op(&o3, BL_OP_EXTEND, k, 1000);
+    bb->vt->start(bb, &o3.op);
+    advance(0);
+    cr_assert_eq(o3.r.status, BL_ENOTHELD, "only the holder extends");
+    mk_op(&o3, BL_OP_RELEASE, k, 0);
+    ba->vt->start(ba, &o3.op);
+    advance(0);
+    cr_assert_eq(o3.r.status, BL_OK);
+    cr_assert_eq(hb.wakes, 1, "a release wakes every manager on the store");
+    cr_assert_eq(hb.directed, 0);
+    cr_assert_str_eq(hb.key, "bid_lock:mp:x");
+    uint64_t last = o1.r.token;
+    mk_op(&o2, BL_OP_ACQUIRE, k, 1000);
+    bb->vt->start(bb, &o2.op);
+    advance(0);
+    cr_assert_eq(o2.r.status, BL_OK);
+    cr_assert_gt(o2.r.token, last, "fencing tokens increase across holders");
+    advance(1000); /* B's lease runs out on the fake clock */
+    mk_op(&o1, BL_OP_ACQUIRE, k, 1000);
+    ba->vt->start(ba, &o1.op);
+    advance(0);
+    cr_assert_eq(o1.r.status, BL_OK, "an expired lock is free");
+    ba->vt->shutdown(ba, 0);
+    bb->vt->shutdown(bb, 0);
+    advance(0);
+    cr_assert_eq(ha.closed, 1);
+    cr_assert_eq(hb.closed, 1);
+    ba->vt->free(ba);
+    bb->vt->free(bb);
+    free(k);
+    cr_assert_null(ftimers);
+}
+
+/* ---- what the header promises about handles inside ending callbacks ---- */
+
+static int inner_rc;
+static void cancel_inside(bl_lock *l, int status, void *data)
+{
+    on_acq(l, status, data);
+    inner_rc = bl_cancel(l);
+}
+static void release_inside(bl_lock *l, int status, void *data)
+{
+    on_rel(l, status, data);
+    inner_rc = bl_release(l, NULL, NULL);
+}
+
+Test(seam, inside_its_last_callback_a_handle_refuses_cancel_and_release)
+{
+    rec r = {0};
+    bl_acquire_opts o = opts(30000, 0);
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, cancel_inside, &r, NULL), BL_OK);
+    answer(0, BL_EBUSY, 0);
+    cr_assert_eq(r.status, BL_EBUSY);
+    cr_assert_eq(inner_rc, BL_EINVAL, "cancel of an ended acquire, inside its callback");
+    rec h = {0}, rr = {0};
+    cr_assert_eq(bl_acquire(M, "mp", "y", &o, on_acq, &h, NULL), BL_OK);
+    answer(1, BL_OK, 3);
+    cr_assert_eq(bl_release(h.lock, release_inside, &rr), BL_OK);
+    answer(2, BL_OK, 0);
+    cr_assert_eq(rr.calls, 1);
+    cr_assert_eq(inner_rc, BL_EINVAL, "a second release, inside the first one's callback");
+    cr_assert_eq(FB->nops, 3, "nothing was sent for it");
+}
+
+static bl_lock *section_lock;
+static int section_done_calls, section_done_status;
+static void section_fn(bl_lock *l, void *data)
+{
+    (void)data;
+    section_lock = l;
+}
+static void section_done(int status, int section_status, void *data)
+{
+    (void)section_status;
+    (void)data;
+    section_done_calls++;
+    section_done_status = status;
+    inner_rc = bl_section_end(section_lock, 0);
+}
+
+Test(seam, a_section_ended_by_close_refuses_a_late_end_inside_its_done_callback)
+{
+    section_done_calls = 0;
+    bl_acquire_opts o = opts(30000, 0);
+    cr_assert_eq(bl_with_lock(M, "mp", "s", &o, section_fn, section_done, NULL), BL_OK);
+    answer(0, BL_OK, 9);
+    cr_assert_not_null(section_lock, "the section runs");
+    cr_assert_eq(bl_manager_close(M, on_closed, NULL), BL_OK);
+    advance(0);
+    cr_assert_eq(section_done_calls, 1);
+    cr_assert_eq(section_done_status, BL_ECANCELED);
+    cr_assert_eq(inner_rc, BL_EINVAL, "bl_section_end after close ended it");
+    answer(1, BL_OK, 0); /* the close's give-back */
+    advance(0);
+    cr_assert_eq(closed_calls, 1);
+    M = NULL;
+}
