@@ -314,6 +314,9 @@ typedef struct bl_stats {
     uint64_t conn_errors;    /* operations failed by the connection */
     uint64_t errors;         /* redis_errors + conn_errors */
     uint64_t reconnects;     /* connections re-established after a loss */
+    uint64_t reclaims;       /* acquires that took back a lock held under this
+                              * manager's id by none of its requests (a grant
+                              * whose reply was lost with the connection) */
     uint64_t held;           /* gauge: locks held right now */
     uint64_t waiting;        /* gauge: requests between attempts right now */
 } bl_stats;

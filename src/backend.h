@@ -41,6 +41,7 @@ typedef struct bl_op_result {
     uint64_t token;
     int handed_off;
     const char *errmsg;
+    int ours; /* acquire, BL_EBUSY: the lock is held under our own holder id */
 } bl_op_result;
 
 /* One lock operation: what to do, on which names, and how to finish. The
@@ -54,6 +55,9 @@ typedef struct bl_op {
     int queued;            /* acquire: an earlier attempt of this request queued us */
     int keep_queued;       /* acquire: another request of ours waits on this key, so
                             * a grant must keep our place in the queue */
+    int reclaim;           /* acquire: take the lock if it is held under our own
+                            * holder id (no request of ours holds or is getting it:
+                            * it is a grant whose reply was lost) */
     char *errbuf;          /* BL_ERRMSG_MAX bytes: why a start failed synchronously */
     void (*done)(struct bl_op *op, const bl_op_result *r);
 } bl_op;

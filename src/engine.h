@@ -41,6 +41,7 @@ struct bl_lock {
     uint64_t deadline;      /* loop clock */
     int try_once;
     int queued;             /* joined the server's wait queue */
+    int reclaim;            /* the next attempt may take a lock held under our id */
     double step;            /* backoff state */
     bl_timer *timer;        /* backoff, deferred completion, lease renewal */
     int pending_status;

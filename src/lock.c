@@ -76,6 +76,23 @@ static int others_wait(bl_lock *lock)
 
 static void op_done(bl_op *op, const bl_op_result *r);
 
+/* The lock is held under our holder id, and we were told so. It is ours to
+ * take (a grant whose reply was lost: the connection dropped, the request
+ * ended BL_ECONN) only if no other request of this manager holds it, is
+ * getting or giving it back, or has anything in flight on it. Rare: a walk
+ * of the manager's requests is fine. */
+static int may_reclaim(const bl_lock *lock)
+{
+    const char *key = lock->keys.k[BL_KEY_LOCK];
+    size_t n = lock->keys.len[BL_KEY_LOCK];
+    for (const bl_lock *l = lock->m->locks; l; l = l->next)
+        if (l != lock && l->keys.len[BL_KEY_LOCK] == n &&
+            memcmp(l->keys.k[BL_KEY_LOCK], key, n) == 0 &&
+            (l->op.kind != BL_OP_NONE || l->state == LS_HELD || l->state == LS_RELEASING))
+            return 0;
+    return 1;
+}
+
 static int start_op(bl_lock *lock, enum bl_op_kind kind)
 {
     bl_manager *m = lock->m;
@@ -96,6 +113,8 @@ static int start_op(bl_lock *lock, enum bl_op_kind kind)
             if (l != lock && queue_ttl(l) > keep)
                 keep = queue_ttl(l);
         lock->op.keep_queued = keep > 0;
+        lock->op.reclaim = lock->reclaim;
+        lock->reclaim = 0;
         if (keep > lock->op.queue_ttl_ms)
             lock->op.queue_ttl_ms = keep;
     }
@@ -357,7 +376,13 @@ static void op_done(bl_op *op, const bl_op_result *r)
     case BL_OP_ACQUIRE:
         if (r->status == BL_OK)
             lock->token = r->token;
-        if (r->status == BL_EBUSY)
+        if (r->status == BL_EBUSY && r->ours && !op->reclaim && may_reclaim(lock)) {
+            m->stats.reclaims++;
+            bl_log(m, BL_LOG_INFO, "lock %s is held under our id by no request: reclaiming",
+                   lock->keys.k[BL_KEY_LOCK]);
+            lock->reclaim = 1;
+            attempt(lock);
+        } else if (r->status == BL_EBUSY)
             wait_or_give_up(lock);
         else
             fire_acquire(lock, r->status);
@@ -417,7 +442,7 @@ static void lock_timer_cb(void *data)
             break;
         }
         if (start_op(lock, BL_OP_EXTEND) < 0) {
-            bl_op_result r = {BL_ECONN, 0, 0, "not connected"};
+            bl_op_result r = {BL_ECONN, 0, 0, "not connected", 0};
             extend_done(lock, &r);
         } else {
             uint64_t now = bl_mgr_now(m);

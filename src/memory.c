@@ -137,7 +137,7 @@ static void run_lock_op(mem_be *b, bl_op *op)
     uint64_t now = now_ms(b);
     size_t n = op->keys->len[BL_KEY_LOCK];
     const char *key = op->keys->k[BL_KEY_LOCK];
-    bl_op_result r = {BL_OK, 0, 0, NULL};
+    bl_op_result r = {BL_OK, 0, 0, NULL, 0};
     mem_entry *e = find(key, n, kind == BL_OP_ACQUIRE);
     if (!e && kind == BL_OP_ACQUIRE) {
         r.status = BL_ENOMEM;
@@ -152,8 +152,10 @@ static void run_lock_op(mem_be *b, bl_op *op)
     case BL_OP_ACQUIRE:
         if (e->done_until)
             r.status = BL_EDONE;
-        else if (e->holder)
-            r.status = BL_EBUSY;
+        else if (e->holder && !(op->reclaim && strcmp(e->holder, holder) == 0))
+            r.status = BL_EBUSY, r.ours = strcmp(e->holder, holder) == 0;
+        else if (e->holder) /* reclaimed: it was ours */
+            e->expires_ms = now + op->ttl_ms, r.token = next_token(e);
         else if (!(e->holder = strdup(holder)))
             r.status = BL_ENOMEM, r.errmsg = "out of memory in the memory backend";
         else {

@@ -76,6 +76,8 @@ size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len)
     counter(&o, "connection_errors_total", "Operations failed by the connection.",
             s->conn_errors);
     counter(&o, "reconnects_total", "Connections re-established after a loss.", s->reconnects);
+    counter(&o, "reclaims_total", "Locks taken back from a grant whose reply was lost.",
+            s->reclaims);
     gauge(&o, "locks_held", "Locks held right now.", s->held);
     gauge(&o, "requests_waiting", "Requests waiting between attempts right now.", s->waiting);
     gauge(&o, "connection_up", "1 if the Redis connection is up.",

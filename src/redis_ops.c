@@ -42,7 +42,7 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
     redisReply *reply = reply_;
     bl_op *op = priv;
     conn *c = ac->data;
-    bl_op_result res = {BL_EREDIS, 0, 0, NULL};
+    bl_op_result res = {BL_EREDIS, 0, 0, NULL, 0};
 
     if (!reply) {
         res.status = BL_ECONN;
@@ -105,6 +105,7 @@ static int send_op(redis_be *r, bl_op *op, int by_body)
         NUM(n3, op->queue_ttl_ms);
         ARG(op->queued ? "1" : "0", 1);
         ARG(op->keep_queued ? "1" : "0", 1);
+        ARG(op->reclaim ? "1" : "0", 1);
         break;
     case BL_OP_EXTEND:
         ARG("1", 1);

@@ -55,7 +55,7 @@ size_t bl_resp_format(char *buf, size_t cap, int argc, const char **argv, const 
  * anything that is not one of the documented answers is BL_EREDIS. */
 void bl_redis_interpret(enum bl_op_kind kind, const redisReply *reply, bl_op_result *res)
 {
-    *res = (bl_op_result){BL_EREDIS, 0, 0, "unexpected reply from a bidlock script"};
+    *res = (bl_op_result){BL_EREDIS, 0, 0, "unexpected reply from a bidlock script", 0};
     if (reply->type == REDIS_REPLY_ERROR) {
         res->errmsg = reply->str && reply->str[0] ? reply->str : "Redis sent an empty error";
         return;
@@ -66,20 +66,22 @@ void bl_redis_interpret(enum bl_op_kind kind, const redisReply *reply, bl_op_res
     switch (kind) {
     case BL_OP_ACQUIRE:
         if (v > 0)
-            *res = (bl_op_result){BL_OK, (uint64_t)v, 0, NULL};
+            *res = (bl_op_result){BL_OK, (uint64_t)v, 0, NULL, 0};
         else if (v == BL_ACQ_BUSY)
-            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL};
+            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL, 0};
         else if (v == BL_ACQ_DONE)
-            *res = (bl_op_result){BL_EDONE, 0, 0, NULL};
+            *res = (bl_op_result){BL_EDONE, 0, 0, NULL, 0};
+        else if (v == BL_ACQ_OURS)
+            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL, 1};
         break;
     case BL_OP_EXTEND:
         if (v == 0 || v == 1)
-            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, 0, NULL};
+            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, 0, NULL, 0};
         break;
     case BL_OP_RELEASE:
     case BL_OP_RELEASE_DONE:
         if (v >= 0 && v <= 2)
-            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, v == BL_REL_HANDED_OFF, NULL};
+            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, v == BL_REL_HANDED_OFF, NULL, 0};
         break;
     default:
         break;

@@ -17,17 +17,22 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
      *       queued(1 if this request joined the queue before)
      *       keep(1 if another request of this holder still waits: a grant
      *       keeps the holder in the queue, moved to the back)
-     * -> token > 0 | 0 busy | -2 done
+     *       reclaim(1: a lock held under this very holder id is ours to take:
+     *       the holder has no request that holds or gets it, so it is a
+     *       grant whose reply was lost)
+     * -> token > 0 | 0 busy | -2 done | -3 busy, held under this holder id
      * The uncontended path is SET NX first: 4 calls in all. */
     [BL_SCRIPT_ACQUIRE] = {"acquire",
         "if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
-        "  if redis.call('GET', KEYS[1]) ~= '~' .. ARGV[1] then\n"
+        "  local v = redis.call('GET', KEYS[1])\n"
+        "  if v ~= '~' .. ARGV[1] and not (v == ARGV[1] and ARGV[7] == '1') then\n"
         "    local qt = tonumber(ARGV[4])\n"
         "    if qt > 0 then\n"
         "      local t = redis.call('TIME')\n"
         "      redis.call('ZADD', KEYS[4], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])\n"
         "      if redis.call('PTTL', KEYS[4]) < qt then redis.call('PEXPIRE', KEYS[4], qt) end\n"
         "    end\n"
+        "    if v == ARGV[1] then return -3 end\n"
         "    return 0\n"
         "  end\n"
         "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n" /* reserved for us */

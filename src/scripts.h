@@ -22,6 +22,7 @@ extern const bl_script bl_scripts[BL_SCRIPT_COUNT];
 /* Acquire results besides a positive fencing token. */
 #define BL_ACQ_BUSY 0
 #define BL_ACQ_DONE (-2)
+#define BL_ACQ_OURS (-3) /* taken, by this holder id: maybe a grant whose reply was lost */
 /* Release results. */
 #define BL_REL_NOT_HELD 0
 #define BL_REL_OK 1

@@ -1,9 +1,13 @@
-/* test_handoff.c - hand-off between requests of one manager, against a real
+/* test_handoff.c - one holder id, many requests, against a real
  * redis-server: the server's wait queue holds one entry per manager (its
  * holder id), and that entry must speak for every request of the manager
- * still waiting on the key. */
+ * still waiting on the key; a lock left under that id by a grant whose
+ * reply was lost is taken back by the next acquire, not waited out. */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -14,7 +18,8 @@ static tloop *T;
 
 static void setup(void)
 {
-    rs_start(&srv, NULL);
+    static const char *const extra[] = {"--enable-debug-command", "local", NULL};
+    rs_start(&srv, extra);
     T = tl_new();
 }
 
@@ -107,4 +112,118 @@ Test(handoff, the_second_waiter_of_one_manager_is_handed_the_lock_too)
     cr_assert(tl_wait(T, &rel2.n, 1, 5000));
     close_manager(T, a);
     close_manager(T, b);
+}
+
+static void drop(bl_lock *l, int status, void *data)
+{
+    (void)l;
+    (void)status;
+    (void)data;
+}
+
+static uint64_t reclaims(bl_manager *m)
+{
+    bl_stats s;
+    bl_manager_stats(m, &s);
+    return s.reclaims;
+}
+
+Test(handoff, a_lock_left_under_our_id_by_nobody_of_ours_is_taken_back_at_once)
+{
+    bl_manager *m = mk_manager(T, srv.port, NULL);
+    /* What a lost reply leaves: the server granted, nobody here knows. */
+    freeReplyObject(rs_cmd(&srv, "SET bid_lock:mp:orphan %s PX 60000", bl_manager_holder(m)));
+    bl_acquire_opts o;
+    bl_acquire_opts_init(&o);
+    o.wait_ms = 30000;
+    rec r = {0};
+    cr_assert_eq(bl_acquire(m, "mp", "orphan", &o, on_acq, &r, NULL), BL_OK);
+    cr_assert(tl_wait(T, &r.n, 1, 10000));
+    cr_assert_eq(r.status, BL_OK);
+    cr_assert_eq(reclaims(m), 1);
+    cr_assert_gt(bl_lock_token(r.lock), 0, "a fresh fencing token");
+    /* A lock that a request of ours holds is never taken by another. */
+    rec r2 = {0};
+    bl_acquire_opts once = o;
+    once.wait_ms = 0;
+    cr_assert_eq(bl_acquire(m, "mp", "orphan", &once, on_acq, &r2, NULL), BL_OK);
+    cr_assert(tl_wait(T, &r2.n, 1, 10000));
+    cr_assert_eq(r2.status, BL_EBUSY);
+    cr_assert_eq(reclaims(m), 1, "no reclaim while a request of ours holds it");
+    rec rel = {0};
+    cr_assert_eq(bl_release(r.lock, on_rel, &rel), BL_OK);
+    cr_assert(tl_wait(T, &rel.n, 1, 5000));
+    cr_assert_eq(rel.status, BL_OK);
+    close_manager(T, m);
+}
+
+/* The real thing: the connection dies between the grant and its reply.
+ * The server is made to sleep (DEBUG SLEEP) while our acquire and a
+ * CLIENT KILL of our connection both arrive; when it wakes it may run the
+ * acquire first (granted, reply lost with the connection) or the kill
+ * first (nothing granted). The outcome is read from the server, and a try
+ * that did not lose a grant is made again. */
+Test(handoff, a_grant_whose_reply_died_with_the_connection_is_reclaimed)
+{
+    bl_manager *m = mk_manager(T, srv.port, NULL);
+    rec warm = {0}, wr = {0};
+    bl_acquire_opts o;
+    bl_acquire_opts_init(&o);
+    o.wait_ms = 0;
+    cr_assert_eq(bl_acquire(m, "mp", "warm", &o, on_acq, &warm, NULL), BL_OK);
+    cr_assert(tl_wait(T, &warm.n, 1, 5000));
+    cr_assert_eq(bl_release(warm.lock, on_rel, &wr), BL_OK);
+    cr_assert(tl_wait(T, &wr.n, 1, 5000));
+    int lost = 0;
+    for (int attempt = 0; attempt < 20 && !lost; attempt++) {
+        pid_t kid = fork();
+        if (kid == 0) {
+            redisContext *sleeper = rs_connect(&srv), *killer = rs_connect(&srv);
+            redisAppendCommand(sleeper, "DEBUG SLEEP 0.4");
+            redisBufferWrite(sleeper, &(int){0});
+            usleep(200 * 1000); /* the server sleeps; our acquire is on its way */
+            freeReplyObject(redisCommand(killer, "CLIENT KILL TYPE normal SKIPME yes"));
+            _exit(0);
+        }
+        usleep(50 * 1000); /* the DEBUG SLEEP is running */
+        rec r = {0};
+        char posting[32];
+        snprintf(posting, sizeof posting, "lost-%d", attempt);
+        cr_assert_eq(bl_acquire(m, "mp", posting, &o, on_acq, &r, NULL), BL_OK);
+        cr_assert(tl_wait(T, &r.n, 1, 10000));
+        int st;
+        waitpid(kid, &st, 0);
+        if (r.status == BL_OK) { /* the kill came too late: not this case */
+            rec rr = {0};
+            bl_release(r.lock, on_rel, &rr);
+            tl_wait(T, &rr.n, 1, 5000);
+            continue;
+        }
+        char key[64];
+        snprintf(key, sizeof key, "bid_lock:mp:%s", posting);
+        redisReply *v = rs_cmd(&srv, "GET %s", key);
+        lost = r.status == BL_ECONN && v && v->type == REDIS_REPLY_STRING &&
+               strcmp(v->str, bl_manager_holder(m)) == 0;
+        freeReplyObject(v);
+        if (!lost)
+            continue;
+        /* The grant sits under our id. Once reconnected, the next acquire
+         * takes it back. */
+        for (int i = 0; i < 1000 && bl_manager_conn_state(m) != BL_CONN_UP; i++)
+            tl_run_for(T, 10);
+        bl_acquire_opts w = o;
+        w.wait_ms = 20000;
+        rec again = {0}, rel = {0};
+        uint64_t before = reclaims(m);
+        cr_assert_eq(bl_acquire(m, "mp", posting, &w, on_acq, &again, NULL), BL_OK);
+        cr_assert(tl_wait(T, &again.n, 1, 25000));
+        cr_assert_eq(again.status, BL_OK, "%s", bl_strerror(again.status));
+        cr_assert_eq(reclaims(m), before + 1, "taken back, not waited out (TTL 300 s)");
+        cr_assert_eq(bl_release(again.lock, on_rel, &rel), BL_OK);
+        cr_assert(tl_wait(T, &rel.n, 1, 5000));
+        cr_assert_eq(rel.status, BL_OK);
+    }
+    cr_assert(lost, "in 20 tries the connection never died between a grant and its reply");
+    (void)drop;
+    close_manager(T, m);
 }
