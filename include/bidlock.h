@@ -81,7 +81,8 @@ BL_API const char *bl_version(int *num);
     X(BL_ENOMEM, -8, "out of memory")                                                   \
     X(BL_ECLOSED, -9, "manager is closing")     /* nothing was started */                \
     X(BL_EDONE, -10, "posting is already done") /* acquire: marked done; no lock taken */ \
-    X(BL_ELOST, -11, "lock was lost while held") /* auto-extend */
+    X(BL_ELOST, -11, "lock was lost while held") /* auto-extend */                     \
+    X(BL_ENOREPL, -12, "lock not acknowledged by enough replicas") /* min_replicas */
 
 enum bl_status {
 #define BL_STATUS_ENUM(name, value, text) name = value,
@@ -152,15 +153,25 @@ typedef struct bl_config {
     /* Replica acknowledgement: a grant (or a lease renewal) counts only once
      * WAIT says this many replicas have it, so that a failover right after
      * it cannot promote a replica without the lock. 0 = off; 1..64 = that
-     * many; BL_REPLICAS_AUTO = as many as are connected to the master when
-     * it is checked (none connected: no WAIT); BL_REPLICAS_DEFAULT = AUTO
-     * for a redis-sentinel:// url, 0 for redis:// and unix:// (bidlock then
-     * talks to one fixed server and follows no failover; WAIT costs about
-     * up to a third of the throughput - set it if something else, a virtual IP or
-     * a proxy, can move that address to a replica). Per manager. Ignored by
-     * the memory backend. Default BL_REPLICAS_DEFAULT.
-     * NOTE: WAIT is not sent by this version yet: bl_config_validate
-     * refuses a value that resolves to anything but 0 (fail closed). */
+     * many; BL_REPLICAS_AUTO = as many as are connected to the master (read
+     * with ROLE at every (re)connect and after a shortfall; none connected:
+     * no WAIT, and a warning in the log); BL_REPLICAS_DEFAULT = AUTO for a
+     * redis-sentinel:// url, 0 for redis:// and unix:// (bidlock then
+     * talks to one fixed server and follows no failover, and WAIT costs up
+     * to a third of the throughput - set it if something else, a virtual IP
+     * or a proxy, can move that address to a replica).
+     * One WAIT per connection covers every grant answered before it was
+     * sent (coalesced). A grant that fewer replicas acknowledged within
+     * replica_timeout_ms is never reported as acquired: it is given back
+     * (holder-checked) and the attempt retries within the request's wait;
+     * the request ends BL_ENOREPL if the deadline passes that way (a
+     * try-once request at once). A renewal short of replicas is retried
+     * like a failed one, within the lease. With WAIT on, the answer to the
+     * last attempt may come up to replica_timeout_ms after the deadline.
+     * Per manager, never per request: one caller must not weaken what
+     * every holder of the key relies on. WAIT is best effort: see README
+     * ("High availability") for what it does not give. Ignored by the
+     * memory backend. Default BL_REPLICAS_DEFAULT. */
     int min_replicas;
     /* How long one WAIT may take, in ms (WAIT's timeout). It holds the
      * command connection meanwhile, so keep it small: replicas on a LAN
@@ -295,11 +306,13 @@ typedef struct bl_stats {
     uint64_t attempts;       /* acquire scripts sent */
     uint64_t acquired;       /* successful acquisitions */
     uint64_t conflicts;      /* attempts that found the lock taken */
-    uint64_t errors_attempt; /* attempts that ended in a connection/Redis error */
+    uint64_t errors_attempt; /* attempts that ended in a connection/Redis error, or
+                              * granted but short of replicas (given back) */
     uint64_t busy;           /* try-once requests that found it taken */
     uint64_t timeouts;       /* requests that hit their deadline */
     uint64_t cancelled;      /* requests ended by bl_cancel/close */
-    uint64_t failed;         /* requests ended by a connection/Redis error */
+    uint64_t failed;         /* requests ended by a connection/Redis error or
+                              * BL_ENOREPL */
     uint64_t done;           /* requests that found the posting done */
     uint64_t abandoned;      /* grants (given back) or "done" answers that came
                               * after the request ended (cancel, close, deadline) */
@@ -314,6 +327,10 @@ typedef struct bl_stats {
     uint64_t conn_errors;    /* operations failed by the connection */
     uint64_t errors;         /* redis_errors + conn_errors */
     uint64_t reconnects;     /* connections re-established after a loss */
+    uint64_t replica_shortfalls; /* grants/renewals that fewer than min_replicas
+                              * replicas acknowledged in time (given back) */
+    uint64_t failovers;      /* master changes followed (Sentinel) */
+    uint64_t reverified;     /* held leases re-checked at once after a failover */
     uint64_t reclaims;       /* acquires that took back a lock held under this
                               * manager's id by none of its requests (a grant
                               * whose reply was lost with the connection) */
@@ -350,8 +367,10 @@ BL_API void bl_acquire_opts_init(bl_acquire_opts *opts);
 
 /* Called once when an acquire ends. status is BL_OK (you hold the lock:
  * release it with bl_release), BL_EBUSY, BL_ETIMEDOUT, BL_EDONE (the
- * posting is marked done: do not bid), BL_ECONN, BL_EREDIS, BL_ECANCELED
- * or BL_ENOMEM. On any status but BL_OK the handle is freed when the
+ * posting is marked done: do not bid), BL_ENOREPL (granted, but not
+ * acknowledged by min_replicas replicas in time, so given back: see
+ * bl_config.min_replicas), BL_ECONN, BL_EREDIS, BL_ECANCELED or
+ * BL_ENOMEM. On any status but BL_OK the handle is freed when the
  * callback returns. */
 typedef void (*bl_acquire_cb)(bl_lock *lock, int status, void *data);
 

@@ -96,6 +96,13 @@ static inline void bl_aop_done(bl_aop *op)
     op->release(op);
 }
 
+/* What a backend tells the engine without being asked. */
+enum bl_be_event {
+    BL_BE_RECONNECTED,    /* the connection came back after a loss */
+    BL_BE_WAIT_SHORT,     /* a grant or renewal was not acknowledged by enough replicas */
+    BL_BE_MASTER_CHANGED, /* now on another master (failover): re-verify held leases */
+};
+
 /* What a backend is given at creation. Copied by the backend; every
  * pointer in it outlives the backend. */
 typedef struct bl_backend_host {
@@ -111,8 +118,8 @@ typedef struct bl_backend_host {
     void (*wake)(void *ctx, const char *key, size_t keylen, int directed);
     /* A shutdown finished: nothing is in flight and no callback will come. */
     void (*closed)(void *ctx);
-    /* The connection came back after a loss (counted in the stats). */
-    void (*reconnected)(void *ctx);
+    /* Something the engine counts or acts on (enum bl_be_event). */
+    void (*event)(void *ctx, int ev);
     uint64_t (*rand)(void *ctx);
     void (*log)(void *ctx, int level, const char *line); /* NULL: silent */
 } bl_backend_host;

@@ -42,6 +42,7 @@ struct bl_lock {
     int try_once;
     int queued;             /* joined the server's wait queue */
     int reclaim;            /* the next attempt may take a lock held under our id */
+    int reverify;           /* renew at once after the renewal now in flight */
     double step;            /* backoff state */
     bl_timer *timer;        /* backoff, deferred completion, lease renewal */
     int pending_status;
@@ -87,6 +88,7 @@ struct bl_manager {
     bl_stats stats;
     bl_histogram acquire_hist, release_hist;
     bl_backoff backoff;
+    int wait_on;   /* min_replicas resolves to non-zero: grants wait for WAIT */
     uint64_t rng;
     int admin_inflight;
     bl_timer *kick_timer;  /* deferred shutdown / finish of close */
@@ -127,5 +129,8 @@ void bl_lock_close_one(bl_lock *lock);
 void bl_lock_flush_ending(bl_lock *lock);
 void bl_lock_free(bl_lock *lock);
 void bl_lock_wake(bl_lock *lock, int directed);
+/* The store may have lost what it had (a failover): a held, auto-extended
+ * lock renews now instead of at its next tick. */
+void bl_lock_reverify(bl_lock *lock);
 
 #endif

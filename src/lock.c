@@ -230,8 +230,12 @@ static void arm_answer_deadline(bl_lock *lock)
 {
     bl_manager *m = lock->m;
     uint64_t now = bl_mgr_now(m), limit = m->cfg.command_timeout_ms;
-    if (!lock->try_once && lock->state == LS_ACQUIRING)
+    if (!lock->try_once && lock->state == LS_ACQUIRING) {
         limit = lock->deadline > now + 50 ? lock->deadline - now : 50;
+        /* A grant near the deadline still needs its WAIT to count. */
+        if (m->wait_on)
+            limit += m->cfg.replica_timeout_ms;
+    }
     m->loop.timer_start(lock->timer, limit);
 }
 
@@ -266,16 +270,20 @@ static void attempt(bl_lock *lock)
     }
 }
 
-static void wait_or_give_up(bl_lock *lock)
+/* The attempt found the lock taken (BL_EBUSY), or granted but not
+ * acknowledged by enough replicas (BL_ENOREPL, already given back): try
+ * again after a pause, or end with that status (a busy one at the deadline
+ * with BL_ETIMEDOUT). */
+static void wait_or_give_up(bl_lock *lock, int why)
 {
     bl_manager *m = lock->m;
     if (lock->try_once) {
-        fire_acquire(lock, BL_EBUSY);
+        fire_acquire(lock, why);
         return;
     }
     uint64_t now = bl_mgr_now(m);
     if (now >= lock->deadline) {
-        fire_acquire(lock, BL_ETIMEDOUT);
+        fire_acquire(lock, why == BL_EBUSY ? BL_ETIMEDOUT : why);
         return;
     }
     if (!lock->wq && m->cfg.wake_on_release)
@@ -319,7 +327,12 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
     if (r->status == BL_OK) {
         m->stats.extends++;
         lock->lease_until = lock->op_sent + lock->ttl_ms; /* counted from when we asked */
-        m->loop.timer_start(lock->timer, lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1);
+        uint64_t next = lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1;
+        if (lock->reverify) { /* a failover came while this renewal was out */
+            lock->reverify = 0;
+            next = 0;
+        }
+        m->loop.timer_start(lock->timer, next);
     } else if (r->status == BL_ENOTHELD || now >= lock->lease_until) {
         lose(lock);
     } else {
@@ -346,9 +359,11 @@ static void op_done(bl_op *op, const bl_op_result *r)
     if (kind == BL_OP_ACQUIRE) {
         if (r->status == BL_EBUSY)
             m->stats.conflicts++;
-        else if (err)
+        else if (err || r->status == BL_ENOREPL)
             m->stats.errors_attempt++;
     }
+    if (r->status == BL_ENOREPL)
+        set_errmsg(lock->errmsg, r->errmsg);
     if (r->handed_off)
         m->stats.handoffs++;
 
@@ -382,8 +397,8 @@ static void op_done(bl_op *op, const bl_op_result *r)
                    lock->keys.k[BL_KEY_LOCK]);
             lock->reclaim = 1;
             attempt(lock);
-        } else if (r->status == BL_EBUSY)
-            wait_or_give_up(lock);
+        } else if (r->status == BL_EBUSY || r->status == BL_ENOREPL)
+            wait_or_give_up(lock, r->status);
         else
             fire_acquire(lock, r->status);
         break;
@@ -453,6 +468,17 @@ static void lock_timer_cb(void *data)
     default:
         break;
     }
+}
+
+void bl_lock_reverify(bl_lock *lock)
+{
+    if (lock->state != LS_HELD || !lock->auto_extend || lock->lost)
+        return;
+    lock->m->stats.reverified++;
+    if (lock->op.kind != BL_OP_NONE)
+        lock->reverify = 1; /* the renewal out now went to the old master */
+    else
+        lock->m->loop.timer_start(lock->timer, 0);
 }
 
 /* Called from bl_wq_wake: a release on our key. */

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "url.h"
 
 int bl_mgr_fail(bl_manager *m, int status, const char *msg)
 {
@@ -89,9 +90,18 @@ static void host_wake(void *ctx, const char *key, size_t keylen, int directed)
     bl_wq_wake(ctx, key, keylen, directed);
 }
 
-static void host_reconnected(void *ctx)
+static void host_event(void *ctx, int ev)
 {
-    ((bl_manager *)ctx)->stats.reconnects++;
+    bl_manager *m = ctx;
+    switch (ev) {
+    case BL_BE_RECONNECTED: m->stats.reconnects++; break;
+    case BL_BE_WAIT_SHORT: m->stats.replica_shortfalls++; break;
+    case BL_BE_MASTER_CHANGED:
+        m->stats.failovers++;
+        for (bl_lock *l = m->locks; l; l = l->next)
+            bl_lock_reverify(l);
+        break;
+    }
 }
 
 static uint64_t host_rand(void *ctx)
@@ -148,6 +158,7 @@ int bl_manager_new_with(const bl_loop *loop, const bl_config *cfg, bl_backend_fa
     m->backoff.max_ms = cfg->backoff_max_ms;
     m->backoff.multiplier = cfg->backoff_multiplier;
     m->rng = bl_random_seed();
+    m->wait_on = cfg->backend == BL_BACKEND_REDIS && bl_config_min_replicas(cfg) != 0;
     if (!oom)
         oom = bl_make_holder(m->holder, sizeof m->holder) != 0;
     m->holder_len = strlen(m->holder);
@@ -159,7 +170,7 @@ int bl_manager_new_with(const bl_loop *loop, const bl_config *cfg, bl_backend_fa
     m->host_if = (bl_backend_host){
         .loop = &m->loop, .cfg = &m->cfg, .holder = m->holder, .holder_len = m->holder_len,
         .prefix = m->prefix, .ctx = m, .wake = host_wake, .closed = host_closed,
-        .reconnected = host_reconnected, .rand = host_rand, .log = host_log};
+        .event = host_event, .rand = host_rand, .log = host_log};
     int rc = oom ? BL_ENOMEM : BL_OK;
     if (rc == BL_OK) {
         if (make) {

@@ -76,6 +76,12 @@ size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len)
     counter(&o, "connection_errors_total", "Operations failed by the connection.",
             s->conn_errors);
     counter(&o, "reconnects_total", "Connections re-established after a loss.", s->reconnects);
+    counter(&o, "replica_shortfalls_total",
+            "Grants or renewals fewer than min_replicas replicas acknowledged in time.",
+            s->replica_shortfalls);
+    counter(&o, "failovers_total", "Master changes followed.", s->failovers);
+    counter(&o, "reverified_total", "Held leases re-checked at once after a failover.",
+            s->reverified);
     counter(&o, "reclaims_total", "Locks taken back from a grant whose reply was lost.",
             s->reclaims);
     gauge(&o, "locks_held", "Locks held right now.", s->held);

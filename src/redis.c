@@ -72,6 +72,8 @@ int bl_redis_backend_new(const bl_backend_host *host, bl_backend **out)
         return BL_ENOMEM;
     r->base.vt = &redis_vt;
     r->h = *host;
+    r->pend_tail = &r->pend;
+    r->min_replicas = bl_config_min_replicas(host->cfg);
     int rc = redis_conn_init(r);
     if (rc != BL_OK) {
         bl_url_free(&r->url);

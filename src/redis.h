@@ -38,6 +38,14 @@ enum sub_state { SUB_NONE = 0, SUB_PENDING, SUB_ON, SUB_LEAVING };
 
 typedef struct redis_be redis_be;
 
+/* A grant or renewal the server answered, held back until WAIT says
+ * enough replicas have it (min_replicas). */
+typedef struct wait_item {
+    struct wait_item *next;
+    bl_op *op;
+    bl_op_result res;
+} wait_item;
+
 typedef struct conn {
     redis_be *r;
     int is_sub;
@@ -78,6 +86,13 @@ struct redis_be {
     int port, db;
     char addrs[ADDRS_MAX][INET6_ADDRSTRLEN];
     int naddrs, addr_i;
+    /* replica acknowledgement: one WAIT on the wire at a time covers every
+     * grant answered before it was sent; the next batch waits meanwhile */
+    int min_replicas;      /* configured: 0 off, N, BL_REPLICAS_AUTO */
+    int replicas_now;      /* connected replicas, from ROLE at connect */
+    int replicas_known;    /* ROLE has answered on this connection */
+    wait_item *pend, **pend_tail;
+    int wait_inflight;
     /* subscriptions */
     sub_entry *subs[SUB_BUCKETS];
     bl_timer *linger_timer;
@@ -100,6 +115,8 @@ void redis_notify_closed(redis_be *r);
 void redis_load_scripts(redis_be *r);
 int redis_op_start(bl_backend *be, bl_op *op);
 void redis_op_leave(bl_backend *be, const bl_keys *keys);
+void redis_ask_role(redis_be *r);        /* replica count, for WAIT */
+void redis_wait_fail_all(redis_be *r);   /* the connection is gone: held grants end */
 /* redis_sub.c */
 void redis_sub_watch(bl_backend *be, const char *key, size_t keylen, int on);
 void redis_sub_resubscribe(redis_be *r); /* the subscriber connection is new */

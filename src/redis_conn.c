@@ -60,6 +60,8 @@ static void went_down(conn *c, const char *why)
     c->state = CONN_DOWN;
     if (c->is_sub)
         redis_sub_forget(r);
+    else
+        redis_wait_fail_all(r);
     if (!r->shutting)
         bl_host_log(&r->h, BL_LOG_WARN, "bidlock: %s connection down: %s",
                     c->is_sub ? "subscriber" : "Redis", why);
@@ -86,7 +88,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     c->state = CONN_UP;
     c->reconnect_step = 0;
     if (c->ever_up && !c->is_sub) {
-        r->h.reconnected(r->h.ctx);
+        r->h.event(r->h.ctx, BL_BE_RECONNECTED);
         bl_host_log(&r->h, BL_LOG_INFO, "bidlock: reconnected to Redis");
     }
     c->ever_up = 1;
@@ -113,6 +115,8 @@ void redis_drop(conn *c, const char *why)
         redisAsyncFree(ac); /* pending callbacks run now with NULL */
     if (c->is_sub)
         redis_sub_forget(c->r);
+    else
+        redis_wait_fail_all(c->r);
 }
 
 /* AUTH / SELECT answers. A refusal makes the connection useless: drop it
@@ -167,10 +171,12 @@ void redis_connect(conn *c)
     }
     if (r->db)
         redisAsyncCommand(ac, setup_reply_cb, "SELECT", "SELECT %d", r->db);
-    if (c->is_sub)
+    if (c->is_sub) {
         redis_sub_resubscribe(r);
-    else
+    } else {
         redis_load_scripts(r);
+        redis_ask_role(r);
+    }
 }
 
 void redis_conn_timer_cb(void *data)

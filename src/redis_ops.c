@@ -35,7 +35,15 @@ void redis_load_scripts(redis_be *r)
             r->loads_pending++;
 }
 
-static int send_op(redis_be *r, bl_op *op, int by_body);
+static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
+                   redisCallbackFn *cb);
+static int hold_for_wait(redis_be *r, redisAsyncContext *ac, bl_op *op, const bl_op_result *res);
+
+/* Give a grant back, holder-checked, without waiting for the answer. */
+static void send_release(redis_be *r, bl_op *op)
+{
+    send_op(r, op, BL_OP_RELEASE, !r->sha_ok[BL_SCRIPT_RELEASE], NULL);
+}
 
 static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
@@ -57,7 +65,7 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
         /* The server lost its script cache (restart, SCRIPT FLUSH): run
          * this call by body, which also caches it, and reload. */
         memset(c->r->sha_ok, 0, sizeof c->r->sha_ok);
-        if (send_op(c->r, op, 1) == 0) {
+        if (send_op(c->r, op, op->kind, 1, op_reply_cb) == 0) {
             redis_load_scripts(c->r);
             return;
         }
@@ -65,19 +73,24 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
         res.errmsg = "connection to Redis lost while reloading scripts";
     } else {
         bl_redis_interpret(op->kind, reply, &res);
+        if (hold_for_wait(c->r, ac, op, &res))
+            return;
     }
     op->done(op, &res);
 }
 
 #define RESP_STACK_MAX 2048
 
-static int send_op(redis_be *r, bl_op *op, int by_body)
+/* The script call for kind on op's keys; its reply goes to cb(op), or
+ * nowhere when cb is NULL. */
+static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
+                   redisCallbackFn *cb)
 {
     const bl_config *cfg = r->h.cfg;
     const bl_keys *k = op->keys;
-    int s = op->kind == BL_OP_ACQUIRE  ? BL_SCRIPT_ACQUIRE
-            : op->kind == BL_OP_EXTEND ? BL_SCRIPT_EXTEND
-                                       : BL_SCRIPT_RELEASE;
+    int s = kind == BL_OP_ACQUIRE  ? BL_SCRIPT_ACQUIRE
+            : kind == BL_OP_EXTEND ? BL_SCRIPT_EXTEND
+                                   : BL_SCRIPT_RELEASE;
     char n1[24], n2[24], n3[24];
     const char *argv[16];
     size_t lens[16];
@@ -92,7 +105,7 @@ static int send_op(redis_be *r, bl_op *op, int by_body)
         ARG("EVALSHA", 7);
         ARG(r->sha[s], 40);
     }
-    switch (op->kind) {
+    switch (kind) {
     case BL_OP_ACQUIRE:
         ARG("4", 1);
         KEY(BL_KEY_LOCK);
@@ -119,7 +132,7 @@ static int send_op(redis_be *r, bl_op *op, int by_body)
         KEY(BL_KEY_DONE);
         KEY(BL_KEY_QUEUE);
         ARG(r->h.holder, r->h.holder_len);
-        NUM(n1, op->kind == BL_OP_RELEASE_DONE ? cfg->done_ttl_ms : 0);
+        NUM(n1, kind == BL_OP_RELEASE_DONE ? cfg->done_ttl_ms : 0);
         NUM(n2, cfg->handoff_ms);
         break;
     }
@@ -128,8 +141,8 @@ static int send_op(redis_be *r, bl_op *op, int by_body)
 #undef KEY
     char resp[RESP_STACK_MAX];
     size_t n = bl_resp_format(resp, sizeof resp, argc, argv, lens);
-    int rc = n ? redisAsyncFormattedCommand(r->cmd.ac, op_reply_cb, op, resp, n)
-               : redisAsyncCommandArgv(r->cmd.ac, op_reply_cb, op, argc, argv, lens);
+    int rc = n ? redisAsyncFormattedCommand(r->cmd.ac, cb, cb ? op : NULL, resp, n)
+               : redisAsyncCommandArgv(r->cmd.ac, cb, cb ? op : NULL, argc, argv, lens);
     return rc == REDIS_OK ? 0 : BL_ECONN;
 }
 
@@ -143,7 +156,7 @@ int redis_op_start(bl_backend *be, bl_op *op)
     }
     /* While connecting, hiredis buffers the command until the socket is up
      * and fails it with a NULL reply if the connect fails. */
-    return send_op(r, op, 0);
+    return send_op(r, op, op->kind, 0, op_reply_cb);
 }
 
 void redis_op_leave(bl_backend *be, const bl_keys *keys)
@@ -153,4 +166,133 @@ void redis_op_leave(bl_backend *be, const bl_keys *keys)
         return; /* the queue entry expires with its TTL */
     redisAsyncCommand(r->cmd.ac, NULL, NULL, "ZREM %b %b", keys->k[BL_KEY_QUEUE],
                       keys->len[BL_KEY_QUEUE], r->h.holder, r->h.holder_len);
+}
+
+/* ---- replica acknowledgement (min_replicas) ------------------------------ */
+
+static int replicas_needed(const redis_be *r)
+{
+    return r->min_replicas == BL_REPLICAS_AUTO ? r->replicas_now : r->min_replicas;
+}
+
+static void role_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    redis_be *r = priv;
+    if (!reply || r->cmd.ac != ac)
+        return;
+    /* ["master", offset, [[ip, port, offset], ...]] */
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 3 &&
+        reply->element[0]->type == REDIS_REPLY_STRING &&
+        strcmp(reply->element[0]->str, "master") == 0 &&
+        reply->element[2]->type == REDIS_REPLY_ARRAY) {
+        int n = (int)reply->element[2]->elements;
+        if (r->min_replicas == BL_REPLICAS_AUTO && n == 0 && (!r->replicas_known || r->replicas_now))
+            bl_host_log(&r->h, BL_LOG_WARN,
+                        "bidlock: min_replicas auto: no replica is connected; grants are "
+                        "acknowledged by the master alone");
+        r->replicas_now = n;
+        r->replicas_known = 1;
+    }
+}
+
+void redis_ask_role(redis_be *r)
+{
+    if (r->min_replicas == 0 || !r->cmd.ac)
+        return;
+    redisAsyncCommand(r->cmd.ac, role_cb, r, "ROLE");
+}
+
+static void send_wait(redis_be *r);
+
+static void finish(wait_item *list, int acks, int need, int conn_lost, redis_be *r)
+{
+    while (list) {
+        wait_item *it = list;
+        list = it->next;
+        bl_op *op = it->op;
+        if (conn_lost) {
+            bl_op_result res = {BL_ECONN, 0, 0, "connection lost before the replicas acknowledged",
+                                0};
+            op->done(op, &res);
+        } else if (acks >= need) {
+            op->done(op, &it->res);
+        } else {
+            /* Not on enough replicas: a failover could lose it, so it does
+             * not count. A grant is given back at once (holder-checked). */
+            r->h.event(r->h.ctx, BL_BE_WAIT_SHORT);
+            if (op->kind == BL_OP_ACQUIRE && r->cmd.ac)
+                send_release(r, op);
+            char msg[BL_ERRMSG_MAX];
+            snprintf(msg, sizeof msg, "acknowledged by %d of %d replicas within %u ms", acks,
+                     need, r->h.cfg->replica_timeout_ms);
+            bl_op_result res = {BL_ENOREPL, 0, 0, msg, 0};
+            op->done(op, &res);
+        }
+        free(it);
+    }
+}
+
+static void wait_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    wait_item *batch = priv;
+    redis_be *r = ((conn *)ac->data)->r;
+    int need = replicas_needed(r);
+    int acks = reply && reply->type == REDIS_REPLY_INTEGER ? (int)reply->integer : -1;
+    r->wait_inflight = 0;
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        /* WAIT refused (e.g. on a replica): the grants cannot be vouched for. */
+        acks = -1;
+        bl_host_log(&r->h, BL_LOG_WARN, "bidlock: WAIT failed: %s", reply->str);
+    }
+    if (acks >= 0 && acks < need)
+        redis_ask_role(r); /* a replica may have gone: refresh the count */
+    finish(batch, acks, need, !reply, r);
+    if (r->pend && r->cmd.ac == ac)
+        send_wait(r);
+}
+
+static void send_wait(redis_be *r)
+{
+    wait_item *batch = r->pend;
+    r->pend = NULL;
+    r->pend_tail = &r->pend;
+    if (redisAsyncCommand(r->cmd.ac, wait_cb, batch, "WAIT %d %u", replicas_needed(r),
+                          r->h.cfg->replica_timeout_ms) == REDIS_OK)
+        r->wait_inflight = 1;
+    else
+        finish(batch, 0, 0, 1, r);
+}
+
+/* A grant or renewal answered OK: 1 if it is held back for WAIT. */
+static int hold_for_wait(redis_be *r, redisAsyncContext *ac, bl_op *op, const bl_op_result *res)
+{
+    if (res->status != BL_OK || (op->kind != BL_OP_ACQUIRE && op->kind != BL_OP_EXTEND) ||
+        replicas_needed(r) <= 0 || r->cmd.ac != ac)
+        return 0;
+    wait_item *it = malloc(sizeof *it);
+    if (!it) { /* it cannot be vouched for: never report it held */
+        if (op->kind == BL_OP_ACQUIRE)
+            send_release(r, op);
+        bl_op_result oom = {BL_ENOMEM, 0, 0, "out of memory", 0};
+        op->done(op, &oom);
+        return 1;
+    }
+    it->next = NULL;
+    it->op = op;
+    it->res = *res;
+    *r->pend_tail = it;
+    r->pend_tail = &it->next;
+    if (!r->wait_inflight)
+        send_wait(r);
+    return 1;
+}
+
+void redis_wait_fail_all(redis_be *r)
+{
+    wait_item *list = r->pend;
+    r->pend = NULL;
+    r->pend_tail = &r->pend;
+    finish(list, 0, 0, 1, r);
 }

@@ -16,7 +16,7 @@ enum bl_url_mode { BL_URL_PLAIN = 0, BL_URL_UNIX = 1, BL_URL_SENTINEL = 2 };
  * than 0 (fail closed: a setting that would silently do nothing is an
  * error). Set to 1 with the backend that implements it. */
 #define BL_HAVE_SENTINEL_BACKEND 0
-#define BL_HAVE_REPLICA_WAIT 0
+#define BL_HAVE_REPLICA_WAIT 1
 typedef struct bl_url_endpoint {
     char *host; /* without brackets */
     int port;   /* 26379 by default */

@@ -244,9 +244,10 @@ Test(seam, busy_attempts_follow_the_backoff_and_end_at_the_deadline)
             break;
         int before = FB->nops;
         uint64_t asked = fnow, left = start + 2000 - fnow;
+        /* drawn from [step/2, step], clamped to the deadline */
         uint64_t lo = (uint64_t)(step / 2), hi = (uint64_t)step;
-        if (hi > left) /* clamped to the deadline: the last attempt goes there */
-            lo = hi = left;
+        lo = lo < left ? lo : left;
+        hi = hi < left ? hi : left;
         while (FB->nops == before && fnow - asked <= hi)
             advance(1);
         cr_assert_eq(FB->nops, before + 1, "one attempt per pause (%d)", i);
@@ -477,7 +478,11 @@ static void h_wake(void *ctx, const char *key, size_t n, int directed)
     snprintf(h->key, sizeof h->key, "%.*s", (int)n, key);
 }
 static void h_closed(void *ctx) { ((host_rec *)ctx)->closed++; }
-static void h_reconnected(void *ctx) { (void)ctx; }
+static void h_event(void *ctx, int ev)
+{
+    (void)ctx;
+    (void)ev;
+}
 static uint64_t h_rand(void *ctx)
 {
     (void)ctx;
@@ -512,7 +517,7 @@ Test(memory_seam, the_memory_backend_keeps_redis_semantics_behind_the_seam)
     host_rec ha = {0}, hb = {0};
     bl_backend_host a = {.loop = &floop, .cfg = &cfg, .holder = "A", .holder_len = 1,
                          .prefix = "bid_lock", .ctx = &ha, .wake = h_wake, .closed = h_closed,
-                         .reconnected = h_reconnected, .rand = h_rand};
+                         .event = h_event, .rand = h_rand};
     bl_backend_host b = a;
     b.holder = "B";
     b.ctx = &hb;
