@@ -17,6 +17,7 @@
  * Every step has a loop timer armed; user callbacks run from 0 ms timers.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,7 @@
 #define WATCH_BACKOFF_MAX_MS 5000.0
 #define TIMEOUT_MAX_MS 600000u
 #define REASONS_MAX 448
+#define EPOCH_GRACE_MAX_MS 3600000u
 
 typedef struct disc disc;
 
@@ -50,6 +52,8 @@ struct disc {
     int verify_only;
     int tried;  /* positions of order[] used so far */
     int asking; /* index of the sentinel asked / that named the candidate; -1 for verify */
+    int have_addr;        /* the sentinel named the candidate; its SENTINEL master is next */
+    long long cand_epoch; /* that sentinel's config-epoch, -1 if unknown */
     char host[BL_SENTINEL_ADDR_MAX]; /* the candidate, then the result */
     int port;
     int status;
@@ -62,6 +66,9 @@ typedef struct watch {
     enum wstate state;
     int probing;
     int idx; /* the sentinel in use, -1 before the first */
+    int have_addr; /* its get-master-addr-by-name answer, until SENTINEL master's */
+    char ahost[BL_SENTINEL_ADDR_MAX];
+    int aport;
     redisAsyncContext *ac;
     bl_timer *timer;
     double step;
@@ -80,7 +87,7 @@ struct bl_sentinel {
     int order[BL_SENTINEL_MAX];
     char *s_user, *s_pass, *user, *pass;
     int db;
-    uint32_t timeout_ms, probe_ms;
+    uint32_t timeout_ms, probe_ms, epoch_grace_ms;
     void (*log)(int, const char *, void *);
     void *log_data;
     void (*switched)(void *, const char *, int);
@@ -90,6 +97,8 @@ struct bl_sentinel {
     watch w;
     char known_host[BL_SENTINEL_ADDR_MAX];
     int known_port;
+    long long max_epoch; /* highest config-epoch a sentinel reported */
+    uint64_t lag_since;  /* when answers below max_epoch began to be refused; 0 = not */
     uint64_t rnd;
     bl_sentinel_stats st;
 };
@@ -319,6 +328,107 @@ int bl_sentinel_parse_role(const redisReply *r, bl_sentinel_role *out)
     return 0;
 }
 
+static int has_flag(const char *flags, const char *f)
+{
+    size_t n = strlen(f);
+    for (const char *p = flags; p && *p;) {
+        size_t l = strcspn(p, ",");
+        if (l == n && !strncmp(p, f, n))
+            return 1;
+        p += l;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
+static long long to_ll(const char *s, int *ok)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    *ok = *s && *end == '\0' && errno == 0;
+    return v;
+}
+
+int bl_sentinel_parse_master_info(const redisReply *r, bl_sentinel_master_info *out)
+{
+    if (!r || !out || r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 0)
+        return -1;
+    bl_sentinel_master_info o;
+    memset(&o, 0, sizeof o);
+    o.config_epoch = -1;
+    o.other_sentinels = -1;
+    int have_ip = 0, have_port = 0, have_flags = 0;
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const redisReply *k = r->element[i], *v = r->element[i + 1];
+        if (!is_str(k) || !is_str(v))
+            return -1;
+        int ok = 0;
+        if (!strcmp(k->str, "ip")) {
+            if (v->len >= sizeof o.ip)
+                return -1;
+            memcpy(o.ip, v->str, v->len);
+            o.ip[v->len] = '\0';
+            have_ip = 1;
+        } else if (!strcmp(k->str, "port")) {
+            if ((o.port = parse_port(v->str, v->len)) < 0)
+                return -1;
+            have_port = 1;
+        } else if (!strcmp(k->str, "flags")) {
+            o.is_master = has_flag(v->str, "master");
+            o.s_down = has_flag(v->str, "s_down");
+            o.o_down = has_flag(v->str, "o_down");
+            o.failover = has_flag(v->str, "failover_in_progress");
+            have_flags = 1;
+        } else if (!strcmp(k->str, "config-epoch")) {
+            long long e = to_ll(v->str, &ok);
+            if (!ok || e < 0)
+                return -1;
+            o.config_epoch = e;
+        } else if (!strcmp(k->str, "num-other-sentinels")) {
+            long long n = to_ll(v->str, &ok);
+            if (!ok || n < 0 || n > 1000000)
+                return -1;
+            o.other_sentinels = (int)n;
+        }
+    }
+    if (!have_ip || !have_port || !have_flags)
+        return -1;
+    *out = o;
+    return 0;
+}
+
+/* ---- config-epochs: a sentinel that lags behind a failover -------------------
+ * A sentinel restarted from an old config file, or cut off during the
+ * failover, names the old master under an older config-epoch. Once any
+ * sentinel has reported epoch E, answers below E are refused - for
+ * epoch_grace_ms at most: sentinels that keep reporting a lower epoch after
+ * that were reset (SENTINEL REMOVE + MONITOR starts again at 0), and are
+ * believed again rather than refused forever. */
+static int lags(bl_sentinel *s, long long epoch)
+{
+    if (epoch < 0)
+        return 0; /* unknown (SENTINEL master refused): ROLE decides alone */
+    if (epoch >= s->max_epoch) {
+        s->max_epoch = epoch;
+        s->lag_since = 0;
+        return 0;
+    }
+    uint64_t now = s->loop.now_ms(s->loop.impl);
+    if (!s->lag_since)
+        s->lag_since = now;
+    if (now - s->lag_since < s->epoch_grace_ms)
+        return 1;
+    slog(s, BL_LOG_WARN,
+         "bidlock: sentinel: sentinels have reported config-epoch %lld (below %lld) for %llu "
+         "ms: assuming they were reset, believing them again",
+         epoch, s->max_epoch, (unsigned long long)(now - s->lag_since));
+    s->max_epoch = epoch;
+    s->lag_since = 0;
+    return 0;
+}
+
 /* ---- discovery --------------------------------------------------------------- */
 
 static void note(disc *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -353,7 +463,8 @@ static void finish(disc *d, int status)
     bl_sentinel *s = d->s;
     if (status == BL_OK) {
         s->st.discover_ok++;
-        set_known(s, d->host, d->port);
+        if (!d->verify_only)
+            set_known(s, d->host, d->port);
     } else {
         s->st.discover_failed++;
         if (d->verify_only)
@@ -449,6 +560,8 @@ static void role_cb(redisAsyncContext *ac, void *reply_, void *priv)
         note(d, "ROLE on %s:%d%s: not a ROLE answer", d->host, d->port, by);
     } else if (role.kind == BL_ROLE_MASTER) {
         if (!d->verify_only) {
+            if (d->cand_epoch > s->max_epoch)
+                s->max_epoch = d->cand_epoch;
             /* Sentinel client guidelines: the sentinel that answered goes
              * first next time. */
             int p = 0;
@@ -501,13 +614,52 @@ static void ask_cb(redisAsyncContext *ac, void *reply_, void *priv)
         memcpy(d->host, reply->element[0]->str, reply->element[0]->len);
         d->host[reply->element[0]->len] = '\0';
         d->port = parse_port(reply->element[1]->str, reply->element[1]->len);
-        drop(&d->ac); /* deferred by hiredis until we return */
-        if (start_check(d) != 0)
-            next_soon(d);
+        d->have_addr = 1; /* SENTINEL master's answer follows on this connection */
         return;
     }
     drop(&d->ac);
     next_soon(d);
+}
+
+/* SENTINEL master NAME, after the address: is this sentinel behind (older
+ * config-epoch), or does it see the node it names as down? */
+static void info_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    (void)priv;
+    redisReply *reply = reply_;
+    disc *d = ac->data;
+    if (!d || !reply || !d->have_addr)
+        return;
+    bl_sentinel *s = d->s;
+    char nm[96];
+    sname(d, nm, sizeof nm);
+    bl_sentinel_master_info mi;
+    d->have_addr = 0;
+    d->cand_epoch = -1;
+    if (bl_sentinel_parse_master_info(reply, &mi) == 0) {
+        int same = mi.port == d->port && !strcmp(mi.ip, d->host);
+        if (same && (mi.s_down || mi.o_down)) {
+            s->st.lagging++;
+            note(d, "%s names %s:%d but sees it down (%s)", nm, d->host, d->port,
+                 mi.o_down ? "o_down" : "s_down");
+            drop(&d->ac);
+            next_soon(d);
+            return;
+        }
+        if (lags(s, mi.config_epoch)) {
+            s->st.lagging++;
+            note(d, "%s lags behind a failover (config-epoch %lld, %lld seen before); it names "
+                    "%s:%d",
+                 nm, mi.config_epoch, s->max_epoch, d->host, d->port);
+            drop(&d->ac);
+            next_soon(d);
+            return;
+        }
+        d->cand_epoch = mi.config_epoch;
+    } /* else refused or unreadable (an ACL without SENTINEL MASTER): ROLE decides */
+    drop(&d->ac); /* deferred by hiredis until we return */
+    if (start_check(d) != 0)
+        next_soon(d);
 }
 
 /* Connect to the candidate: AUTH, SELECT, ROLE. 0, or -1 (noted). */
@@ -542,6 +694,7 @@ static int start_ask(disc *d, int i)
     char why[160], nm[96];
     d->phase = PH_ASK;
     d->asking = i;
+    d->have_addr = 0;
     d->ac = open_ctx(s, s->hosts[i], s->ports[i], d, d_on_connect, d_on_disconnect, why,
                      sizeof why);
     if (!d->ac) {
@@ -550,7 +703,9 @@ static int start_ask(disc *d, int i)
     }
     if (send_auth(d->ac, d_setup_cb, "AUTH", s->s_user, s->s_pass) != 0 ||
         redisAsyncCommand(d->ac, ask_cb, NULL, "SENTINEL get-master-addr-by-name %s",
-                          s->master_name) != REDIS_OK) {
+                          s->master_name) != REDIS_OK ||
+        redisAsyncCommand(d->ac, info_cb, NULL, "SENTINEL master %s", s->master_name) !=
+            REDIS_OK) {
         drop(&d->ac);
         note(d, "%s: cannot send the question", sname(d, nm, sizeof nm));
         return -1;
@@ -641,6 +796,7 @@ static int start_disc(bl_sentinel *s, const char *host, int port, bl_sentinel_cb
     d->cb = cb;
     d->arg = arg;
     d->asking = -1;
+    d->cand_epoch = -1;
     if (host) {
         d->verify_only = 1;
         snprintf(d->host, sizeof d->host, "%s", host);
@@ -793,15 +949,39 @@ static void w_addr_cb(redisAsyncContext *ac, void *reply_, void *priv)
         w_fail(s, "it gave no numeric address for the master");
         return;
     }
-    const char *host = reply->element[0]->str;
+    watch *w = &s->w;
+    memcpy(w->ahost, reply->element[0]->str, reply->element[0]->len);
+    w->ahost[reply->element[0]->len] = '\0';
+    w->aport = port;
+    w->have_addr = 1; /* judged with SENTINEL master's answer, next */
+}
+
+static void w_info_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    (void)priv;
+    redisReply *reply = reply_;
+    bl_sentinel *s = ac->data;
+    watch *w = s ? &s->w : NULL;
+    if (!s || !reply || !w->have_addr)
+        return;
+    w->have_addr = 0;
+    bl_sentinel_master_info mi;
+    char nm[96];
+    if (bl_sentinel_parse_master_info(reply, &mi) == 0 && lags(s, mi.config_epoch)) {
+        /* Stay subscribed: when it catches up it announces +switch-master. */
+        slog(s, BL_LOG_INFO,
+             "bidlock: sentinel: %s lags (config-epoch %lld, %lld seen before): its address "
+             "%s:%d is not reported",
+             w_name(s, nm, sizeof nm), mi.config_epoch, s->max_epoch, w->ahost, w->aport);
+        return;
+    }
     if (!s->known_port) {
-        set_known(s, host, port); /* a baseline, nothing to report */
-    } else if (s->known_port != port || strcmp(s->known_host, host) != 0) {
-        slog(s, BL_LOG_INFO, "bidlock: sentinel: sentinel %s:%d names %s:%d, not %s:%d",
-             s->hosts[s->w.idx], s->ports[s->w.idx], host, port, s->known_host,
-             s->known_port);
-        set_known(s, host, port);
-        w_notify(s, host, port);
+        set_known(s, w->ahost, w->aport); /* a baseline, nothing to report */
+    } else if (s->known_port != w->aport || strcmp(s->known_host, w->ahost) != 0) {
+        slog(s, BL_LOG_INFO, "bidlock: sentinel: %s names %s:%d, not %s:%d",
+             w_name(s, nm, sizeof nm), w->ahost, w->aport, s->known_host, s->known_port);
+        set_known(s, w->ahost, w->aport);
+        w_notify(s, w->ahost, w->aport);
     }
 }
 
@@ -860,6 +1040,7 @@ static void w_connect(bl_sentinel *s)
         w->idx = s->order[0];
     w->state = W_SUBSCRIBING;
     w->probing = 0;
+    w->have_addr = 0;
     w->ac = open_ctx(s, s->hosts[w->idx], s->ports[w->idx], s, w_on_connect, w_on_disconnect,
                      why, sizeof why);
     if (!w->ac) {
@@ -869,6 +1050,8 @@ static void w_connect(bl_sentinel *s)
     if (send_auth(w->ac, w_setup_cb, NULL, s->s_user, s->s_pass) != 0 ||
         redisAsyncCommand(w->ac, w_addr_cb, NULL, "SENTINEL get-master-addr-by-name %s",
                           s->master_name) != REDIS_OK ||
+        redisAsyncCommand(w->ac, w_info_cb, NULL, "SENTINEL master %s", s->master_name) !=
+            REDIS_OK ||
         redisAsyncCommand(w->ac, w_sub_cb, NULL, "SUBSCRIBE +switch-master") != REDIS_OK) {
         w_fail(s, "cannot send SUBSCRIBE");
         return;
@@ -958,6 +1141,9 @@ int bl_sentinel_new(const bl_sentinel_host *h, bl_sentinel **out, char *why, siz
         return einval(why, why_len, "db %d is negative", h->db);
     if (h->timeout_ms > TIMEOUT_MAX_MS)
         return einval(why, why_len, "timeout_ms %u is over %u", h->timeout_ms, TIMEOUT_MAX_MS);
+    if (h->epoch_grace_ms > EPOCH_GRACE_MAX_MS)
+        return einval(why, why_len, "epoch_grace_ms %u is over %u", h->epoch_grace_ms,
+                      EPOCH_GRACE_MAX_MS);
 
     bl_sentinel *s = calloc(1, sizeof *s);
     if (!s)
@@ -978,6 +1164,7 @@ int bl_sentinel_new(const bl_sentinel_host *h, bl_sentinel **out, char *why, siz
     s->db = h->db;
     s->timeout_ms = h->timeout_ms ? h->timeout_ms : BL_SENTINEL_TIMEOUT_DEFAULT;
     s->probe_ms = h->watch_probe_ms ? h->watch_probe_ms : BL_SENTINEL_PROBE_DEFAULT;
+    s->epoch_grace_ms = h->epoch_grace_ms ? h->epoch_grace_ms : BL_SENTINEL_EPOCH_GRACE_DEFAULT;
     s->log = h->log;
     s->log_data = h->log_data;
     s->switched = h->switched;

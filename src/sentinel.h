@@ -25,13 +25,17 @@
  * What it does, per the Sentinel client guidelines
  * (https://redis.io/docs/latest/develop/reference/sentinel-clients/):
  *  - discovery asks the sentinels one at a time, SENTINEL
- *    get-master-addr-by-name; the address named is then connected to, with
+ *    get-master-addr-by-name (and, pipelined, SENTINEL master for its
+ *    config-epoch and flags); the address named is then connected to, with
  *    AUTH and SELECT, and asked ROLE. Only a node that says "master" is
- *    returned. A node that is a replica (a sentinel lagging behind a
- *    failover, or an old master Sentinel has demoted) or does not answer
- *    makes discovery go on to the next sentinel. After one full round with
- *    no verified master it fails (BL_ECONN; errmsg lists each sentinel's
- *    reason).
+ *    returned. Discovery goes on to the next sentinel when the node is a
+ *    replica (a sentinel lagging behind a failover, or an old master
+ *    Sentinel has demoted) or does not answer, when the sentinel itself
+ *    flags the node it names s_down/o_down, and when the sentinel's
+ *    config-epoch is below one another sentinel already reported (it
+ *    lags behind a failover: restarted from an old config file, or cut
+ *    off) - see epoch_grace_ms. After one full round with no verified
+ *    master it fails (BL_ECONN; errmsg lists each sentinel's reason).
  *  - the sentinel that named the verified master moves to the front of the
  *    list: the next discovery (and the watch) ask it first.
  *  - the watch keeps one connection SUBSCRIBEd to +switch-master on one
@@ -47,11 +51,15 @@
  * (`sentinel announce-hostnames yes`) does not count as an answer.
  *
  * Limits (say them, do not hide them): ROLE proves the node is a master
- * now, not that it is the master Sentinel elected. If a lagging sentinel
- * names the old master AND that old master was restarted at once (an empty
- * master for ~10 s until Sentinel demotes it), discovery can return it;
- * the watch's switched callback and a READONLY after the demotion are what
- * move the caller off it, and fencing tokens are the final guard.
+ * now, not that it is the master Sentinel elected. A sentinel that lags
+ * behind a failover names the old master, and an old master restarted at
+ * once is an empty master (ROLE says master) for ~10 s until Sentinel
+ * demotes it. The config-epoch rule refuses such a sentinel only once this
+ * bl_sentinel has heard a newer epoch: a process that starts (or a
+ * bl_sentinel created) during that window, and asks the lagging sentinel
+ * first, can be handed the empty old master. The watch's switched callback
+ * and the READONLY after the demotion move the caller off it; fencing
+ * tokens are the final guard.
  */
 #ifndef BIDLOCK_SENTINEL_H
 #define BIDLOCK_SENTINEL_H
@@ -73,6 +81,7 @@ struct redisReply;
 #define BL_SENTINEL_ADDR_MAX 46  /* a numeric address with its NUL (INET6_ADDRSTRLEN) */
 #define BL_SENTINEL_TIMEOUT_DEFAULT 1000 /* ms, when timeout_ms is 0 */
 #define BL_SENTINEL_PROBE_DEFAULT 5000   /* ms, when watch_probe_ms is 0 */
+#define BL_SENTINEL_EPOCH_GRACE_DEFAULT 30000 /* ms, when epoch_grace_ms is 0 */
 
 typedef struct bl_sentinel bl_sentinel;
 
@@ -105,6 +114,13 @@ typedef struct bl_sentinel_host {
      * noticed (TCP alone does not notice a SIGSTOPped process). 0 =
      * BL_SENTINEL_PROBE_DEFAULT. */
     uint32_t watch_probe_ms;
+    /* A sentinel whose config-epoch is below the highest one a sentinel has
+     * reported to this bl_sentinel is refused as lagging - for this long at most
+     * after the first such refusal: sentinels that still report the lower
+     * epoch then were reset (SENTINEL REMOVE/MONITOR starts again at 0), and
+     * are believed again rather than refused forever. 0 =
+     * BL_SENTINEL_EPOCH_GRACE_DEFAULT; at most 3600000. */
+    uint32_t epoch_grace_ms;
     /* Log hook, same shape as bl_config's: level is a BL_LOG_* value, msg one
      * line without newline. NULL = silent. Called from inside hiredis
      * callbacks: it must not call bl_sentinel_free. */
@@ -178,14 +194,15 @@ void bl_sentinel_free(bl_sentinel *s);
 int bl_sentinel_first(const bl_sentinel *s);
 /* Index of the sentinel the watch is subscribed to now (confirmed), or -1. */
 int bl_sentinel_watching(const bl_sentinel *s);
-/* The last master address known: verified by a discovery, or announced by
- * the watch. NULL (and *port 0) when none yet. Valid until s's next
+/* The last master address known: verified by a discovery (not by
+ * bl_sentinel_verify), or announced by the watch. NULL (and *port 0) when none yet. Valid until s's next
  * callback or call. */
 const char *bl_sentinel_master(const bl_sentinel *s, int *port);
 
 typedef struct bl_sentinel_stats {
     uint64_t discover_ok, discover_failed; /* rounds (and verifies) ended */
     uint64_t not_master;       /* candidates the ROLE check refused */
+    uint64_t lagging;          /* answers refused: older config-epoch, or named node down */
     uint64_t switches;         /* switched notifications delivered */
     uint64_t watch_subscribed; /* watch subscriptions confirmed (first + after a loss) */
     uint64_t watch_lost;       /* watch connections lost, refused or timed out */
@@ -225,6 +242,20 @@ typedef struct bl_sentinel_role {
     char link[16];                           /* replica: "connected", "connect", "sync", ... */
 } bl_sentinel_role;
 int bl_sentinel_parse_role(const struct redisReply *r, bl_sentinel_role *out);
+
+/* A SENTINEL master NAME reply (RESP2: a flat field/value array). Returns 0
+ * and fills *out, or -1 if it is not one (an error reply included). ip,
+ * port and flags must be there; config_epoch and other_sentinels are -1
+ * when absent. */
+typedef struct bl_sentinel_master_info {
+    char ip[BL_SENTINEL_ADDR_MAX]; /* as the sentinel says it (may be a name) */
+    int port;
+    int is_master, s_down, o_down, failover; /* flags: master, s_down, o_down,
+                                              * failover_in_progress */
+    long long config_epoch;
+    int other_sentinels;
+} bl_sentinel_master_info;
+int bl_sentinel_parse_master_info(const struct redisReply *r, bl_sentinel_master_info *out);
 
 /* 1 if s[0..n) is a numeric IPv4 or IPv6 address (what redisAsyncConnect
  * takes without resolving), else 0. */
