@@ -31,7 +31,8 @@
  *    returned. Discovery goes on to the next sentinel when the node is a
  *    replica (a sentinel lagging behind a failover, or an old master
  *    Sentinel has demoted) or does not answer, when the sentinel itself
- *    flags the node it names s_down/o_down, and when the sentinel's
+ *    flags the node it names s_down/o_down (as redis-py's
+ *    check_master_state does), and when the sentinel's
  *    config-epoch is below one another sentinel already reported (it
  *    lags behind a failover: restarted from an old config file, or cut
  *    off) - see epoch_grace_ms. After one full round with no verified
@@ -115,8 +116,8 @@ typedef struct bl_sentinel_host {
      * BL_SENTINEL_PROBE_DEFAULT. */
     uint32_t watch_probe_ms;
     /* A sentinel whose config-epoch is below the highest one a sentinel has
-     * reported to this bl_sentinel is refused as lagging - for this long at most
-     * after the first such refusal: sentinels that still report the lower
+     * reported to this bl_sentinel is refused as lagging - for this long at
+     * most after the first such refusal: sentinels that still report the lower
      * epoch then were reset (SENTINEL REMOVE/MONITOR starts again at 0), and
      * are believed again rather than refused forever. 0 =
      * BL_SENTINEL_EPOCH_GRACE_DEFAULT; at most 3600000. */
@@ -195,8 +196,8 @@ int bl_sentinel_first(const bl_sentinel *s);
 /* Index of the sentinel the watch is subscribed to now (confirmed), or -1. */
 int bl_sentinel_watching(const bl_sentinel *s);
 /* The last master address known: verified by a discovery (not by
- * bl_sentinel_verify), or announced by the watch. NULL (and *port 0) when none yet. Valid until s's next
- * callback or call. */
+ * bl_sentinel_verify), or announced by the watch. NULL (and *port 0) when
+ * none yet. Valid until s's next callback or call. */
 const char *bl_sentinel_master(const bl_sentinel *s, int *port);
 
 typedef struct bl_sentinel_stats {
