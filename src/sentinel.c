@@ -852,7 +852,8 @@ static void w_lost(bl_sentinel *s, const char *why)
         w->step = WATCH_BACKOFF_MAX_MS;
     uint64_t half = (uint64_t)(w->step / 2);
     uint64_t pause = half + (half ? next_rand(s) % (half + 1) : 0);
-    slog(s, BL_LOG_WARN, "bidlock: sentinel: watch on %s lost (%s); next: sentinel %s:%d in %llu ms",
+    slog(s, BL_LOG_WARN,
+         "bidlock: sentinel: watch on %s lost (%s); next: sentinel %s:%d in %llu ms",
          w_name(s, nm, sizeof nm), why, s->hosts[next], s->ports[next],
          (unsigned long long)pause);
     w->idx = next;

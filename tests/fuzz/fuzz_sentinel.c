@@ -96,7 +96,8 @@ static void check_reply(const redisReply *r)
 static int too_big(const uint8_t *d, size_t n)
 {
     for (size_t i = 0; i + 1 < n; i++)
-        if (d[i] == '*' && d[i + 1] >= '0' && d[i + 1] <= '9' && atol((const char *)d + i + 1) > 10000)
+        if (d[i] == '*' && d[i + 1] >= '0' && d[i + 1] <= '9' &&
+            atol((const char *)d + i + 1) > 10000)
             return 1;
     return 0;
 }
