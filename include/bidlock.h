@@ -393,7 +393,7 @@ BL_API int bl_acquire(bl_manager *m, const char *marketplace, const char *postin
 typedef void (*bl_release_cb)(bl_lock *lock, int status, void *data);
 
 /* Release a held lock (after its acquire callback said BL_OK). cb may be
- * NULL. Returns BL_OK, or BL_EINVAL if the lock is not in the held state
+ * NULL: then the handle is gone, for the caller, once this returns. Returns BL_OK, or BL_EINVAL if the lock is not in the held state
  * (a second release while the first is under way, or from inside its
  * callback; after that callback the handle is gone, see the model above)
  * / BL_ECLOSED while the manager closes; then nothing is sent and cb is
@@ -440,6 +440,14 @@ typedef struct bl_health {
     double latency_ms;    /* PING round trip (memory backend: 0) */
     const char *backend;  /* "redis" or "memory" */
     const char *errmsg;   /* for failures; valid inside the callback */
+    /* Where the lock connection is (Redis, when it answered): role "master"
+     * or "replica" as ROLE says, the number of replicas connected to it,
+     * and its address "ip:port" (the master Sentinel named, for a
+     * redis-sentinel:// url). NULL, -1, NULL when not known (memory
+     * backend, no answer). Valid inside the callback. */
+    const char *role;
+    int replicas;
+    const char *server;
 } bl_health;
 
 typedef void (*bl_health_cb)(bl_manager *m, const bl_health *h, void *data);

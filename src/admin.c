@@ -26,7 +26,8 @@ static void deliver(bl_aop *op)
     switch (op->kind) {
     case BL_AOP_PING: {
         bl_health h = {op->status, m->be->vt->conn_state(m->be), op->latency_ms,
-                       m->be->vt->name, op->errmsg};
+                       m->be->vt->name, op->errmsg, op->role[0] ? op->role : NULL,
+                       op->replicas, op->server[0] ? op->server : NULL};
         r->cb.health(m, &h, r->data);
         break;
     }
@@ -61,6 +62,7 @@ static admin_req *req_new(bl_manager *m, enum bl_aop_kind kind, void *data)
     r->op.started_us = bl_now_us();
     r->op.deliver = deliver;
     r->op.release = release;
+    r->op.replicas = -1;
     r->m = m;
     r->data = data;
     return r;

@@ -76,13 +76,15 @@ typedef struct bl_aop {
     bl_lock_info info;
     char *holder_buf;   /* inspect: malloc'd holder id, freed by release */
     uint64_t removed;
+    char role[16];      /* ping: "master"/"replica", "" unknown */
+    int replicas;       /* ping: -1 unknown */
+    char server[64];    /* ping: "ip:port", "" unknown */
     /* engine hooks: deliver runs the user's callback (once); release frees
      * the op (and its timer). An answer that did not come in time is
      * delivered at once and released when the late answer, or the
      * connection's end, comes: see bl_aop_done. */
     void (*deliver)(struct bl_aop *op);
     void (*release)(struct bl_aop *op);
-    void *engine;
     /* the backend's own */
     char cursor[32];     /* cleanup: SCAN cursor */
     struct bl_aop *next;

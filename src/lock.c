@@ -106,12 +106,13 @@ static int start_op(bl_lock *lock, enum bl_op_kind kind)
          * ours on this key: while another one waits, a grant keeps the
          * entry (moved to the back), for as long as the longest of them
          * may wait, so the next release wakes it. */
-        uint64_t keep = 0;
         bl_wq *w = lock->wq ? lock->wq
                             : bl_wq_find(m, lock->keys.k[BL_KEY_LOCK], lock->keys.len[BL_KEY_LOCK]);
-        for (bl_lock *l = w ? w->head : NULL; l; l = l->wnext)
-            if (l != lock && queue_ttl(l) > keep)
-                keep = queue_ttl(l);
+        const bl_lock *longest = NULL;
+        for (const bl_lock *l = w ? w->head : NULL; l; l = l->wnext)
+            if (l != lock && !l->try_once && (!longest || l->deadline > longest->deadline))
+                longest = l;
+        uint64_t keep = longest ? queue_ttl(longest) : 0;
         lock->op.keep_queued = keep > 0;
         lock->op.reclaim = lock->reclaim;
         lock->reclaim = 0;
@@ -165,7 +166,10 @@ static void fire_acquire(bl_lock *lock, int status)
     default: m->stats.failed++; break;
     }
     /* Granted: the server took us out of its queue. Otherwise we say so. */
-    leave_queue(lock, status != BL_OK && status != BL_EDONE);
+    /* Granted (or done): the server took us out of its queue - unless the
+     * grant kept our entry for another request of ours, which has left
+     * meanwhile: then we are the last and say so. Otherwise we say so. */
+    leave_queue(lock, (status != BL_OK && status != BL_EDONE) || lock->op.keep_queued);
     if (status == BL_OK) {
         lock->state = LS_HELD;
         m->stats.held++;
@@ -303,7 +307,7 @@ static void start_release_op(bl_lock *lock, enum bl_op_kind kind)
     if (rc == 0)
         arm_answer_deadline(lock);
     if (rc < 0) {
-        bl_mgr_count_error(m, BL_ECONN);
+        bl_mgr_count_error(m, rc);
         if (!lock->errmsg[0])
             set_errmsg(lock->errmsg, "not connected to Redis");
         end_later(lock, BL_OP_RELEASE, rc);
@@ -352,10 +356,10 @@ static void op_done(bl_op *op, const bl_op_result *r)
     if (!lock->abandoned && (lock->state == LS_ACQUIRING || lock->state == LS_RELEASING))
         m->loop.timer_stop(lock->timer); /* the answer came in time */
     int err = r->status == BL_ECONN || r->status == BL_EREDIS;
-    if (err) {
+    if (err)
         bl_mgr_count_error(m, r->status);
-        set_errmsg(lock->errmsg, r->errmsg);
-    }
+    if (err || r->status == BL_ENOMEM)
+        set_errmsg(lock->errmsg, r->errmsg ? r->errmsg : "out of memory");
     if (kind == BL_OP_ACQUIRE) {
         if (r->status == BL_EBUSY)
             m->stats.conflicts++;

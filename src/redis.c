@@ -27,6 +27,8 @@ static void be_shutdown(bl_backend *be, int force)
     r->cmd.role = r->sub.role = TR_NONE;
     if (r->sub.ac)
         redis_drop(&r->sub, "manager closed");
+    r->cmd.awaiting = r->sub.awaiting = 0;
+    redis_preq_fail(r, "manager closed");
     if (r->cmd.ac && (force || r->cmd.state != CONN_UP)) {
         redis_drop(&r->cmd, force ? "manager closed before Redis answered" : "manager closed");
     } else if (r->cmd.ac) {
@@ -42,6 +44,8 @@ static void be_free(bl_backend *be)
 {
     redis_be *r = (redis_be *)be;
     const bl_loop *loop = LOOP(r);
+    redis_conn_free(r);
+    redis_preq_fail(r, "manager freed");
     if (r->sub.ac)
         redis_drop(&r->sub, "manager freed");
     if (r->cmd.ac)
@@ -73,9 +77,11 @@ int bl_redis_backend_new(const bl_backend_host *host, bl_backend **out)
     r->base.vt = &redis_vt;
     r->h = *host;
     r->pend_tail = &r->pend;
+    r->preq_tail = &r->preq;
     r->min_replicas = bl_config_min_replicas(host->cfg);
     int rc = redis_conn_init(r);
     if (rc != BL_OK) {
+        redis_conn_free(r);
         bl_url_free(&r->url);
         free(r);
         return rc;

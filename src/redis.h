@@ -26,9 +26,10 @@
 #include "url.h"
 
 struct redisAsyncContext;
+struct bl_sentinel;
 
 enum conn_state { CONN_DOWN, CONN_CONNECTING, CONN_UP };
-enum timer_role { TR_NONE, TR_CONNECT_DEADLINE, TR_RECONNECT };
+enum timer_role { TR_NONE, TR_CONNECT_DEADLINE, TR_RECONNECT, TR_REDISCOVER };
 enum sub_state { SUB_NONE = 0, SUB_PENDING, SUB_ON, SUB_LEAVING };
 
 #define LINGER_MS 1000     /* keep a subscription this long after the last waiter */
@@ -56,6 +57,7 @@ typedef struct conn {
     double reconnect_step;
     int ever_up;
     int setup_failed; /* AUTH/SELECT refused: last_err says why */
+    int awaiting;     /* Sentinel: connects once discovery names the master */
     char last_err[160];
 } conn;
 
@@ -93,6 +95,15 @@ struct redis_be {
     int replicas_known;    /* ROLE has answered on this connection */
     wait_item *pend, **pend_tail;
     int wait_inflight;
+    /* Sentinel (redis-sentinel://): the master is found, and checked with
+     * ROLE, before every (re)connect of the command connection */
+    struct bl_sentinel *sent;
+    int master_ok;         /* addrs[0]:port is the verified master to connect to */
+    int discovering;
+    char master_now[INET6_ADDRSTRLEN + 8]; /* "ip:port" the command connection is on */
+    wait_item *preq, **preq_tail; /* lock operations started while discovering */
+    /* what ROLE said at the last connect, for health */
+    char role[16];
     /* subscriptions */
     sub_entry *subs[SUB_BUCKETS];
     bl_timer *linger_timer;
@@ -105,6 +116,8 @@ struct redis_be {
 static inline const bl_loop *LOOP(const redis_be *r) { return r->h.loop; }
 
 /* redis_conn.c */
+void redis_rediscover(redis_be *r, const char *why); /* READONLY, MASTERDOWN, not master */
+void redis_conn_free(redis_be *r);
 int redis_conn_init(redis_be *r);   /* resolve once; BL_ECONN + log if it cannot */
 void redis_connect(conn *c);
 void redis_drop(conn *c, const char *why);
@@ -117,6 +130,8 @@ int redis_op_start(bl_backend *be, bl_op *op);
 void redis_op_leave(bl_backend *be, const bl_keys *keys);
 void redis_ask_role(redis_be *r);        /* replica count, for WAIT */
 void redis_wait_fail_all(redis_be *r);   /* the connection is gone: held grants end */
+void redis_preq_flush(redis_be *r);      /* connected after a discovery: send them */
+void redis_preq_fail(redis_be *r, const char *why);
 /* redis_sub.c */
 void redis_sub_watch(bl_backend *be, const char *key, size_t keylen, int on);
 void redis_sub_resubscribe(redis_be *r); /* the subscriber connection is new */

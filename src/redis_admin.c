@@ -88,6 +88,10 @@ static void ping_cb(redisAsyncContext *ac, void *reply_, void *priv)
     }
     op->latency_ms = (double)(bl_now_us() - op->started_us) / 1000.0;
     op->status = BL_OK;
+    redis_be *r = ((conn *)ac->data)->r;
+    snprintf(op->role, sizeof op->role, "%s", r->role);
+    op->replicas = r->replicas_known ? r->replicas_now : -1;
+    snprintf(op->server, sizeof op->server, "%s", r->master_now);
     bl_aop_done(op);
 }
 
@@ -215,6 +219,7 @@ int redis_admin(bl_backend *be, bl_aop *op)
     int rc;
     switch (op->kind) {
     case BL_AOP_PING:
+        redis_ask_role(r); /* answered first: the health reads what it said */
         rc = redisAsyncCommand(r->cmd.ac, ping_cb, op, "PING");
         break;
     case BL_AOP_INSPECT:

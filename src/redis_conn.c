@@ -15,6 +15,7 @@
 
 #include "backoff.h"
 #include "redis.h"
+#include "sentinel.h"
 
 const char *redis_conn_errmsg(conn *c, const redisAsyncContext *ac)
 {
@@ -46,6 +47,14 @@ static void schedule_reconnect(conn *c)
     LOOP(r)->timer_start(c->timer, pause);
 }
 
+/* A connect to this address failed: the next attempt takes the next one
+ * of the host name's addresses. */
+static void next_addr(redis_be *r)
+{
+    if (r->naddrs > 1)
+        r->addr_i = (r->addr_i + 1) % r->naddrs;
+}
+
 static void set_err(conn *c, const char *why)
 {
     if (why != c->last_err) /* callers may pass last_err itself: no overlapping copy */
@@ -58,6 +67,9 @@ static void went_down(conn *c, const char *why)
     set_err(c, why);
     c->ac = NULL;
     c->state = CONN_DOWN;
+    c->awaiting = 0;
+    if (!c->is_sub)
+        r->master_ok = 0; /* Sentinel: ask again where the master is */
     if (c->is_sub)
         redis_sub_forget(r);
     else
@@ -80,16 +92,25 @@ static void on_connect(const redisAsyncContext *ac, int status)
         /* hiredis frees the context after this and fails every queued
          * command with a NULL reply. A host name with several addresses:
          * the next attempt takes the next one. */
-        if (r->naddrs > 1)
-            r->addr_i = (r->addr_i + 1) % r->naddrs;
+        next_addr(r);
         went_down(c, ac->c.errstr[0] ? ac->c.errstr : "connect failed");
         return;
     }
     c->state = CONN_UP;
     c->reconnect_step = 0;
-    if (c->ever_up && !c->is_sub) {
-        r->h.event(r->h.ctx, BL_BE_RECONNECTED);
-        bl_host_log(&r->h, BL_LOG_INFO, "bidlock: reconnected to Redis");
+    if (!c->is_sub) {
+        char now[sizeof r->master_now];
+        snprintf(now, sizeof now, "%s:%d", r->unix_path ? r->unix_path : r->addrs[r->addr_i],
+                 r->port);
+        int moved = r->master_now[0] && strcmp(now, r->master_now) != 0;
+        snprintf(r->master_now, sizeof r->master_now, "%s", now);
+        if (moved) {
+            bl_host_log(&r->h, BL_LOG_WARN, "bidlock: now on master %s", now);
+            r->h.event(r->h.ctx, BL_BE_MASTER_CHANGED);
+        } else if (c->ever_up) {
+            r->h.event(r->h.ctx, BL_BE_RECONNECTED);
+            bl_host_log(&r->h, BL_LOG_INFO, "bidlock: reconnected to Redis");
+        }
     }
     c->ever_up = 1;
     c->last_err[0] = '\0';
@@ -113,10 +134,12 @@ void redis_drop(conn *c, const char *why)
     c->state = CONN_DOWN;
     if (ac)
         redisAsyncFree(ac); /* pending callbacks run now with NULL */
-    if (c->is_sub)
+    if (c->is_sub) {
         redis_sub_forget(c->r);
-    else
+    } else {
+        c->r->master_ok = 0;
         redis_wait_fail_all(c->r);
+    }
 }
 
 /* AUTH / SELECT answers. A refusal makes the connection useless: drop it
@@ -137,14 +160,31 @@ static void setup_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
     LOOP(c->r)->timer_start(c->timer, 0);
 }
 
+static void discovered(void *arg, int status, const char *host, int port, const char *errmsg);
+
 void redis_connect(conn *c)
 {
     redis_be *r = c->r;
+    if (r->sent && !r->master_ok) {
+        /* Sentinel: the address comes from a discovery (which checks ROLE);
+         * the connection waits for it, and so do operations started now. */
+        c->awaiting = 1;
+        c->state = CONN_CONNECTING;
+        if (!r->discovering) {
+            if (bl_sentinel_discover(r->sent, discovered, r) != BL_OK) {
+                went_down(c, "cannot start a Sentinel discovery");
+                return;
+            }
+            r->discovering = 1;
+        }
+        return;
+    }
     redisAsyncContext *ac = r->unix_path
                                 ? redisAsyncConnectUnix(r->unix_path)
                                 : redisAsyncConnect(r->addrs[r->addr_i], r->port);
     if (!ac || ac->err) {
         set_err(c, ac && ac->errstr[0] ? ac->errstr : "cannot create a connection");
+        next_addr(r);
         if (ac)
             redisAsyncFree(ac);
         went_down(c, c->last_err);
@@ -174,8 +214,9 @@ void redis_connect(conn *c)
     if (c->is_sub) {
         redis_sub_resubscribe(r);
     } else {
-        redis_load_scripts(r);
         redis_ask_role(r);
+        redis_load_scripts(r);
+        redis_preq_flush(r);
     }
 }
 
@@ -187,15 +228,120 @@ void redis_conn_timer_cb(void *data)
     if (role == TR_CONNECT_DEADLINE && c->ac) {
         /* A connect deadline, or AUTH/SELECT refused (message already set). */
         if (!c->setup_failed) {
+            next_addr(c->r);
             snprintf(c->last_err, sizeof c->last_err, "connect timed out");
             bl_host_log(&c->r->h, BL_LOG_WARN, "bidlock: Redis connect timed out");
         }
         c->setup_failed = 0;
         redis_drop(c, c->last_err);
         schedule_reconnect(c);
+    } else if (role == TR_REDISCOVER && c->ac) {
+        redis_drop(c, c->last_err);
+        c->reconnect_step = 0;
+        redis_connect(c);
     } else if (role == TR_RECONNECT && !c->r->shutting) {
         redis_connect(c);
     }
+}
+
+/* ---- Sentinel --------------------------------------------------------------- */
+
+static void discovered(void *arg, int status, const char *host, int port, const char *errmsg)
+{
+    redis_be *r = arg;
+    if (status == BL_ECANCELED) /* the backend is being freed */
+        return;
+    r->discovering = 0;
+    conn *conns[2] = {&r->cmd, &r->sub};
+    if (status == BL_OK && !r->shutting) {
+        snprintf(r->addrs[0], sizeof r->addrs[0], "%s", host);
+        r->naddrs = 1;
+        r->addr_i = 0;
+        r->port = port;
+        r->master_ok = 1;
+        for (int i = 0; i < 2; i++)
+            if (conns[i]->awaiting) {
+                conns[i]->awaiting = 0;
+                redis_connect(conns[i]);
+            }
+        return;
+    }
+    char why[sizeof r->cmd.last_err];
+    snprintf(why, sizeof why, "no master from the Sentinels: %s",
+             r->shutting ? "manager closed" : errmsg ? errmsg : "unknown");
+    redis_preq_fail(r, why);
+    for (int i = 0; i < 2; i++)
+        if (conns[i]->awaiting)
+            went_down(conns[i], why);
+    redis_notify_closed(r);
+}
+
+/* Move off the current master: drop both connections (from the loop, not
+ * inside a hiredis callback) and connect again after a fresh discovery. */
+void redis_rediscover(redis_be *r, const char *why)
+{
+    if (!r->sent || r->shutting)
+        return;
+    r->master_ok = 0;
+    conn *conns[2] = {&r->cmd, &r->sub};
+    for (int i = 0; i < 2; i++) {
+        conn *c = conns[i];
+        if (!c->ac || c->role == TR_REDISCOVER)
+            continue;
+        bl_host_log(&r->h, BL_LOG_WARN, "bidlock: %s; asking the Sentinels again", why);
+        set_err(c, why);
+        c->state = CONN_DOWN; /* new operations fail fast meanwhile */
+        c->role = TR_REDISCOVER;
+        LOOP(r)->timer_start(c->timer, 0);
+    }
+}
+
+static void switched(void *ctx, const char *host, int port)
+{
+    redis_be *r = ctx;
+    char why[96];
+    snprintf(why, sizeof why, "Sentinel says the master is now %s:%d", host, port);
+    redis_rediscover(r, why);
+}
+
+static void sentinel_log(int level, const char *msg, void *data)
+{
+    redis_be *r = data;
+    bl_host_log(&r->h, level, "bidlock: %s", msg);
+}
+
+static int sentinel_init(redis_be *r)
+{
+    const bl_url *u = &r->url;
+    const char *hosts[BL_URL_SENTINELS_MAX];
+    int ports[BL_URL_SENTINELS_MAX];
+    for (int i = 0; i < u->n_sentinels; i++) {
+        hosts[i] = u->sentinels[i].host;
+        ports[i] = u->sentinels[i].port;
+    }
+    /* A discovery takes at most about 2 * n * timeout: keep it within
+     * the connect deadline. */
+    uint32_t step = r->h.cfg->connect_timeout_ms / (uint32_t)(2 * u->n_sentinels);
+    bl_sentinel_host h = {
+        .loop = r->h.loop, .master_name = u->master_name, .n = u->n_sentinels,
+        .hosts = hosts, .ports = ports, .sentinel_username = r->h.cfg->sentinel_username,
+        .sentinel_password = r->h.cfg->sentinel_password, .username = u->username,
+        .password = u->password, .db = u->db, .timeout_ms = step < 100 ? 100 : step,
+        .log = sentinel_log, .log_data = r, .switched = switched, .ctx = r};
+    char why[BL_ERRMSG_MAX];
+    int rc = bl_sentinel_new(&h, &r->sent, why, sizeof why);
+    if (rc != BL_OK) {
+        bl_host_log(&r->h, BL_LOG_ERROR, "bidlock: %s", why);
+        return rc == BL_EINVAL ? BL_ECONN : rc;
+    }
+    bl_sentinel_watch(r->sent);
+    return BL_OK;
+}
+
+void redis_conn_free(redis_be *r)
+{
+    bl_sentinel_free(r->sent); /* a discovery still out ends here, ignored */
+    r->sent = NULL;
 }
 
 /* hiredis would resolve a host name at every (re)connect, synchronously,
@@ -242,6 +388,8 @@ int redis_conn_init(redis_be *r)
         r->username = r->url.username;
         r->password = r->url.password;
         r->db = r->url.db;
+        if (r->url.mode == BL_URL_SENTINEL)
+            return sentinel_init(r);
     } else {
         host = cfg->host;
         r->port = cfg->port;

@@ -60,6 +60,15 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
          * for that reason (NOAUTH, protocol errors), so say that. */
         res.status = BL_ECONN;
         res.errmsg = c->last_err;
+    } else if (reply->type == REDIS_REPLY_ERROR && c && c->r->sent &&
+               (strncmp(reply->str, "READONLY", 8) == 0 ||
+                strncmp(reply->str, "MASTERDOWN", 10) == 0)) {
+        /* Sentinel: this node is no longer the master (demoted, or cut off
+         * from it). Nothing was written; move, and let the engine retry
+         * as after a lost connection. */
+        res.status = BL_ECONN;
+        res.errmsg = reply->str;
+        redis_rediscover(c->r, reply->str);
     } else if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
                c && c->ac == ac) {
         /* The server lost its script cache (restart, SCRIPT FLUSH): run
@@ -149,6 +158,20 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
 int redis_op_start(bl_backend *be, bl_op *op)
 {
     redis_be *r = (redis_be *)be;
+    if (r->cmd.awaiting && !r->shutting) {
+        /* Sentinel discovery under way: sent once connected, failed with
+         * the discovery's reason if it finds no master. */
+        wait_item *it = malloc(sizeof *it);
+        if (!it) {
+            snprintf(op->errbuf, BL_ERRMSG_MAX, "out of memory");
+            return BL_ENOMEM;
+        }
+        it->next = NULL;
+        it->op = op;
+        *r->preq_tail = it;
+        r->preq_tail = &it->next;
+        return 0;
+    }
     if (r->cmd.state == CONN_DOWN || !r->cmd.ac) {
         snprintf(op->errbuf, BL_ERRMSG_MAX, "not connected to Redis: %s",
                  r->cmd.last_err[0] ? r->cmd.last_err : "connection down");
@@ -181,6 +204,16 @@ static void role_cb(redisAsyncContext *ac, void *reply_, void *priv)
     redis_be *r = priv;
     if (!reply || r->cmd.ac != ac)
         return;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+        reply->element[0]->type == REDIS_REPLY_STRING) {
+        snprintf(r->role, sizeof r->role, "%s",
+                 strcmp(reply->element[0]->str, "slave") == 0 ? "replica" : reply->element[0]->str);
+        if (r->sent && strcmp(r->role, "master") != 0) {
+            /* Checked by the discovery, then demoted before we got here. */
+            redis_rediscover(r, "the node Sentinel named is no longer a master");
+            return;
+        }
+    }
     /* ["master", offset, [[ip, port, offset], ...]] */
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 3 &&
         reply->element[0]->type == REDIS_REPLY_STRING &&
@@ -198,7 +231,7 @@ static void role_cb(redisAsyncContext *ac, void *reply_, void *priv)
 
 void redis_ask_role(redis_be *r)
 {
-    if (r->min_replicas == 0 || !r->cmd.ac)
+    if (!r->cmd.ac)
         return;
     redisAsyncCommand(r->cmd.ac, role_cb, r, "ROLE");
 }
@@ -295,4 +328,36 @@ void redis_wait_fail_all(redis_be *r)
     r->pend = NULL;
     r->pend_tail = &r->pend;
     finish(list, 0, 0, 1, r);
+}
+
+/* ---- operations started while Sentinel discovery runs ---------------------- */
+
+void redis_preq_flush(redis_be *r)
+{
+    wait_item *list = r->preq;
+    r->preq = NULL;
+    r->preq_tail = &r->preq;
+    while (list) {
+        wait_item *it = list;
+        list = it->next;
+        if (send_op(r, it->op, it->op->kind, 0, op_reply_cb) != 0) {
+            bl_op_result res = {BL_ECONN, 0, 0, "connection to Redis is closing", 0};
+            it->op->done(it->op, &res);
+        }
+        free(it);
+    }
+}
+
+void redis_preq_fail(redis_be *r, const char *why)
+{
+    wait_item *list = r->preq;
+    r->preq = NULL;
+    r->preq_tail = &r->preq;
+    while (list) {
+        wait_item *it = list;
+        list = it->next;
+        bl_op_result res = {BL_ECONN, 0, 0, why, 0};
+        it->op->done(it->op, &res);
+        free(it);
+    }
 }

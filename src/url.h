@@ -15,7 +15,7 @@ enum bl_url_mode { BL_URL_PLAIN = 0, BL_URL_UNIX = 1, BL_URL_SENTINEL = 2 };
  * bl_config_validate refuses a redis-sentinel:// url and min_replicas other
  * than 0 (fail closed: a setting that would silently do nothing is an
  * error). Set to 1 with the backend that implements it. */
-#define BL_HAVE_SENTINEL_BACKEND 0
+#define BL_HAVE_SENTINEL_BACKEND 1
 #define BL_HAVE_REPLICA_WAIT 1
 typedef struct bl_url_endpoint {
     char *host; /* without brackets */

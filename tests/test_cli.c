@@ -790,6 +790,8 @@ Test(cli, health_prints_the_round_trip)
     double ms = -1;
     cr_assert_eq(sscanf(r.out, "redis: ok, round trip %lf ms", &ms), 1, "%s", r.out);
     cr_assert(ms >= 0 && ms < 1000);
+    cr_assert(strstr(r.out, ", master 127.0.0.1:"), "role and address: %s", r.out);
+    cr_assert(strstr(r.out, ", 0 replicas connected\n"), "replicas: %s", r.out);
     cr_assert_str_eq(r.err, "");
     result_free(&r);
 }

@@ -635,3 +635,26 @@ Test(seam, a_section_ended_by_close_refuses_a_late_end_inside_its_done_callback)
     cr_assert_eq(closed_calls, 1);
     M = NULL;
 }
+
+Test(seam, a_kept_queue_entry_is_dropped_when_the_other_waiter_left_during_the_grant)
+{
+    rec a = {0}, b = {0};
+    bl_acquire_opts o = opts(30000, 10000);
+    bl_lock *bl;
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &a, NULL), BL_OK);
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &b, &bl), BL_OK);
+    answer(0, BL_EBUSY, 0);
+    answer(1, BL_EBUSY, 0);
+    FB->h.wake(FB->h.ctx, "bid_lock:mp:x", strlen("bid_lock:mp:x"), 1);
+    cr_assert(FB->ops[2]->keep_queued);
+    cr_assert_eq(bl_cancel(bl), BL_OK); /* the other waiter goes while the grant is out */
+    advance(0);
+    cr_assert_eq(b.status, BL_ECANCELED);
+    cr_assert_eq(FB->leaves, 0, "another request of ours still acquires");
+    answer(2, BL_OK, 5);
+    cr_assert_eq(a.status, BL_OK);
+    cr_assert_eq(FB->leaves, 1, "the entry the grant kept has nobody behind it: dropped");
+    rec ra = {0};
+    cr_assert_eq(bl_release(a.lock, on_rel, &ra), BL_OK);
+    answer(3, BL_OK, 0);
+}

@@ -88,7 +88,12 @@ static void on_health(bl_manager *m, const bl_health *h, void *data)
         finish(a, connection_code(h->status));
         return;
     }
-    printf("%s: ok, round trip %.3f ms\n", h->backend, h->latency_ms);
+    printf("%s: ok, round trip %.3f ms", h->backend, h->latency_ms);
+    if (h->server)
+        printf(", %s %s", h->role ? h->role : "server", h->server);
+    if (h->replicas >= 0)
+        printf(", %d replica%s connected", h->replicas, h->replicas == 1 ? "" : "s");
+    printf("\n");
     finish(a, 0);
 }
 
