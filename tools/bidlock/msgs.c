@@ -48,7 +48,8 @@ int connection_code(int status)
 {
     switch (status) {
     case BL_ECONN:
-    case BL_EREDIS: return EX_UNAVAILABLE;
+    case BL_EREDIS:
+    case BL_ENOREPL: return EX_UNAVAILABLE; /* too few replicas acknowledged it */
     case BL_EINVAL: return EX_USAGE;
     case BL_ENOMEM: return EX_OSERR;
     default: return EX_SOFTWARE;
