@@ -118,10 +118,11 @@ typedef struct bl_config {
      * are asked where the master called NAME is; NAME is required (1..256
      * printable bytes, no space; percent-decoded, so a '@' is %40). Its
      * credentials and db are the master's; the Sentinels' own are
-     * sentinel_username/sentinel_password below. Sentinel hosts should be
-     * numeric addresses (asking them happens on the loop: no resolving).
-     * NOTE: this version parses and checks Sentinel URLs, but cannot follow
-     * a Sentinel master yet: bl_config_validate refuses them (fail closed).
+     * sentinel_username/sentinel_password below. Sentinel hosts must be
+     * numeric addresses (asking them happens on the loop: no resolving;
+     * bl_manager_new says BL_ECONN, with the reason in the log, for a
+     * name). The master is found, checked with ROLE, and followed through
+     * failovers: see README ("High availability").
      * user, password and the socket path are percent-decoded (%40 is '@',
      * %25 is '%'); the credentials end at the last '@'. An empty port or db
      * ("host:", "host/"), a query on redis://, rediss:// (no TLS in hiredis
@@ -167,7 +168,7 @@ typedef struct bl_config {
      * the request ends BL_ENOREPL if the deadline passes that way (a
      * try-once request at once). A renewal short of replicas is retried
      * like a failed one, within the lease. With WAIT on, the answer to the
-     * last attempt may come up to replica_timeout_ms after the deadline.
+     * last attempt may come up to 2 * replica_timeout_ms after the deadline.
      * Per manager, never per request: one caller must not weaken what
      * every holder of the key relies on. WAIT is best effort: see README
      * ("High availability") for what it does not give. Ignored by the

@@ -236,9 +236,10 @@ static void arm_answer_deadline(bl_lock *lock)
     uint64_t now = bl_mgr_now(m), limit = m->cfg.command_timeout_ms;
     if (!lock->try_once && lock->state == LS_ACQUIRING) {
         limit = lock->deadline > now + 50 ? lock->deadline - now : 50;
-        /* A grant near the deadline still needs its WAIT to count. */
+        /* A grant near the deadline still needs its WAIT to count, and
+         * that WAIT may queue behind the one on the wire. */
         if (m->wait_on)
-            limit += m->cfg.replica_timeout_ms;
+            limit += 2 * m->cfg.replica_timeout_ms + 50;
     }
     m->loop.timer_start(lock->timer, limit);
 }
@@ -403,6 +404,11 @@ static void op_done(bl_op *op, const bl_op_result *r)
             attempt(lock);
         } else if (r->status == BL_EBUSY || r->status == BL_ENOREPL)
             wait_or_give_up(lock, r->status);
+        else if (r->status == BL_ECONN && !lock->try_once && lock->step > 0)
+            /* The connection went while this retry was out (a failover,
+             * a kill): keep waiting to the deadline, as when a retry finds
+             * it down. A grant that was lost with it is reclaimed. */
+            wait_or_give_up(lock, BL_ECONN);
         else
             fire_acquire(lock, r->status);
         break;

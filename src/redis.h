@@ -93,6 +93,7 @@ struct redis_be {
     int min_replicas;      /* configured: 0 off, N, BL_REPLICAS_AUTO */
     int replicas_now;      /* connected replicas, from ROLE at connect */
     int replicas_known;    /* ROLE has answered on this connection */
+    uint64_t role_asked;   /* loop clock of the last ROLE sent for the count */
     wait_item *pend, **pend_tail;
     int wait_inflight;
     /* Sentinel (redis-sentinel://): the master is found, and checked with

@@ -286,6 +286,11 @@ void redis_rediscover(redis_be *r, const char *why)
     conn *conns[2] = {&r->cmd, &r->sub};
     for (int i = 0; i < 2; i++) {
         conn *c = conns[i];
+        if (!c->ac && c->role == TR_RECONNECT) { /* waiting out a backoff: go now */
+            c->reconnect_step = 0;
+            LOOP(r)->timer_start(c->timer, 0);
+            continue;
+        }
         if (!c->ac || c->role == TR_REDISCOVER)
             continue;
         bl_host_log(&r->h, BL_LOG_WARN, "bidlock: %s; asking the Sentinels again", why);
@@ -300,6 +305,9 @@ static void switched(void *ctx, const char *host, int port)
 {
     redis_be *r = ctx;
     char why[96];
+    snprintf(why, sizeof why, "%s:%d", host, port);
+    if (r->cmd.state == CONN_UP && strcmp(why, r->master_now) == 0)
+        return; /* moved there already (the switch was heard late) */
     snprintf(why, sizeof why, "Sentinel says the master is now %s:%d", host, port);
     redis_rediscover(r, why);
 }

@@ -158,9 +158,13 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
 int redis_op_start(bl_backend *be, bl_op *op)
 {
     redis_be *r = (redis_be *)be;
-    if (r->cmd.awaiting && !r->shutting) {
-        /* Sentinel discovery under way: sent once connected, failed with
-         * the discovery's reason if it finds no master. */
+    if (r->sent && !r->shutting &&
+        (r->cmd.awaiting ||
+         (r->cmd.state != CONN_UP && (r->cmd.role == TR_RECONNECT || r->cmd.role == TR_REDISCOVER)))) {
+        /* Sentinel: a discovery is under way, or the connection is being
+         * made again (after a failover, most likely): sent once connected,
+         * failed with the discovery's reason if it finds no master. The
+         * engine's answer deadline bounds the wait. */
         wait_item *it = malloc(sizeof *it);
         if (!it) {
             snprintf(op->errbuf, BL_ERRMSG_MAX, "out of memory");
@@ -302,8 +306,19 @@ static void send_wait(redis_be *r)
 static int hold_for_wait(redis_be *r, redisAsyncContext *ac, bl_op *op, const bl_op_result *res)
 {
     if (res->status != BL_OK || (op->kind != BL_OP_ACQUIRE && op->kind != BL_OP_EXTEND) ||
-        replicas_needed(r) <= 0 || r->cmd.ac != ac)
+        r->cmd.ac != ac)
         return 0;
+    if (replicas_needed(r) <= 0) {
+        /* auto, and no replica was connected when we looked: after a
+         * failover the promoted master has none for a while. Look again,
+         * at most once a second, so WAIT starts once one attaches. */
+        uint64_t now = bl_host_now(&r->h);
+        if (r->min_replicas == BL_REPLICAS_AUTO && now - r->role_asked >= 1000) {
+            r->role_asked = now;
+            redis_ask_role(r);
+        }
+        return 0;
+    }
     wait_item *it = malloc(sizeof *it);
     if (!it) { /* it cannot be vouched for: never report it held */
         if (op->kind == BL_OP_ACQUIRE)
