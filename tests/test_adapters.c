@@ -14,17 +14,6 @@
 
 #include "harness.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define HAVE_LSAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HAVE_LSAN 1
-#endif
-#endif
-#ifdef HAVE_LSAN
-#include <sanitizer/lsan_interface.h>
-#endif
-
 static redis_srv srv;
 static tloop *T;
 
@@ -41,16 +30,6 @@ static void teardown(void)
 }
 
 TestSuite(adapters, .init = setup, .fini = teardown, .timeout = 60);
-
-/* Under ASan, fail the test on memory nobody can reach any more (without
- * it, run the suite under valgrind: see README). */
-static void assert_no_leaks(void)
-{
-#ifdef HAVE_LSAN
-    cr_assert_eq(__lsan_do_recoverable_leak_check(), 0, "%s: leaked memory (see the log)",
-                 tl_name());
-#endif
-}
 
 /* ---- managers: create, attach, close --------------------------------------- */
 
