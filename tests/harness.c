@@ -386,3 +386,41 @@ long long rs_subscribers(const redis_srv *s, const char *channel)
     freeReplyObject(n);
     return v;
 }
+
+/* ---- fixtures ------------------------------------------------------------------ */
+
+tloop *T;
+redis_srv srv;
+
+void fx_loop_init(void)
+{
+    T = tl_new();
+}
+
+void fx_loop_fini(void)
+{
+    tl_free(T);
+    T = NULL;
+}
+
+void fx_redis_init(void)
+{
+    rs_start(&srv, NULL);
+}
+
+void fx_redis_fini(void)
+{
+    rs_stop(&srv);
+}
+
+void fx_redis_loop_init(void)
+{
+    fx_redis_init();
+    fx_loop_init();
+}
+
+void fx_redis_loop_fini(void)
+{
+    fx_loop_fini();
+    fx_redis_fini();
+}

@@ -75,6 +75,21 @@ void close_manager(tloop *t, bl_manager *m);
 /* A bl_close_cb that counts into the int that data points to. */
 void on_closed(bl_manager *m, void *data);
 
+/* ---- fixtures --------------------------------------------------------------
+ * The suite's loop T and server srv, for .init / .fini of TestSuite:
+ *   fx_loop_init      T only (the test starts the servers it needs)
+ *   fx_redis_init     srv only (processes talk to it, not a loop)
+ *   fx_redis_loop_init  srv, then T
+ * Criterion runs each test in its own process, so each test gets new ones. */
+extern tloop *T;
+extern redis_srv srv;
+void fx_loop_init(void);
+void fx_loop_fini(void);
+void fx_redis_init(void);
+void fx_redis_fini(void);
+void fx_redis_loop_init(void);
+void fx_redis_loop_fini(void);
+
 /* ---- clock and memory ----------------------------------------------------- */
 
 uint64_t mono_ms(void);

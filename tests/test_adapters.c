@@ -13,51 +13,22 @@
 #include <hiredis/async.h>
 
 #include "harness.h"
+#include "helpers.h"
 
-static redis_srv srv;
-static tloop *T;
-
-static void setup(void)
-{
-    rs_start(&srv, NULL);
-    T = tl_new();
-}
-
-static void teardown(void)
-{
-    tl_free(T);
-    rs_stop(&srv);
-}
-
-TestSuite(adapters, .init = setup, .fini = teardown, .timeout = 60);
+TestSuite(adapters, .init = fx_redis_loop_init, .fini = fx_redis_loop_fini, .timeout = 60);
 
 /* ---- managers: create, attach, close --------------------------------------- */
 
-typedef struct outcome {
-    int n, status;
-    bl_lock *lock;
-} outcome;
-
-static void on_lock(bl_lock *lock, int status, void *data)
-{
-    outcome *o = data;
-    o->n++;
-    o->status = status;
-    o->lock = lock;
-}
-
 /* Try-once acquire, then release if it was granted: the connection has
- * really been used. Returns the acquire's status. */
+ * really been used. Returns the acquire's status. On loop t, not T. */
 static int use(tloop *t, bl_manager *m)
 {
-    outcome a = {0}, r = {0};
-    bl_acquire_opts o;
-    bl_acquire_opts_init(&o);
-    o.wait_ms = 0;
-    cr_assert_eq(bl_acquire(m, "ebay", "cycle", &o, on_lock, &a, NULL), BL_OK);
+    rec a = {0}, r = {0};
+    bl_acquire_opts o = acq_opts(0, 0);
+    cr_assert_eq(bl_acquire(m, "ebay", "cycle", &o, on_acq, &a, NULL), BL_OK);
     cr_assert(tl_wait(t, &a.n, 1, 10000), "%s: acquire never completed", tl_name());
     if (a.status == BL_OK) {
-        cr_assert_eq(bl_release(a.lock, on_lock, &r), BL_OK);
+        cr_assert_eq(bl_release(a.lock, on_rel, &r), BL_OK);
         cr_assert(tl_wait(t, &r.n, 1, 10000), "%s: release never completed", tl_name());
         cr_assert_eq(r.status, BL_OK);
     }

@@ -23,22 +23,16 @@
 #error "meson passes -DBIDLOCK_CLI_PATH"
 #endif
 
-static redis_srv srv;
 static char url[64], port_s[16];
 
 static void setup(void)
 {
-    rs_start(&srv, NULL);
+    fx_redis_init();
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", srv.port);
     snprintf(port_s, sizeof port_s, "%d", srv.port);
 }
 
-static void teardown(void)
-{
-    rs_stop(&srv);
-}
-
-TestSuite(cli, .init = setup, .fini = teardown, .timeout = 90);
+TestSuite(cli, .init = setup, .fini = fx_redis_fini, .timeout = 90);
 
 /* ---- running processes ------------------------------------------------------ */
 
