@@ -166,7 +166,7 @@ Test(holders, a_holder_paused_past_its_ttl_loses_to_another_process_and_gets_not
     uint64_t old_token;
     kid_acquired(&k, &old_token);
     kill(k.pid, SIGSTOP); /* a GC pause, a swapped-out VM, a debugger */
-    tl_run_for(T, 500);
+    cr_assert(wait_gone(&srv, "bid_lock:ebay:kid", 10000), "its lease ran out meanwhile");
     bl_config c = quick_cfg(srv.port);
     bl_manager *a = mk_manager(T, srv.port, &c);
     rec mine = acq(a, "kid", 0, 30000);

@@ -20,7 +20,10 @@ Test(misuse, bad_ids_ttls_and_waits_are_refused_before_the_server)
 {
     bl_manager *m = mk_manager(T, srv.port, NULL);
     cr_assert(wait_up(m, 5000));
-    tl_run_for(T, 100); /* the scripts are loaded */
+    /* The scripts are loaded once a PING sent behind the loads is answered. */
+    hrec h = {0};
+    cr_assert_eq(bl_health_check(m, on_health, &h), BL_OK);
+    cr_assert(tl_wait(T, &h.n, 1, 5000) && h.status == BL_OK, "%s", h.errmsg);
     long long before = rs_calls(&srv, NULL);
     size_t big = 10u << 20; /* 10 MB */
     char *huge = malloc(big + 1);

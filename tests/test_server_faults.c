@@ -148,7 +148,9 @@ Test(server_faults, client_pause_past_request_deadlines)
               (unsigned long long)took);
     /* The pause ends; the queued scripts run: the late grants are given
      * back, the late release deletes the lock. */
-    tl_run_for(T, 1500);
+    cr_assert(wait_gone(&srv, "bid_lock:ebay:late", 5000), "late grant given back");
+    cr_assert(wait_gone(&srv, "bid_lock:ebay:once", 5000), "late grant given back");
+    cr_assert(wait_gone(&srv, "bid_lock:ebay:held", 5000), "the late release ran");
     bl_stats st;
     bl_manager_stats(a, &st);
     cr_assert_eq(st.abandoned, 2, "late grants given back: %llu", (unsigned long long)st.abandoned);
@@ -207,18 +209,17 @@ Test(server_faults, client_kill_of_the_lock_connection_while_waiters_wait)
     cr_assert_eq(held.status, BL_OK);
     /* The waiters retry only every 2.5-5 s, so none has an attempt on the
      * wire when the connections go (such an attempt ends with BL_ECONN: the
-     * server may have granted it, see lock.c), and they take 0.5-1 s to
+     * server may have granted it, see lock.c), and they take 1.5-3 s to
      * reconnect, so the release's wake-up finds their connection down. */
     bl_config slow = c;
     slow.backoff_initial_ms = slow.backoff_max_ms = 5000;
-    slow.reconnect_initial_ms = 1000;
+    slow.reconnect_initial_ms = 3000;
     rec waiting[W] = {{0}};
     for (int i = 0; i < W; i++) {
         w[i] = mk_manager(T, srv.port, &slow);
         acq_start(w[i], "k", 30000, 0, &waiting[i]);
-        tl_run_for(T, 50);
+        cr_assert(wait_queued(&srv, w[i], "k", 5000), "waiter %d waits", i);
     }
-    tl_run_for(T, 300);
     /* Every command connection goes (the subscribers stay). */
     cr_assert(rs_int(&srv, "CLIENT KILL TYPE normal") >= W + 1);
     tl_run_for(T, 100); /* a sees the drop and is back; the waiters are not yet */
@@ -264,7 +265,7 @@ Test(server_faults, client_kill_of_the_subscriber_connection_while_waiters_wait)
     rec held = acq(a, "sub", 0, 0);
     rec waiting = {0};
     acq_start(b, "sub", 20000, 0, &waiting);
-    tl_run_for(T, 300);
+    cr_assert(wait_queued(&srv, b, "sub", 5000), "b waits, subscribed");
     cr_assert(rs_int(&srv, "CLIENT KILL TYPE pubsub") >= 1);
     /* The subscriber comes back and subscribes again (a few ms) to its
      * channel for this lock, "<key>|<holder>". */
