@@ -240,6 +240,16 @@ int wait_gone(const redis_srv *s, const char *key, int ms)
     return tl_wait_for(T, key_gone, &x, ms);
 }
 
+static int no_locks(void *s)
+{
+    return rs_lock_count(s) == 0;
+}
+
+int wait_no_locks(const redis_srv *s, int ms)
+{
+    return tl_wait_for(T, no_locks, (void *)s, ms);
+}
+
 static int queued(void *arg)
 {
     on_server *x = arg;

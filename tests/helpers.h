@@ -93,6 +93,8 @@ int wait_up(bl_manager *m, int ms);
  * server's own clock decides a TTL, so this waits for what Redis did, not
  * for a guess of how long that takes on a busy machine. */
 int wait_gone(const redis_srv *s, const char *key, int ms);
+/* Run T until s holds no lock key (rs_lock_count), at most ms. */
+int wait_no_locks(const redis_srv *s, int ms);
 /* Run T until m's request for posting waits on the server: m's holder id
  * is in the posting's queue and m's subscriber listens on its wake-up
  * channel, so a release now hands the lock over and wakes it. At most ms. */
