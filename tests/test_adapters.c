@@ -24,8 +24,7 @@ TestSuite(adapters, .init = fx_redis_loop_init, .fini = fx_redis_loop_fini, .tim
 static int use(tloop *t, bl_manager *m)
 {
     rec a = {0}, r = {0};
-    bl_acquire_opts o = acq_opts(0, 0);
-    cr_assert_eq(bl_acquire(m, "ebay", "cycle", &o, on_acq, &a, NULL), BL_OK);
+    acq_start(m, "cycle", 0, 0, &a);
     cr_assert(tl_wait(t, &a.n, 1, 10000), "%s: acquire never completed", tl_name());
     if (a.status == BL_OK) {
         cr_assert_eq(bl_release(a.lock, on_rel, &r), BL_OK);

@@ -19,9 +19,8 @@ Test(engine, two_instances_same_posting_only_one_wins)
     bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
     cr_assert_str_neq(bl_manager_holder(a), bl_manager_holder(b));
     rec ra = {0}, rb = {0};
-    bl_acquire_opts o = acq_opts(0, 0);
-    cr_assert_eq(bl_acquire(a, "ebay", "p1", &o, on_acq, &ra, NULL), BL_OK);
-    cr_assert_eq(bl_acquire(b, "ebay", "p1", &o, on_acq, &rb, NULL), BL_OK);
+    acq_start(a, "p1", 0, 0, &ra);
+    acq_start(b, "p1", 0, 0, &rb);
     cr_assert(tl_wait(T, &rec_calls, 2, 5000));
     cr_assert_eq(ra.n + rb.n, 2);
     cr_assert((ra.status == BL_OK) != (rb.status == BL_OK), "exactly one winner");
@@ -41,11 +40,10 @@ Test(engine, three_instances_queue_and_each_gets_it_in_turn)
 {
     bl_manager *m[3];
     rec r[3] = {{0}};
-    bl_acquire_opts o = acq_opts(15000, 0);
     for (int i = 0; i < 3; i++)
         m[i] = mk_manager(T, srv.port, NULL);
     for (int i = 0; i < 3; i++)
-        cr_assert_eq(bl_acquire(m[i], "ebay", "hot", &o, on_acq, &r[i], NULL), BL_OK);
+        acq_start(m[i], "hot", 15000, 0, &r[i]);
     int served[3] = {0};
     for (int round = 0; round < 3; round++) {
         cr_assert(tl_wait(T, &rec_calls, round + 1, 15000), "round %d: nobody got the lock", round);
@@ -104,7 +102,7 @@ Test(engine, many_postings_concurrently_are_independent)
     char id[32];
     for (int i = 0; i < N; i++) {
         snprintf(id, sizeof id, "posting-%d", i);
-        cr_assert_eq(bl_acquire(a, "ebay", id, &o, on_acq, &r[i], NULL), BL_OK);
+        acq_start(a, id, 0, 0, &r[i]);
         cr_assert_eq(bl_acquire(b, "etsy", id, &o, on_acq, &r[N + i], NULL), BL_OK);
     }
     cr_assert(tl_wait(T, &rec_calls, 2 * N, 20000));
@@ -402,8 +400,7 @@ Test(engine, counters_add_up)
     cr_assert_eq(acq(b, "c", 200, 0).status, BL_ETIMEDOUT);
     /* b waits; a releases after a while; b gets it. */
     rec rb = {0};
-    bl_acquire_opts o = acq_opts(10000, 0);
-    cr_assert_eq(bl_acquire(b, "ebay", "c", &o, on_acq, &rb, NULL), BL_OK);
+    acq_start(b, "c", 10000, 0, &rb);
     tl_run_for(T, 150);
     cr_assert_eq(rel(ra.lock), BL_OK);
     cr_assert(tl_wait(T, &rec_calls, rec_calls + 1, 10000) || rb.n == 1);
@@ -560,8 +557,7 @@ Test(engine, close_cancels_waiters_and_releases_held_locks)
     cr_assert_eq(held.status, BL_OK);
     cr_assert_eq(acq(b, "theirs", 0, 0).status, BL_OK);
     rec waiter = {0};
-    bl_acquire_opts o = acq_opts(10000, 0);
-    cr_assert_eq(bl_acquire(a, "ebay", "theirs", &o, on_acq, &waiter, NULL), BL_OK);
+    acq_start(a, "theirs", 10000, 0, &waiter);
     tl_run_for(T, 100);
     int closed = 0;
     cr_assert_eq(bl_manager_close(a, on_closed, &closed), BL_OK);

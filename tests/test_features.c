@@ -30,8 +30,7 @@ Test(features, a_waiter_wakes_on_release_without_waiting_for_its_backoff)
     rec ra = acq(a, "wake", 0, 0);
     cr_assert_eq(ra.status, BL_OK);
     rec rb = {0};
-    bl_acquire_opts o = acq_opts(20000, 0);
-    cr_assert_eq(bl_acquire(b, "ebay", "wake", &o, on_acq, &rb, NULL), BL_OK);
+    acq_start(b, "wake", 20000, 0, &rb);
     cr_assert(wait_queued(&srv, b, "wake", 5000), "b waits, its timer far away");
     cr_assert_eq(rb.n, 0);
     uint64_t t0 = mono_ms();
@@ -62,8 +61,7 @@ Test(features, a_lost_notification_falls_back_to_the_timer)
     bl_manager *b = mk_manager(T, srv.port, &c);
     rec ra = acq(a, "lost-note", 0, 0);
     rec rb = {0};
-    bl_acquire_opts o = acq_opts(20000, 0);
-    cr_assert_eq(bl_acquire(b, "ebay", "lost-note", &o, on_acq, &rb, NULL), BL_OK);
+    acq_start(b, "lost-note", 20000, 0, &rb);
     cr_assert(wait_queued(&srv, b, "lost-note", 5000));
     bl_stats before;
     bl_manager_stats(b, &before);
@@ -88,14 +86,13 @@ Test(features, waiters_get_the_lock_in_arrival_order_not_the_releaser)
     rec first = acq(m[0], "fair", 0, 0);
     cr_assert_eq(first.status, BL_OK);
     rec w1 = {0}, w2 = {0}, again = {0};
-    bl_acquire_opts o = acq_opts(20000, 0);
-    cr_assert_eq(bl_acquire(m[1], "ebay", "fair", &o, on_acq, &w1, NULL), BL_OK);
+    acq_start(m[1], "fair", 20000, 0, &w1);
     cr_assert(wait_queued(&srv, m[1], "fair", 5000), "the first waiter arrived");
-    cr_assert_eq(bl_acquire(m[2], "ebay", "fair", &o, on_acq, &w2, NULL), BL_OK);
+    acq_start(m[2], "fair", 20000, 0, &w2);
     cr_assert(wait_queued(&srv, m[2], "fair", 5000), "the second waiter arrived");
     /* The releaser asks again at once: it must queue behind the others. */
     cr_assert_eq(rel(first.lock), BL_OK);
-    cr_assert_eq(bl_acquire(m[0], "ebay", "fair", &o, on_acq, &again, NULL), BL_OK);
+    acq_start(m[0], "fair", 20000, 0, &again);
     cr_assert(tl_wait(T, &w1.n, 1, 5000));
     cr_assert_eq(w1.status, BL_OK, "longest waiter first");
     tl_run_for(T, 50);
@@ -230,8 +227,7 @@ Test(features, a_done_posting_is_never_acquired_again_by_any_manager)
     cr_assert_eq(ra.status, BL_OK);
     /* b waits while a bids; a's release marks it done; b learns at once. */
     rec rb = {0};
-    bl_acquire_opts o = acq_opts(20000, 0);
-    cr_assert_eq(bl_acquire(b, "ebay", "sold", &o, on_acq, &rb, NULL), BL_OK);
+    acq_start(b, "sold", 20000, 0, &rb);
     cr_assert(wait_queued(&srv, b, "sold", 5000));
     uint64_t t0 = mono_ms();
     cr_assert_eq(rel_done(ra.lock), BL_OK);
@@ -476,7 +472,7 @@ Test(features, a_request_cancelled_mid_attempt_leaves_the_servers_queue)
     cr_assert_eq(rb.status, BL_ECANCELED);
     tl_run_for(T, 100);
     cr_assert_eq(rs_int(&srv, "ZCARD bid_lock::q:ebay:gone"), 0, "b left the queue");
-    cr_assert_eq(bl_acquire(w, "ebay", "gone", &o, on_acq, &rw, NULL), BL_OK);
+    acq_start(w, "gone", 20000, 0, &rw);
     cr_assert(wait_queued(&srv, w, "gone", 5000), "w waits, its timer 2.5 s away");
     uint64_t t0 = mono_ms();
     cr_assert_eq(rel(ra.lock), BL_OK);
