@@ -18,6 +18,7 @@
 #include <sys/types.h>
 
 #include "bidlock.h"
+#include "rsrv.h"
 
 /* Names and keys exactly as BENCH.md has them. */
 #define BENCH_MARKETPLACE "bench"
@@ -30,15 +31,11 @@ uint64_t bench_now_us(void);
 
 /* ---- server.c: a private redis-server, blocking helpers, the limit ------- */
 
-typedef struct bench_srv {
-    pid_t pid;
-    int port;
-    char dir[64];
-} bench_srv;
-
-/* Start redis-server on a free 127.0.0.1 port (--save '' --appendonly no
- * --bind 127.0.0.1); it dies with this process (PR_SET_PDEATHSIG). Returns
- * 0 once it answers PING, else -1 with a message on stderr. */
+/* A private redis-server on a free 127.0.0.1 port (tests/rsrv: --save ''
+ * --appendonly no --bind 127.0.0.1); it dies with this process
+ * (PR_SET_PDEATHSIG). bench_srv_start returns 0 once it answers PING, else
+ * -1 with a message on stderr. */
+typedef rsrv bench_srv;
 int bench_srv_start(bench_srv *s);
 void bench_srv_stop(bench_srv *s);
 

@@ -1,23 +1,17 @@
 /* server.c - the benchmark's private redis-server, the blocking helpers the
  * parent uses between runs, and the limit measured with redis-benchmark. */
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 
 #include "bench.h"
+#include "rsrv.h"
 #include "scripts.h"
 
 uint64_t bench_now_us(void)
@@ -27,129 +21,26 @@ uint64_t bench_now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
-static redisContext *connect_port(int port)
-{
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    if (!c || c->err) {
-        if (c)
-            redisFree(c);
-        return NULL;
-    }
-    redisSetTimeout(c, (struct timeval){10, 0});
-    return c;
-}
-
-static int ping(int port)
-{
-    redisContext *c = connect_port(port);
-    if (!c)
-        return 0;
-    redisReply *r = redisCommand(c, "PING");
-    int ok = r && r->type == REDIS_REPLY_STATUS;
-    if (r)
-        freeReplyObject(r);
-    redisFree(c);
-    return ok;
-}
-
-static pid_t spawn(const bench_srv *s)
-{
-    char port[16];
-    snprintf(port, sizeof port, "%d", s->port);
-    const char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--daemonize", "no", "--dir", s->dir,
-                          "--loglevel", "warning", NULL};
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the bench */
-        int dn = open("/dev/null", O_RDWR);
-        dup2(dn, 0);
-        dup2(dn, 1);
-        execvp("redis-server", (char *const *)argv);
-        _exit(127);
-    }
-    return pid;
-}
-
+/* The server itself comes from tests/rsrv (one launcher for the tests and
+ * the bench); the bench only says why it did not start. */
 int bench_srv_start(bench_srv *s)
 {
-    memset(s, 0, sizeof *s);
-    snprintf(s->dir, sizeof s->dir, "/tmp/bidlock-bench-XXXXXX");
-    if (!mkdtemp(s->dir)) {
-        fprintf(stderr, "bench: mkdtemp: %s\n", strerror(errno));
-        s->dir[0] = '\0';
-        return -1;
-    }
-    for (int tries = 0; tries < 5; tries++) {
-        s->port = free_port();
-        if (s->port <= 0)
-            break;
-        s->pid = spawn(s);
-        if (s->pid < 0)
-            break;
-        for (int i = 0; i < 250; i++) { /* up to ~5 s */
-            if (ping(s->port))
-                return 0;
-            int st;
-            if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-                s->pid = 0;
-                if (WIFEXITED(st) && WEXITSTATUS(st) == 127) {
-                    fprintf(stderr, "bench: redis-server not found: install redis-server\n");
-                    bench_srv_stop(s);
-                    return -1;
-                }
-                break; /* the port was taken after all: another one */
-            }
-            usleep(20000);
-        }
-        if (s->pid > 0) {
-            kill(s->pid, SIGKILL);
-            waitpid(s->pid, NULL, 0);
-            s->pid = 0;
-        }
-    }
-    fprintf(stderr, "bench: redis-server did not start\n");
-    bench_srv_stop(s);
+    if (rsrv_start(s, NULL) == 0)
+        return 0;
+    fprintf(stderr, "bench: %s\n", s->err);
     return -1;
 }
 
 void bench_srv_stop(bench_srv *s)
 {
-    if (s->pid > 0) {
-        kill(s->pid, SIGTERM);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-    }
-    if (s->dir[0]) {
-        char path[128];
-        snprintf(path, sizeof path, "%s/dump.rdb", s->dir);
-        unlink(path);
-        rmdir(s->dir);
-        s->dir[0] = '\0';
-    }
+    rsrv_stop(s);
 }
 
 /* One command on a fresh blocking connection. */
 static redisReply *cmd(int port, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static redisReply *cmd(int port, const char *fmt, ...)
 {
-    redisContext *c = connect_port(port);
+    redisContext *c = rsrv_connect(port, NULL, 10000);
     if (!c)
         return NULL;
     va_list ap;

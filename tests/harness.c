@@ -1,168 +1,79 @@
 /* harness.c - see harness.h. */
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <criterion/criterion.h>
 
 #include "harness.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define HAVE_LSAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HAVE_LSAN 1
+#endif
+#endif
+#ifdef HAVE_LSAN
+#include <sanitizer/lsan_interface.h>
+#endif
+
 uint64_t mono_ms(void)
+{
+    return mono_us() / 1000u;
+}
+
+uint64_t mono_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-static int free_port(void)
+void assert_no_leaks(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
-    socklen_t len = sizeof a;
-    cr_assert(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-    close(fd);
-    return ntohs(a.sin_port);
+#ifdef HAVE_LSAN
+    cr_assert_eq(__lsan_do_recoverable_leak_check(), 0, "%s: leaked memory (see LeakSanitizer above)",
+                 tl_name());
+#endif
 }
+
+/* ---- redis-server: tests/rsrv, asserted ------------------------------------- */
 
 int unused_port(void)
 {
-    return free_port(); /* bound and closed: nothing listens there */
-}
-
-static int ping(int port)
-{
-    struct timeval tv = {0, 200000};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    if (!c || c->err) {
-        if (c)
-            redisFree(c);
-        return 0;
-    }
-    redisReply *r = redisCommand(c, "PING");
-    int ok = r != NULL; /* PONG, or NOAUTH from a server that wants a password */
-    if (r)
-        freeReplyObject(r);
-    redisFree(c);
-    return ok;
-}
-
-static pid_t spawn(redis_srv *s, const char *const *extra)
-{
-    char port[16];
-    snprintf(port, sizeof port, "%d", s->port);
-    const char *argv[64] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no", "--daemonize", "no",
-                            "--dir", s->dir, "--loglevel", "warning"};
-    int n = 15;
-    for (int i = 0; extra && extra[i] && n < 62; i++)
-        argv[n++] = extra[i];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test, even if SIGSTOPped */
-        int dn = open("/dev/null", O_RDWR);
-        dup2(dn, 0);
-        dup2(dn, 1);
-        dup2(dn, 2);
-        execvp("redis-server", (char *const *)argv);
-        _exit(127);
-    }
-    return pid;
+    int port = rsrv_free_port(); /* bound and closed: nothing listens there */
+    cr_assert(port > 0, "no free port");
+    return port;
 }
 
 void rs_start(redis_srv *s, const char *const *extra)
 {
-    memset(s, 0, sizeof *s);
-    s->extra = extra;
-    snprintf(s->dir, sizeof s->dir, "/tmp/bidlock-test-XXXXXX");
-    cr_assert(mkdtemp(s->dir), "mkdtemp: %s", strerror(errno));
-    for (int tries = 0; tries < 5; tries++) {
-        s->port = free_port();
-        s->pid = spawn(s, extra);
-        for (int i = 0; i < 250; i++) { /* up to ~5 s */
-            if (ping(s->port))
-                return;
-            int st;
-            if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-                cr_assert(!(WIFEXITED(st) && WEXITSTATUS(st) == 127),
-                          "redis-server not found: install redis-server");
-                break; /* port taken after all: try another */
-            }
-            usleep(20000);
-        }
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-    }
-    cr_assert_fail("redis-server did not start");
+    cr_assert_eq(rsrv_start(s, extra), 0, "%s", s->err);
 }
 
 void rs_stop(redis_srv *s)
 {
-    if (s->pid > 0) {
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-    }
-    if (s->dir[0]) {
-        char path[128];
-        snprintf(path, sizeof path, "%s/dump.rdb", s->dir);
-        unlink(path);
-        rmdir(s->dir);
-        s->dir[0] = '\0';
-    }
-}
-
-redisContext *rs_connect(const redis_srv *s)
-{
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", s->port, tv);
-    cr_assert(c && !c->err, "connect to test redis failed");
-    redisSetTimeout(c, tv);
-    if (s->password[0]) {
-        redisReply *r = redisCommand(c, "AUTH %s", s->password);
-        cr_assert(r && r->type == REDIS_REPLY_STATUS, "AUTH for the test's connection");
-        freeReplyObject(r);
-    }
-    return c;
+    rsrv_stop(s);
 }
 
 void rs_kill(redis_srv *s)
 {
-    if (s->pid > 0) {
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-    }
+    rsrv_kill(s);
 }
 
 void rs_restart(redis_srv *s)
 {
-    for (int tries = 0; tries < 100; tries++) { /* the port may linger briefly */
-        s->pid = spawn(s, s->extra);
-        for (int i = 0; i < 100; i++) {
-            if (ping(s->port))
-                return;
-            if (waitpid(s->pid, NULL, WNOHANG) == s->pid)
-                break;
-            usleep(20000);
-        }
-        rs_kill(s);
-        usleep(50000);
-    }
-    cr_assert_fail("redis-server did not come back on port %d", s->port);
+    cr_assert_eq(rsrv_restart(s), 0, "%s", s->err);
+}
+
+redisContext *rs_connect(const redis_srv *s)
+{
+    redisContext *c = rsrv_connect(s->port, s->password, 2000);
+    cr_assert(c, "connect (and AUTH) to the test's redis-server on port %d failed", s->port);
+    return c;
 }
 
 static redisReply *vcmd(const redis_srv *s, const char *fmt, va_list ap)
@@ -413,6 +324,18 @@ void tl_run_for(tloop *t, int ms)
     tl_wait(t, &never, 1, ms);
 }
 
+int tl_wait_for(tloop *t, int (*done)(void *arg), void *arg, int timeout_ms)
+{
+    uint64_t end = mono_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        if (done(arg))
+            return 1;
+        if (mono_ms() >= end)
+            return 0;
+        tl_run_for(t, 5);
+    }
+}
+
 bl_manager *mk_manager(tloop *t, int port, const bl_config *cfg)
 {
     bl_config c;
@@ -427,7 +350,7 @@ bl_manager *mk_manager(tloop *t, int port, const bl_config *cfg)
     return m;
 }
 
-static void on_closed(bl_manager *m, void *data)
+void on_closed(bl_manager *m, void *data)
 {
     (void)m;
     (*(int *)data)++;
@@ -449,4 +372,69 @@ long long rs_lock_count(const redis_srv *s)
         n += strncmp(r->element[i]->str, "bid_lock::", 10) != 0;
     freeReplyObject(r);
     return n;
+}
+
+long long rs_calls(const redis_srv *s, const char *only)
+{
+    redisReply *r = rs_cmd(s, "INFO commandstats");
+    cr_assert_eq(r->type, REDIS_REPLY_STRING);
+    long long total = 0;
+    for (const char *p = r->str; (p = strstr(p, "cmdstat_")); p++) {
+        if (strncmp(p, "cmdstat_info:", 13) == 0)
+            continue;
+        if (only && (strncmp(p + 8, only, strlen(only)) != 0 || p[8 + strlen(only)] != ':'))
+            continue;
+        const char *c = strstr(p, "calls=");
+        if (c)
+            total += atoll(c + 6);
+    }
+    freeReplyObject(r);
+    return total;
+}
+
+long long rs_subscribers(const redis_srv *s, const char *channel)
+{
+    redisReply *n = rs_cmd(s, "PUBSUB NUMSUB %s", channel);
+    cr_assert(n->type == REDIS_REPLY_ARRAY && n->elements == 2);
+    long long v = n->element[1]->integer;
+    freeReplyObject(n);
+    return v;
+}
+
+/* ---- fixtures ------------------------------------------------------------------ */
+
+tloop *T;
+redis_srv srv;
+
+void fx_loop_init(void)
+{
+    T = tl_new();
+}
+
+void fx_loop_fini(void)
+{
+    tl_free(T);
+    T = NULL;
+}
+
+void fx_redis_init(void)
+{
+    rs_start(&srv, NULL);
+}
+
+void fx_redis_fini(void)
+{
+    rs_stop(&srv);
+}
+
+void fx_redis_loop_init(void)
+{
+    fx_redis_init();
+    fx_loop_init();
+}
+
+void fx_redis_loop_fini(void)
+{
+    fx_loop_fini();
+    fx_redis_fini();
 }

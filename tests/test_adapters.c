@@ -15,72 +15,21 @@
 #include <hiredis/async.h>
 
 #include "harness.h"
+#include "helpers.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define HAVE_LSAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HAVE_LSAN 1
-#endif
-#endif
-#ifdef HAVE_LSAN
-#include <sanitizer/lsan_interface.h>
-#endif
-
-static redis_srv srv;
-static tloop *T;
-
-static void setup(void)
-{
-    rs_start(&srv, NULL);
-    T = tl_new();
-}
-
-static void teardown(void)
-{
-    tl_free(T);
-    rs_stop(&srv);
-}
-
-TestSuite(adapters, .init = setup, .fini = teardown, .timeout = 60);
-
-/* Under ASan, fail the test on memory nobody can reach any more (without
- * it, run the suite under valgrind: see README). */
-static void assert_no_leaks(void)
-{
-#ifdef HAVE_LSAN
-    cr_assert_eq(__lsan_do_recoverable_leak_check(), 0, "%s: leaked memory (see the log)",
-                 tl_name());
-#endif
-}
+TestSuite(adapters, .init = fx_redis_loop_init, .fini = fx_redis_loop_fini, .timeout = 60);
 
 /* ---- managers: create, attach, close --------------------------------------- */
 
-typedef struct outcome {
-    int n, status;
-    bl_lock *lock;
-} outcome;
-
-static void on_lock(bl_lock *lock, int status, void *data)
-{
-    outcome *o = data;
-    o->n++;
-    o->status = status;
-    o->lock = lock;
-}
-
 /* Try-once acquire, then release if it was granted: the connection has
- * really been used. Returns the acquire's status. */
+ * really been used. Returns the acquire's status. On loop t, not T. */
 static int use(tloop *t, bl_manager *m)
 {
-    outcome a = {0}, r = {0};
-    bl_acquire_opts o;
-    bl_acquire_opts_init(&o);
-    o.wait_ms = 0;
-    cr_assert_eq(bl_acquire(m, "ebay", "cycle", &o, on_lock, &a, NULL), BL_OK);
+    rec a = {0}, r = {0};
+    acq_start(m, "cycle", 0, 0, &a);
     cr_assert(tl_wait(t, &a.n, 1, 10000), "%s: acquire never completed", tl_name());
     if (a.status == BL_OK) {
-        cr_assert_eq(bl_release(a.lock, on_lock, &r), BL_OK);
+        cr_assert_eq(bl_release(a.lock, on_rel, &r), BL_OK);
         cr_assert(tl_wait(t, &r.n, 1, 10000), "%s: release never completed", tl_name());
         cr_assert_eq(r.status, BL_OK);
     }
@@ -435,13 +384,13 @@ Test(adapters, epoll_from_the_callers_own_epoll_set_acquires_and_releases)
     bl_manager *m = NULL;
     cr_assert_eq(bl_manager_new(&bl, &c, &m), BL_OK);
 
-    outcome a = {0}, r = {0};
-    cr_assert_eq(bl_acquire(m, "ebay", "own-loop", NULL, on_lock, &a, NULL), BL_OK);
+    rec a = {0}, r = {0};
+    cr_assert_eq(bl_acquire(m, "ebay", "own-loop", NULL, on_acq, &a, NULL), BL_OK);
     cr_assert_eq(write(o.pipe[1], "x", 1), 1); /* the program's own fd, same set */
     cr_assert(own_wait(&o, &a.n, 1, 10000), "acquire never completed");
     cr_assert_eq(a.status, BL_OK, "%s", bl_strerror(a.status));
     cr_assert_eq(rs_lock_count(&srv), 1, "the lock is in Redis");
-    cr_assert_eq(bl_release(a.lock, on_lock, &r), BL_OK);
+    cr_assert_eq(bl_release(a.lock, on_rel, &r), BL_OK);
     cr_assert(own_wait(&o, &r.n, 1, 10000), "release never completed");
     cr_assert_eq(r.status, BL_OK);
     cr_assert_eq(rs_lock_count(&srv), 0);

@@ -15,19 +15,7 @@
 #include "bench.h"
 #include "harness.h"
 
-static redis_srv srv;
-
-static void setup(void)
-{
-    rs_start(&srv, NULL);
-}
-
-static void teardown(void)
-{
-    rs_stop(&srv);
-}
-
-TestSuite(bench, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(bench, .init = fx_redis_init, .fini = fx_redis_fini, .timeout = 120);
 
 static bl_config defaults(void)
 {

@@ -24,22 +24,16 @@
 #error "meson passes -DBIDLOCK_CLI_PATH"
 #endif
 
-static redis_srv srv;
 static char url[64], port_s[16];
 
 static void setup(void)
 {
-    rs_start(&srv, NULL);
+    fx_redis_init();
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", srv.port);
     snprintf(port_s, sizeof port_s, "%d", srv.port);
 }
 
-static void teardown(void)
-{
-    rs_stop(&srv);
-}
-
-TestSuite(cli, .init = setup, .fini = teardown, .timeout = 90);
+TestSuite(cli, .init = setup, .fini = fx_redis_fini, .timeout = 90);
 
 /* ---- running processes ------------------------------------------------------ */
 
@@ -461,7 +455,7 @@ Test(cli, a_busy_lock_exits_75_without_running_command)
 
 Test(cli, waiting_run_gets_the_lock_when_it_is_freed)
 {
-    set_key("bid_lock:ebay:soon", "someone-else", 500);
+    set_key("bid_lock:ebay:soon", "someone-else", 1500); /* still there when the run starts */
     result r = CLI(NULL, "run", "--url", url, "--wait", "5", "ebay", "soon", "--", "/bin/true");
     cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
     cr_assert(r.ms >= 300, "it waited (%llu ms)", (unsigned long long)r.ms);
@@ -557,6 +551,11 @@ Test(cli, a_long_command_keeps_its_lease)
     const char *cmd = sh_cmd("sleep 1.8; redis-cli -p %d GET \"$BIDLOCK_KEY\"", srv.port);
     proc p = start_cli(NULL, "run", "--url", url, "--ttl", "500", "ebay", "long", "--", "/bin/sh",
                        "-c", cmd, (const char *)NULL);
+    /* Counted from when it holds the lock, however long the start took. */
+    uint64_t end = mono_ms() + 10000;
+    while (!rs_exists(&srv, "bid_lock:ebay:long") && mono_ms() < end)
+        usleep(5000);
+    cr_assert(rs_exists(&srv, "bid_lock:ebay:long"), "the run took the lock");
     usleep(1200000);
     result other = CLI(NULL, "run", "--url", url, "--wait", "0", "ebay", "long", "--", "/bin/true");
     cr_assert_eq(other.code, 75, "still held after twice its TTL: %s", other.err);

@@ -10,99 +10,18 @@
 #include <criterion/criterion.h>
 
 #include "harness.h"
+#include "helpers.h"
 
-static redis_srv srv;
-static tloop *T;
-static int g_done; /* callbacks seen by this test, for tl_wait */
-
-static void setup(void)
-{
-    rs_start(&srv, NULL);
-    T = tl_new();
-    g_done = 0;
-}
-
-static void teardown(void)
-{
-    tl_free(T);
-    rs_stop(&srv);
-}
-
-TestSuite(engine, .init = setup, .fini = teardown, .timeout = 60);
-
-/* One request's outcome. */
-typedef struct rec {
-    int n;
-    int status;
-    bl_lock *lock;
-    uint64_t at;
-    char errmsg[256];
-} rec;
-
-static void on_acq(bl_lock *lock, int status, void *data)
-{
-    rec *r = data;
-    r->n++;
-    r->status = status;
-    r->lock = status == BL_OK ? lock : NULL;
-    r->at = mono_ms();
-    snprintf(r->errmsg, sizeof r->errmsg, "%s", bl_lock_errmsg(lock));
-    g_done++;
-}
-
-static void on_rel(bl_lock *lock, int status, void *data)
-{
-    rec *r = data;
-    r->n++;
-    r->status = status;
-    r->lock = NULL;
-    r->at = mono_ms();
-    snprintf(r->errmsg, sizeof r->errmsg, "%s", bl_lock_errmsg(lock));
-    g_done++;
-}
-
-static bl_acquire_opts opts(int64_t wait_ms, int64_t ttl_ms)
-{
-    bl_acquire_opts o;
-    bl_acquire_opts_init(&o);
-    o.wait_ms = wait_ms;
-    o.ttl_ms = ttl_ms;
-    return o;
-}
-
-/* Acquire and wait for the outcome. */
-static rec acquire_sync(bl_manager *m, const char *mp, const char *posting, int64_t wait_ms,
-                        int64_t ttl_ms)
-{
-    rec r = {0};
-    bl_acquire_opts o = opts(wait_ms, ttl_ms);
-    cr_assert_eq(bl_acquire(m, mp, posting, &o, on_acq, &r, NULL), BL_OK, "%s",
-                 bl_manager_errmsg(m));
-    cr_assert_eq(r.n, 0, "callback ran inside bl_acquire");
-    cr_assert(tl_wait(T, &r.n, 1, 20000), "acquire never completed");
-    cr_assert_eq(r.n, 1);
-    return r;
-}
-
-static int release_sync(bl_lock *lock)
-{
-    rec r = {0};
-    cr_assert_eq(bl_release(lock, on_rel, &r), BL_OK);
-    cr_assert_eq(r.n, 0, "callback ran inside bl_release");
-    cr_assert(tl_wait(T, &r.n, 1, 20000), "release never completed");
-    cr_assert_eq(r.n, 1);
-    return r.status;
-}
+TestSuite(engine, .init = fx_redis_loop_init, .fini = fx_redis_loop_fini, .timeout = 60);
 
 Test(engine, two_instances_same_posting_only_one_wins)
 {
     bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
     cr_assert_str_neq(bl_manager_holder(a), bl_manager_holder(b));
     rec ra = {0}, rb = {0};
-    bl_acquire_opts o = opts(0, 0);
-    cr_assert_eq(bl_acquire(a, "ebay", "p1", &o, on_acq, &ra, NULL), BL_OK);
-    cr_assert_eq(bl_acquire(b, "ebay", "p1", &o, on_acq, &rb, NULL), BL_OK);
-    cr_assert(tl_wait(T, &g_done, 2, 5000));
+    acq_start(a, "p1", 0, 0, &ra);
+    acq_start(b, "p1", 0, 0, &rb);
+    cr_assert(tl_wait(T, &rec_calls, 2, 5000));
     cr_assert_eq(ra.n + rb.n, 2);
     cr_assert((ra.status == BL_OK) != (rb.status == BL_OK), "exactly one winner");
     cr_assert(ra.status == BL_EBUSY || rb.status == BL_EBUSY);
@@ -111,7 +30,7 @@ Test(engine, two_instances_same_posting_only_one_wins)
     redisReply *v = rs_cmd(&srv, "GET bid_lock:ebay:p1");
     cr_assert_str_eq(v->str, bl_manager_holder(ra.status == BL_OK ? a : b));
     freeReplyObject(v);
-    cr_assert_eq(release_sync(held), BL_OK);
+    cr_assert_eq(rel(held), BL_OK);
     cr_assert_eq(rs_exists(&srv, "bid_lock:ebay:p1"), 0);
     close_manager(T, a);
     close_manager(T, b);
@@ -121,14 +40,13 @@ Test(engine, three_instances_queue_and_each_gets_it_in_turn)
 {
     bl_manager *m[3];
     rec r[3] = {{0}};
-    bl_acquire_opts o = opts(15000, 0);
     for (int i = 0; i < 3; i++)
         m[i] = mk_manager(T, srv.port, NULL);
     for (int i = 0; i < 3; i++)
-        cr_assert_eq(bl_acquire(m[i], "ebay", "hot", &o, on_acq, &r[i], NULL), BL_OK);
+        acq_start(m[i], "hot", 15000, 0, &r[i]);
     int served[3] = {0};
     for (int round = 0; round < 3; round++) {
-        cr_assert(tl_wait(T, &g_done, round + 1, 15000), "round %d: nobody got the lock", round);
+        cr_assert(tl_wait(T, &rec_calls, round + 1, 15000), "round %d: nobody got the lock", round);
         tl_run_for(T, 60); /* nobody else may get it while it is held */
         int holders = 0, who = -1;
         for (int i = 0; i < 3; i++)
@@ -141,9 +59,9 @@ Test(engine, three_instances_queue_and_each_gets_it_in_turn)
             if (i != who && !served[i])
                 cr_assert_eq(r[i].n, 0, "a waiter gave up instead of queueing");
         served[who] = 1;
-        int before = g_done;
-        cr_assert_eq(release_sync(r[who].lock), BL_OK);
-        g_done = before + (g_done - before - 1); /* count acquisitions only */
+        int before = rec_calls;
+        cr_assert_eq(rel(r[who].lock), BL_OK);
+        rec_calls = before + (rec_calls - before - 1); /* count acquisitions only */
     }
     for (int i = 0; i < 3; i++)
         close_manager(T, m[i]);
@@ -152,22 +70,22 @@ Test(engine, three_instances_queue_and_each_gets_it_in_turn)
 Test(engine, a_holders_lock_cannot_be_released_by_another)
 {
     bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
-    rec ra = acquire_sync(a, "ebay", "p2", 0, 300);
+    rec ra = acq(a, "p2", 0, 1000); /* held for sure while b tries, even on a busy machine */
     cr_assert_eq(ra.status, BL_OK);
-    rec rb = acquire_sync(b, "ebay", "p2", 0, 0);
+    rec rb = acq(b, "p2", 0, 0);
     cr_assert_eq(rb.status, BL_EBUSY, "b cannot take it while a holds it");
-    tl_run_for(T, 500); /* a's lock expires */
-    rb = acquire_sync(b, "ebay", "p2", 0, 0);
+    cr_assert(wait_gone(&srv, "bid_lock:ebay:p2", 10000), "a's lock expires");
+    rb = acq(b, "p2", 0, 0);
     cr_assert_eq(rb.status, BL_OK);
     /* a's release now targets b's lock: refused, nothing deleted. */
-    cr_assert_eq(release_sync(ra.lock), BL_ENOTHELD);
+    cr_assert_eq(rel(ra.lock), BL_ENOTHELD);
     redisReply *v = rs_cmd(&srv, "GET bid_lock:ebay:p2");
     cr_assert_eq(v->type, REDIS_REPLY_STRING);
     cr_assert_str_eq(v->str, bl_manager_holder(b));
     freeReplyObject(v);
     /* Someone overwrote the value outright: still refused. */
     freeReplyObject(rs_cmd(&srv, "SET bid_lock:ebay:p2 intruder"));
-    cr_assert_eq(release_sync(rb.lock), BL_ENOTHELD);
+    cr_assert_eq(rel(rb.lock), BL_ENOTHELD);
     v = rs_cmd(&srv, "GET bid_lock:ebay:p2");
     cr_assert_str_eq(v->str, "intruder");
     freeReplyObject(v);
@@ -180,21 +98,21 @@ Test(engine, many_postings_concurrently_are_independent)
     enum { N = 200 };
     bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
     static rec r[2 * N];
-    bl_acquire_opts o = opts(0, 0);
+    bl_acquire_opts o = acq_opts(0, 0);
     char id[32];
     for (int i = 0; i < N; i++) {
         snprintf(id, sizeof id, "posting-%d", i);
-        cr_assert_eq(bl_acquire(a, "ebay", id, &o, on_acq, &r[i], NULL), BL_OK);
+        acq_start(a, id, 0, 0, &r[i]);
         cr_assert_eq(bl_acquire(b, "etsy", id, &o, on_acq, &r[N + i], NULL), BL_OK);
     }
-    cr_assert(tl_wait(T, &g_done, 2 * N, 20000));
+    cr_assert(tl_wait(T, &rec_calls, 2 * N, 20000));
     for (int i = 0; i < 2 * N; i++)
         cr_assert_eq(r[i].status, BL_OK, "request %d: %s", i, bl_strerror(r[i].status));
     cr_assert_eq(rs_lock_count(&srv), 2 * N);
     static rec rel[2 * N];
     for (int i = 0; i < 2 * N; i++)
         cr_assert_eq(bl_release(r[i].lock, on_rel, &rel[i]), BL_OK);
-    cr_assert(tl_wait(T, &g_done, 4 * N, 20000));
+    cr_assert(tl_wait(T, &rec_calls, 4 * N, 20000));
     for (int i = 0; i < 2 * N; i++)
         cr_assert_eq(rel[i].status, BL_OK);
     cr_assert_eq(rs_lock_count(&srv), 0);
@@ -205,13 +123,12 @@ Test(engine, many_postings_concurrently_are_independent)
 Test(engine, a_lock_expires_after_its_ttl)
 {
     bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
-    rec ra = acquire_sync(a, "ebay", "ttl", 0, 250);
+    rec ra = acq(a, "ttl", 0, 1000); /* long enough to read its PTTL on a busy machine */
     cr_assert_eq(ra.status, BL_OK);
     long long pttl = rs_int(&srv, "PTTL bid_lock:ebay:ttl");
-    cr_assert(pttl > 0 && pttl <= 250, "pttl %lld", pttl);
-    tl_run_for(T, 450);
-    cr_assert_eq(rs_exists(&srv, "bid_lock:ebay:ttl"), 0, "Redis expired it");
-    cr_assert_eq(acquire_sync(b, "ebay", "ttl", 0, 0).status, BL_OK);
+    cr_assert(pttl > 0 && pttl <= 1000, "pttl %lld", pttl);
+    cr_assert(wait_gone(&srv, "bid_lock:ebay:ttl", 10000), "Redis expired it");
+    cr_assert_eq(acq(b, "ttl", 0, 0).status, BL_OK);
     /* The default TTL is 300 s. */
     pttl = rs_int(&srv, "PTTL bid_lock:ebay:ttl");
     cr_assert(pttl > 290000 && pttl <= 300000, "default pttl %lld", pttl);
@@ -223,6 +140,7 @@ Test(engine, a_lock_expires_after_its_ttl)
 
 enum { WF_POSTINGS = 10, WF_MANAGERS = 3 };
 static int bids[WF_POSTINGS];
+static int sections_ended;
 typedef struct bidder {
     int posting;
     bl_lock *lock;
@@ -254,7 +172,7 @@ static void bid_done(int status, int section_status, void *data)
     b->done++;
     b->status = status;
     b->section_status = section_status;
-    g_done++;
+    sections_ended++;
 }
 
 Test(engine, bid_workflow_with_several_managers_bids_once_per_posting)
@@ -264,7 +182,7 @@ Test(engine, bid_workflow_with_several_managers_bids_once_per_posting)
     memset(bids, 0, sizeof bids);
     for (int i = 0; i < WF_MANAGERS; i++)
         m[i] = mk_manager(T, srv.port, NULL);
-    bl_acquire_opts o = opts(15000, 0);
+    bl_acquire_opts o = acq_opts(15000, 0);
     for (int p = 0; p < WF_POSTINGS; p++)
         for (int i = 0; i < WF_MANAGERS; i++) {
             bidder *b = &jobs[i][p];
@@ -274,7 +192,7 @@ Test(engine, bid_workflow_with_several_managers_bids_once_per_posting)
             snprintf(id, sizeof id, "%d", p);
             cr_assert_eq(bl_with_lock(m[i], "ebay", id, &o, bid_section, bid_done, b), BL_OK);
         }
-    cr_assert(tl_wait(T, &g_done, WF_MANAGERS * WF_POSTINGS, 30000));
+    cr_assert(tl_wait(T, &sections_ended, WF_MANAGERS * WF_POSTINGS, 30000));
     int placed = 0;
     for (int p = 0; p < WF_POSTINGS; p++) {
         cr_assert_eq(bids[p], 1, "posting %d got %d bids", p, bids[p]);
@@ -294,9 +212,9 @@ Test(engine, bid_workflow_with_several_managers_bids_once_per_posting)
 Test(engine, timeout_is_reported_near_the_deadline)
 {
     bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
-    cr_assert_eq(acquire_sync(a, "ebay", "busy", 0, 0).status, BL_OK);
+    cr_assert_eq(acq(a, "busy", 0, 0).status, BL_OK);
     uint64_t t0 = mono_ms();
-    rec rb = acquire_sync(b, "ebay", "busy", 400, 0);
+    rec rb = acq(b, "busy", 400, 0);
     cr_assert_eq(rb.status, BL_ETIMEDOUT);
     uint64_t waited = rb.at - t0;
     cr_assert(waited >= 400, "gave up early: %llu ms", (unsigned long long)waited);
@@ -323,7 +241,7 @@ Test(engine, a_section_that_fails_still_releases)
     bidder b = {0};
     cr_assert_eq(bl_with_lock(a, "ebay", "fail", NULL, failing_section, bid_done, &b), BL_OK);
     cr_assert_eq(b.done, 0);
-    cr_assert(tl_wait(T, &g_done, 1, 5000));
+    cr_assert(tl_wait(T, &sections_ended, 1, 5000));
     cr_assert_eq(b.done, 1);
     cr_assert_eq(b.status, BL_OK, "the release itself worked");
     cr_assert_eq(b.section_status, -42);
@@ -343,10 +261,9 @@ static void child_acquire_then_crash(int port, int fd)
     if (bl_manager_new(tl_bl(t), &c, &m) != BL_OK)
         _exit(2);
     rec r = {0};
-    bl_acquire_opts o = opts(0, 500);
-    g_done = 0;
+    bl_acquire_opts o = acq_opts(0, 1500); /* outlives the parent's first look, even when busy */
     bl_acquire(m, "ebay", "crash", &o, on_acq, &r, NULL);
-    if (!tl_wait(t, &g_done, 1, 5000) || r.status != BL_OK)
+    if (!tl_wait(t, &r.n, 1, 5000) || r.status != BL_OK)
         _exit(3);
     if (write(fd, "1", 1) != 1)
         _exit(4);
@@ -375,9 +292,9 @@ Test(engine, a_crashed_instances_lock_is_taken_over_after_ttl)
     close(p[0]);
 
     bl_manager *m = mk_manager(T, srv.port, NULL);
-    cr_assert_eq(acquire_sync(m, "ebay", "crash", 0, 0).status, BL_EBUSY,
+    cr_assert_eq(acq(m, "crash", 0, 0).status, BL_EBUSY,
                  "the dead holder's lock is still there");
-    rec r = acquire_sync(m, "ebay", "crash", 5000, 0);
+    rec r = acq(m, "crash", 5000, 0);
     cr_assert_eq(r.status, BL_OK, "taken over after the TTL");
     cr_assert(r.at - t0 <= 5000);
     close_manager(T, m);
@@ -426,7 +343,7 @@ static void rmw_next(rmw *w)
         return;
     }
     w->left--;
-    bl_acquire_opts o = opts(20000, 5000);
+    bl_acquire_opts o = acq_opts(20000, 5000);
     if (bl_acquire(w->m, "ebay", "counter", &o, rmw_acquired, w, NULL) != BL_OK)
         w->done = -1;
 }
@@ -477,23 +394,22 @@ Test(engine, separate_processes_exclude_each_other, .timeout = 90)
 Test(engine, counters_add_up)
 {
     bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
-    rec ra = acquire_sync(a, "ebay", "c", 0, 0);
+    rec ra = acq(a, "c", 0, 0);
     cr_assert_eq(ra.status, BL_OK);
-    cr_assert_eq(acquire_sync(b, "ebay", "c", 0, 0).status, BL_EBUSY);
-    cr_assert_eq(acquire_sync(b, "ebay", "c", 200, 0).status, BL_ETIMEDOUT);
+    cr_assert_eq(acq(b, "c", 0, 0).status, BL_EBUSY);
+    cr_assert_eq(acq(b, "c", 200, 0).status, BL_ETIMEDOUT);
     /* b waits; a releases after a while; b gets it. */
     rec rb = {0};
-    bl_acquire_opts o = opts(10000, 0);
-    cr_assert_eq(bl_acquire(b, "ebay", "c", &o, on_acq, &rb, NULL), BL_OK);
+    acq_start(b, "c", 10000, 0, &rb);
     tl_run_for(T, 150);
-    cr_assert_eq(release_sync(ra.lock), BL_OK);
-    cr_assert(tl_wait(T, &g_done, g_done + 1, 10000) || rb.n == 1);
+    cr_assert_eq(rel(ra.lock), BL_OK);
+    cr_assert(tl_wait(T, &rec_calls, rec_calls + 1, 10000) || rb.n == 1);
     cr_assert(tl_wait(T, &rb.n, 1, 10000));
     cr_assert_eq(rb.status, BL_OK);
     bl_stats s;
     bl_manager_stats(b, &s);
     cr_assert_eq(s.held, 1);
-    cr_assert_eq(release_sync(rb.lock), BL_OK);
+    cr_assert_eq(rel(rb.lock), BL_OK);
     bl_manager_stats(b, &s);
     cr_assert_eq(s.requests, 3);
     cr_assert_eq(s.acquired, 1);
@@ -517,9 +433,9 @@ Test(engine, counters_add_up)
 Test(engine, different_marketplaces_are_independent)
 {
     bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
-    cr_assert_eq(acquire_sync(a, "ebay", "same-id", 0, 0).status, BL_OK);
-    cr_assert_eq(acquire_sync(b, "etsy", "same-id", 0, 0).status, BL_OK);
-    cr_assert_eq(acquire_sync(b, "ebay", "same-id", 0, 0).status, BL_EBUSY);
+    cr_assert_eq(acq(a, "same-id", 0, 0).status, BL_OK);
+    cr_assert_eq(acq_in(b, "etsy", "same-id", 0, 0).status, BL_OK);
+    cr_assert_eq(acq(b, "same-id", 0, 0).status, BL_EBUSY);
     cr_assert_eq(rs_exists(&srv, "bid_lock:ebay:same-id"), 1);
     cr_assert_eq(rs_exists(&srv, "bid_lock:etsy:same-id"), 1);
     close_manager(T, a);
@@ -543,7 +459,7 @@ static void cyc_released(bl_lock *lock, int status, void *data)
         return;
     }
     c->left--;
-    bl_acquire_opts o = opts(0, 0);
+    bl_acquire_opts o = acq_opts(0, 0);
     if (bl_acquire(c->m, "ebay", "rapid", &o, cyc_acquired, c, NULL) != BL_OK)
         c->done = 1;
 }
@@ -562,7 +478,7 @@ static void cyc_acquired(bl_lock *lock, int status, void *data)
 Test(engine, a_thousand_rapid_acquire_release_cycles)
 {
     cycler c = {mk_manager(T, srv.port, NULL), 999, 0, 0};
-    bl_acquire_opts o = opts(0, 0);
+    bl_acquire_opts o = acq_opts(0, 0);
     cr_assert_eq(bl_acquire(c.m, "ebay", "rapid", &o, cyc_acquired, &c, NULL), BL_OK);
     cr_assert(tl_wait(T, &c.done, 1, 30000));
     cr_assert_eq(c.ok, 1000);
@@ -581,13 +497,13 @@ Test(engine, unreachable_redis_gives_a_connection_error_not_a_hang)
 {
     bl_manager *m = mk_manager(T, unused_port(), NULL);
     uint64_t t0 = mono_ms();
-    rec r = acquire_sync(m, "ebay", "p", 10000, 0); /* a long wait must not help */
+    rec r = acq(m, "p", 10000, 0); /* a long wait must not help */
     cr_assert_eq(r.status, BL_ECONN, "got %s", bl_status_name(r.status));
     cr_assert(r.errmsg[0], "a message says why");
     cr_assert(r.at - t0 < 5000, "fail closed and fast, not at the deadline");
     /* Later requests fail the same way while it is down. */
     tl_run_for(T, 20);
-    cr_assert_eq(acquire_sync(m, "ebay", "p", 0, 0).status, BL_ECONN);
+    cr_assert_eq(acq(m, "p", 0, 0).status, BL_ECONN);
     bl_stats s;
     bl_manager_stats(m, &s);
     cr_assert_eq(s.failed, 2);
@@ -598,10 +514,10 @@ Test(engine, unreachable_redis_gives_a_connection_error_not_a_hang)
 Test(engine, cancel_ends_a_waiting_request_with_cancelled)
 {
     bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
-    cr_assert_eq(acquire_sync(a, "ebay", "x", 0, 0).status, BL_OK);
+    cr_assert_eq(acq(a, "x", 0, 0).status, BL_OK);
     rec rb = {0};
     bl_lock *lb;
-    bl_acquire_opts o = opts(10000, 0);
+    bl_acquire_opts o = acq_opts(10000, 0);
     cr_assert_eq(bl_acquire(b, "ebay", "x", &o, on_acq, &rb, &lb), BL_OK);
     tl_run_for(T, 120);
     cr_assert_eq(rb.n, 0);
@@ -634,30 +550,22 @@ Test(engine, a_grant_that_arrives_after_cancel_is_given_back)
     close_manager(T, a);
 }
 
-static void count_close(bl_manager *m, void *data)
-{
-    (void)m;
-    rec *r = data;
-    r->n++;
-}
-
 Test(engine, close_cancels_waiters_and_releases_held_locks)
 {
     bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
-    rec held = acquire_sync(a, "ebay", "mine", 0, 0);
+    rec held = acq(a, "mine", 0, 0);
     cr_assert_eq(held.status, BL_OK);
-    cr_assert_eq(acquire_sync(b, "ebay", "theirs", 0, 0).status, BL_OK);
+    cr_assert_eq(acq(b, "theirs", 0, 0).status, BL_OK);
     rec waiter = {0};
-    bl_acquire_opts o = opts(10000, 0);
-    cr_assert_eq(bl_acquire(a, "ebay", "theirs", &o, on_acq, &waiter, NULL), BL_OK);
+    acq_start(a, "theirs", 10000, 0, &waiter);
     tl_run_for(T, 100);
-    rec closed = {0};
-    cr_assert_eq(bl_manager_close(a, count_close, &closed), BL_OK);
-    cr_assert_eq(bl_manager_close(a, count_close, &closed), BL_ECLOSED);
+    int closed = 0;
+    cr_assert_eq(bl_manager_close(a, on_closed, &closed), BL_OK);
+    cr_assert_eq(bl_manager_close(a, on_closed, &closed), BL_ECLOSED);
     cr_assert_eq(bl_acquire(a, "ebay", "new", NULL, on_acq, &waiter, NULL), BL_ECLOSED);
     cr_assert_eq(bl_release(held.lock, NULL, NULL), BL_ECLOSED);
-    cr_assert_eq(waiter.n + closed.n, 0, "nothing runs inside bl_manager_close");
-    cr_assert(tl_wait(T, &closed.n, 1, 5000));
+    cr_assert_eq(waiter.n + closed, 0, "nothing runs inside bl_manager_close");
+    cr_assert(tl_wait(T, &closed, 1, 5000));
     cr_assert_eq(waiter.n, 1, "the waiter ended before the close callback");
     cr_assert_eq(waiter.status, BL_ECANCELED);
     cr_assert_eq(rs_exists(&srv, "bid_lock:ebay:mine"), 0, "held lock released on close");
@@ -697,11 +605,11 @@ Test(engine, bad_input_gets_invalid_argument_and_sends_nothing)
         cr_assert(strstr(bl_manager_errmsg(m), bad[i].reason), "case %zu: '%s'", i,
                   bl_manager_errmsg(m));
     }
-    bl_acquire_opts o = opts(0, -5);
+    bl_acquire_opts o = acq_opts(0, -5);
     cr_assert_eq(bl_acquire(m, "ebay", "p", &o, on_acq, &r, NULL), BL_EINVAL);
-    o = opts(-7, 0);
+    o = acq_opts(-7, 0);
     cr_assert_eq(bl_acquire(m, "ebay", "p", &o, on_acq, &r, NULL), BL_EINVAL);
-    o = opts(0, (int64_t)1 << 50);
+    o = acq_opts(0, (int64_t)1 << 50);
     cr_assert_eq(bl_acquire(m, "ebay", "p", &o, on_acq, &r, NULL), BL_EINVAL);
     cr_assert_eq(bl_acquire(m, "ebay", "p", NULL, NULL, &r, NULL), BL_EINVAL);
     cr_assert_eq(bl_release(NULL, NULL, NULL), BL_EINVAL);
@@ -722,7 +630,7 @@ Test(engine, bad_input_gets_invalid_argument_and_sends_nothing)
 Test(engine, double_release_is_refused)
 {
     bl_manager *m = mk_manager(T, srv.port, NULL);
-    rec r = acquire_sync(m, "ebay", "twice", 0, 0);
+    rec r = acq(m, "twice", 0, 0);
     cr_assert_eq(r.status, BL_OK);
     rec rel = {0};
     cr_assert_eq(bl_release(r.lock, on_rel, &rel), BL_OK);
@@ -738,16 +646,16 @@ Test(engine, double_release_is_refused)
 Test(engine, scripts_are_reloaded_after_script_flush)
 {
     bl_manager *m = mk_manager(T, srv.port, NULL);
-    rec r = acquire_sync(m, "ebay", "s", 0, 0);
+    rec r = acq(m, "s", 0, 0);
     cr_assert_eq(r.status, BL_OK);
-    cr_assert_eq(release_sync(r.lock), BL_OK);
+    cr_assert_eq(rel(r.lock), BL_OK);
     freeReplyObject(rs_cmd(&srv, "SCRIPT FLUSH"));
-    r = acquire_sync(m, "ebay", "s", 0, 0);
+    r = acq(m, "s", 0, 0);
     cr_assert_eq(r.status, BL_OK, "%s", r.errmsg);
-    cr_assert_eq(release_sync(r.lock), BL_OK);
+    cr_assert_eq(rel(r.lock), BL_OK);
     redisReply *ex = rs_cmd(&srv, "SCRIPT EXISTS %s", "0");
     freeReplyObject(ex);
-    r = acquire_sync(m, "ebay", "s", 0, 0);
+    r = acq(m, "s", 0, 0);
     cr_assert_eq(r.status, BL_OK);
     close_manager(T, m);
 }
@@ -755,7 +663,7 @@ Test(engine, scripts_are_reloaded_after_script_flush)
 Test(engine, a_redis_error_keeps_the_servers_message)
 {
     bl_manager *m = mk_manager(T, srv.port, NULL);
-    rec r = acquire_sync(m, "ebay", "wrong", 0, 0);
+    rec r = acq(m, "wrong", 0, 0);
     cr_assert_eq(r.status, BL_OK);
     freeReplyObject(rs_cmd(&srv, "DEL bid_lock:ebay:wrong"));
     freeReplyObject(rs_cmd(&srv, "RPUSH bid_lock:ebay:wrong x"));

@@ -12,7 +12,6 @@
 #include "harness.h"
 
 static sb_bed bed;
-static tloop *T;
 
 static void setup(void)
 {

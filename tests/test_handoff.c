@@ -13,8 +13,6 @@
 
 #include "harness.h"
 
-static redis_srv srv;
-static tloop *T;
 
 static void setup(void)
 {

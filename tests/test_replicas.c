@@ -15,7 +15,6 @@
 #include "harness.h"
 
 static redis_srv master, replica;
-static tloop *T;
 static char replicaof[16];
 
 static int replica_synced(void)

@@ -54,7 +54,6 @@
 #define CONNECT_TIMEOUT_MS 5000
 #define COMMAND_TIMEOUT_MS 5000
 
-static tloop *T;
 static sb_bed bed;
 
 static void setup(void)

@@ -44,13 +44,6 @@
 #include <sanitizer/lsan_interface.h>
 #endif
 
-static void assert_no_leaks(void)
-{
-#ifdef HAVE_LSAN
-    cr_assert_eq(__lsan_do_recoverable_leak_check(), 0, "leaked memory (see the log)");
-#endif
-}
-
 /* ---- fake RESP servers ---------------------------------------------------------- */
 
 typedef struct fake_spec {
@@ -322,7 +315,6 @@ static void fake_stop(fake *f)
 
 /* ---- the module under test --------------------------------------------------------- */
 
-static tloop *T;
 
 static void log_cb(int level, const char *msg, void *data)
 {
