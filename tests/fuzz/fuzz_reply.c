@@ -48,7 +48,10 @@ static void check_interpret(const redisReply *reply)
             else
                 CHECK(res.token == 0);
             if (st == BL_EBUSY)
-                CHECK(is_int && v == BL_ACQ_BUSY);
+                CHECK(is_int && (v == BL_ACQ_BUSY || v == BL_ACQ_OURS) &&
+                      res.ours == (v == BL_ACQ_OURS));
+            else
+                CHECK(!res.ours);
             if (st == BL_EDONE)
                 CHECK(is_int && v == BL_ACQ_DONE);
             CHECK(!res.handed_off);
