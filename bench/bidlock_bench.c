@@ -19,6 +19,7 @@
  *   --procs N   W3/W4 processes (analysis runs); not BENCH.md's workloads
  *
  * Exit status 0 when every workload ran cleanly and W4 passed. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -502,6 +503,7 @@ static int run_w4(const opts *o, int port)
 
 int main(int argc, char **argv)
 {
+    signal(SIGPIPE, SIG_IGN); /* a connection the server closed: an error, not death */
     opts o;
     if (parse(argc, argv, &o) != 0) {
         usage();

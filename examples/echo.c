@@ -17,6 +17,7 @@
 #include <ev.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +103,7 @@ static void on_stdin(struct ev_loop *loop, ev_io *w, int revents)
 
 int main(int argc, char **argv)
 {
+    signal(SIGPIPE, SIG_IGN); /* a connection the server closed: an error, not death */
     struct ev_loop *loop = EV_DEFAULT;
     bl_loop bl;
     bl_libev_loop(&bl, loop);

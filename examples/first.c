@@ -2,6 +2,7 @@
 #include <bidlock.h>
 #include <bidlock/libev.h>
 #include <ev.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -24,6 +25,7 @@ static void acquired(bl_lock *lock, int status, void *data)
 
 int main(int argc, char **argv)
 {
+    signal(SIGPIPE, SIG_IGN); /* a connection the server closed: an error, not death */
     struct ev_loop *loop = EV_DEFAULT;
     bl_loop bl;
     bl_libev_loop(&bl, loop);

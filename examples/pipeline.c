@@ -14,6 +14,7 @@
 #include <bidlock/libev.h>
 #include <ev.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -129,6 +130,7 @@ static void scan(void)
 
 int main(int argc, char **argv)
 {
+    signal(SIGPIPE, SIG_IGN); /* a connection the server closed: an error, not death */
     loop = EV_DEFAULT;
     bl_loop bl;
     bl_libev_loop(&bl, loop);

@@ -26,6 +26,12 @@
  *     the call that started it - or returns a negative BL_E* status and
  *     never calls it.
  *   - Everything runs on the loop thread. A manager is not thread-safe.
+ *   - Ignore SIGPIPE in a program that uses bidlock (signal(SIGPIPE,
+ *     SIG_IGN), as for hiredis): hiredis writes to its sockets with
+ *     write(2), and a connection the server has just closed (a restart, a
+ *     CLIENT KILL, a failover) would otherwise kill the process instead of
+ *     ending the requests on it with BL_ECONN. A library must not change a
+ *     process-wide signal disposition, so bidlock does not do it for you.
  *   - A bl_lock handle is yours until the callback that ends the request
  *     returns (libuv's rule): the acquire callback with any status but
  *     BL_OK, the release callback, or the section's done callback. Inside

@@ -1,5 +1,6 @@
 /* harness.c - see harness.h. */
 #include <stdarg.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,6 +144,7 @@ const char *tl_name(void)
 
 tloop *tl_new(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* as every bidlock program must: see bidlock.h */
     tloop *t = calloc(1, sizeof *t);
     cr_assert(t);
     cr_assert_eq(uv_loop_init(&t->loop), 0);
@@ -212,6 +214,7 @@ const char *tl_name(void)
 
 tloop *tl_new(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* as every bidlock program must: see bidlock.h */
     tloop *t = calloc(1, sizeof *t);
     cr_assert(t);
     t->ep = bl_epoll_new();
@@ -278,6 +281,7 @@ const char *tl_name(void)
 
 tloop *tl_new(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* as every bidlock program must: see bidlock.h */
     tloop *t = calloc(1, sizeof *t);
     cr_assert(t);
     t->loop = ev_loop_new(EVFLAG_AUTO);

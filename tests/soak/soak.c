@@ -27,6 +27,7 @@
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -507,6 +508,7 @@ static void closed(bl_manager *m, void *data)
 
 int main(int argc, char **argv)
 {
+    signal(SIGPIPE, SIG_IGN); /* a connection the server closed: an error, not death */
     S.seconds = 600;
     S.inflight = 100;
     S.nm = 4;
