@@ -250,9 +250,25 @@ int wait_no_locks(const redis_srv *s, int ms)
     return tl_wait_for(T, no_locks, (void *)s, ms);
 }
 
+static int answered(void *m)
+{
+    bl_stats s;
+    bl_manager_stats(m, &s);
+    return s.attempts == s.acquired + s.done + s.abandoned + s.conflicts + s.errors_attempt;
+}
+
+int wait_answered(bl_manager *m, int ms)
+{
+    return tl_wait_for(T, answered, m, ms);
+}
+
 static int queued(void *arg)
 {
     on_server *x = arg;
+    bl_stats st;
+    bl_manager_stats(x->m, &st);
+    if (st.wakeups < 1 || st.waiting < 1 || !answered(x->m))
+        return 0;
     const char *holder = bl_manager_holder(x->m);
     redisReply *r = rs_cmd(x->s, "ZSCORE bid_lock::q:ebay:%s %s", x->key, holder);
     int in_queue = r->type == REDIS_REPLY_STRING;

@@ -95,9 +95,17 @@ int wait_up(bl_manager *m, int ms);
 int wait_gone(const redis_srv *s, const char *key, int ms);
 /* Run T until s holds no lock key (rs_lock_count), at most ms. */
 int wait_no_locks(const redis_srv *s, int ms);
-/* Run T until m's request for posting waits on the server: m's holder id
- * is in the posting's queue and m's subscriber listens on its wake-up
- * channel, so a release now hands the lock over and wakes it. At most ms. */
+/* Run T until every attempt m has sent is answered (bl_stats: attempts add
+ * up by outcome), at most ms. A cancelled request's attempt still runs on
+ * the server; this waits for its answer. */
+int wait_answered(bl_manager *m, int ms);
+/* Run T until m's one request, for posting, waits and nothing else is
+ * going on: m's holder id is in the posting's queue, m's subscriber listens
+ * on its wake-up channel, m has heard that subscription (every waiter then
+ * retries once: bl_stats.wakeups) and that retry was answered. A release
+ * now hands the lock over and its message wakes the request; an attempt
+ * still on the wire would miss that message. For a fresh manager whose
+ * backoff is longer than a subscription takes (1 s or more). At most ms. */
 int wait_queued(const redis_srv *s, bl_manager *m, const char *posting, int ms);
 /* The identities bidlock.h states for bl_stats, once nothing is in flight:
  * requests and attempts add up by outcome, errors by kind, no gauge left. */
