@@ -10,6 +10,7 @@
 
 #include "bed_sentinel.h"
 #include "harness.h"
+#include "helpers.h"
 
 static sb_bed bed;
 
@@ -27,21 +28,8 @@ static void teardown(void)
 
 TestSuite(failover, .init = setup, .fini = teardown, .timeout = 90);
 
-typedef struct rec {
-    int n, status;
-    bl_lock *lock;
-} rec;
-
-static void on_acq(bl_lock *lock, int status, void *data)
-{
-    rec *r = data;
-    r->n++;
-    r->status = status;
-    r->lock = status == BL_OK ? lock : NULL;
-}
-
 static int lost;
-static void on_lost(bl_lock *lock, int status, void *data)
+static void count_lost(bl_lock *lock, int status, void *data)
 {
     (void)lock;
     (void)status;
@@ -49,7 +37,7 @@ static void on_lost(bl_lock *lock, int status, void *data)
     lost++;
 }
 
-static void on_health(bl_manager *m, const bl_health *h, void *data)
+static void keep_health(bl_manager *m, const bl_health *h, void *data)
 {
     (void)m;
     bl_health *out = data;
@@ -82,7 +70,7 @@ Test(failover, a_sentinel_manager_finds_the_master_and_follows_a_failover)
     bl_acquire_opts_init(&o);
     o.ttl_ms = 3000;
     o.auto_extend = 1;
-    o.on_lost = on_lost;
+    o.on_lost = count_lost;
     rec held = {0};
     cr_assert_eq(bl_acquire(m, "mp", "held", &o, on_acq, &held, NULL), BL_OK,
                  "the first request, while discovery runs");
@@ -94,7 +82,7 @@ Test(failover, a_sentinel_manager_finds_the_master_and_follows_a_failover)
     freeReplyObject(v);
 
     bl_health h = {0};
-    cr_assert_eq(bl_health_check(m, on_health, &h), BL_OK);
+    cr_assert_eq(bl_health_check(m, keep_health, &h), BL_OK);
     for (int i = 0; i < 500 && h.state != 99; i++)
         tl_run_for(T, 10);
     cr_assert_eq(h.status, BL_OK);

@@ -12,6 +12,7 @@
 #include <criterion/criterion.h>
 
 #include "harness.h"
+#include "helpers.h"
 
 
 static void setup(void)
@@ -28,27 +29,6 @@ static void teardown(void)
 }
 
 TestSuite(handoff, .init = setup, .fini = teardown, .timeout = 60);
-
-typedef struct rec {
-    int n, status;
-    bl_lock *lock;
-} rec;
-
-static void on_acq(bl_lock *lock, int status, void *data)
-{
-    rec *r = data;
-    r->n++;
-    r->status = status;
-    r->lock = status == BL_OK ? lock : NULL;
-}
-
-static void on_rel(bl_lock *lock, int status, void *data)
-{
-    (void)lock;
-    rec *r = data;
-    r->n++;
-    r->status = status;
-}
 
 static int in_queue(const char *holder)
 {

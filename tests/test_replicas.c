@@ -13,6 +13,7 @@
 #include <criterion/criterion.h>
 
 #include "harness.h"
+#include "helpers.h"
 
 static redis_srv master, replica;
 static char replicaof[16];
@@ -49,29 +50,6 @@ static void teardown(void)
 }
 
 TestSuite(replicas, .init = setup, .fini = teardown, .timeout = 60);
-
-typedef struct rec {
-    int n, status;
-    bl_lock *lock;
-    char err[256];
-} rec;
-
-static void on_acq(bl_lock *lock, int status, void *data)
-{
-    rec *r = data;
-    r->n++;
-    r->status = status;
-    r->lock = status == BL_OK ? lock : NULL;
-    snprintf(r->err, sizeof r->err, "%s", bl_lock_errmsg(lock));
-}
-
-static void on_rel(bl_lock *lock, int status, void *data)
-{
-    (void)lock;
-    rec *r = data;
-    r->n++;
-    r->status = status;
-}
 
 static bl_manager *mk(int min_replicas)
 {
@@ -121,7 +99,7 @@ Test(replicas, a_grant_counts_once_the_replica_has_it)
 {
     bl_manager *m = mk(1);
     rec r;
-    cr_assert_eq(acquire(m, "a", 0, &r), BL_OK, "%s", r.err);
+    cr_assert_eq(acquire(m, "a", 0, &r), BL_OK, "%s", r.errmsg);
     cr_assert_geq(wait_calls(), 1, "the grant was WAITed for");
     redisReply *v = rs_cmd(&replica, "GET bid_lock:mp:a");
     cr_assert(v && v->type == REDIS_REPLY_STRING, "the replica has the lock");
@@ -135,11 +113,11 @@ Test(replicas, a_frozen_replica_means_not_replicated_and_nothing_left_held)
 {
     bl_manager *m = mk(BL_REPLICAS_AUTO);
     rec r;
-    cr_assert_eq(acquire(m, "warm", 0, &r), BL_OK, "auto found the replica: %s", r.err);
+    cr_assert_eq(acquire(m, "warm", 0, &r), BL_OK, "auto found the replica: %s", r.errmsg);
     release(r.lock);
     kill(replica.pid, SIGSTOP);
     cr_assert_eq(acquire(m, "b", 0, &r), BL_ENOREPL, "try once: %s", bl_strerror(r.status));
-    cr_assert(strstr(r.err, "acknowledged by 0 of 1"), "message: %s", r.err);
+    cr_assert(strstr(r.errmsg, "acknowledged by 0 of 1"), "message: %s", r.errmsg);
     cr_assert_eq(acquire(m, "b", 600, &r), BL_ENOREPL, "retried until the deadline");
     bl_stats s = stats(m);
     cr_assert_geq(s.replica_shortfalls, 2);
@@ -147,7 +125,7 @@ Test(replicas, a_frozen_replica_means_not_replicated_and_nothing_left_held)
     tl_run_for(T, 50); /* the give-backs are on the wire */
     cr_assert_eq(rs_exists(&master, "bid_lock:mp:b"), 0, "every grant was given back");
     kill(replica.pid, SIGCONT);
-    cr_assert_eq(acquire(m, "b", 5000, &r), BL_OK, "thawed: %s", r.err);
+    cr_assert_eq(acquire(m, "b", 5000, &r), BL_OK, "thawed: %s", r.errmsg);
     release(r.lock);
     close_manager(T, m);
 }
