@@ -33,17 +33,6 @@
 #include "harness.h"
 #include "sentinel.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define HAVE_LSAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HAVE_LSAN 1
-#endif
-#endif
-#ifdef HAVE_LSAN
-#include <sanitizer/lsan_interface.h>
-#endif
-
 /* ---- fake RESP servers ---------------------------------------------------------- */
 
 typedef struct fake_spec {
