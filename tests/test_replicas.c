@@ -26,6 +26,16 @@ static int replica_synced(void)
     return up;
 }
 
+/* The master lists a replica in ROLE (what min_replicas auto counts) only
+ * once it is online there, a little after the replica says its link is up. */
+static int master_lists_replica(void)
+{
+    redisReply *r = rs_cmd(&master, "INFO replication");
+    int on = r && r->type == REDIS_REPLY_STRING && strstr(r->str, "state=online");
+    freeReplyObject(r);
+    return on;
+}
+
 static void setup(void)
 {
     static const char *const mextra[] = {"--repl-diskless-sync-delay", "0", NULL};
@@ -37,6 +47,9 @@ static void setup(void)
     for (int i = 0; i < 500 && !replica_synced(); i++)
         usleep(20000);
     cr_assert(replica_synced(), "the replica synced");
+    for (int i = 0; i < 500 && !master_lists_replica(); i++)
+        usleep(20000);
+    cr_assert(master_lists_replica(), "the master lists the replica as online");
     T = tl_new();
 }
 
