@@ -267,7 +267,9 @@ static int queued(void *arg)
     on_server *x = arg;
     bl_stats st;
     bl_manager_stats(x->m, &st);
-    if (st.wakeups < 1 || st.waiting < 1 || !answered(x->m))
+    /* The first attempt, then the retry its subscription asked for (which
+     * starts from a timer of up to 3 ms after the wake-up), both answered. */
+    if (st.wakeups < 1 || st.attempts < 2 || st.waiting < 1 || !answered(x->m))
         return 0;
     const char *holder = bl_manager_holder(x->m);
     redisReply *r = rs_cmd(x->s, "ZSCORE bid_lock::q:ebay:%s %s", x->key, holder);

@@ -102,7 +102,8 @@ int wait_answered(bl_manager *m, int ms);
 /* Run T until m's one request, for posting, waits and nothing else is
  * going on: m's holder id is in the posting's queue, m's subscriber listens
  * on its wake-up channel, m has heard that subscription (every waiter then
- * retries once: bl_stats.wakeups) and that retry was answered. A release
+ * retries once: bl_stats.wakeups, and a second attempt) and that retry was
+ * answered. A release
  * now hands the lock over and its message wakes the request; an attempt
  * still on the wire would miss that message. For a fresh manager whose
  * backoff is longer than a subscription takes (1 s or more). At most ms. */
