@@ -245,6 +245,8 @@ typedef struct w4_shared {
     volatile long counter; /* the restart variant's read-modify-write target */
     int ok[W4_PROCS], fail_conn[W4_PROCS], fail_other[W4_PROCS], rel_fail[W4_PROCS];
     int last_fail[W4_PROCS];
+    long reconnects[W4_PROCS]; /* the manager's stats.reconnects at the end */
+    int ok_at_kill[W4_PROCS];  /* sections done when the server was killed */
     section sec[W4_PROCS][W4_MAX];
 } w4_shared;
 
@@ -308,6 +310,9 @@ static int w4_child(int port, w4_shared *sh, int i, int iters, int redis_counter
         if (rr.status != BL_OK)
             sh->rel_fail[i]++;
     }
+    bl_stats st;
+    bl_manager_stats(m, &st);
+    sh->reconnects[i] = (long)st.reconnects;
     /* Leave nothing behind: tests/valgrind checks these processes too. */
     int closed = 0;
     bl_manager_close(m, on_closed, &closed);
@@ -373,6 +378,10 @@ static w4_shared *w4_run(redis_srv *s, int iters, int redis_counter, int restart
         }
         rs_kill(s);
         usleep(500000);
+        /* No lock can be granted while the server is down, so a process
+         * short of its sections now must reconnect to finish them. */
+        for (int i = 0; i < W4_PROCS; i++)
+            sh->ok_at_kill[i] = __atomic_load_n(&sh->ok[i], __ATOMIC_SEQ_CST);
         rs_restart(s);
     }
     for (int i = 0; i < W4_PROCS; i++) {
@@ -416,10 +425,16 @@ Test(holders, w4_with_the_server_killed_and_restarted_midway_never_has_two_holde
         ok += sh->ok[i];
         conn += sh->fail_conn[i];
         other += sh->fail_other[i];
+        /* The outage really happened to every process still working when
+         * the server died. Whether an acquire also ends BL_ECONN depends on
+         * timing (a retrying request waits the outage out), so that count
+         * is logged, not asserted. */
+        if (sh->ok_at_kill[i] < iters)
+            cr_assert(sh->reconnects[i] >= 1, "process %d never saw the restart (%ld reconnects)",
+                      i, sh->reconnects[i]);
     }
     cr_log_info("W4 with restart: %ld acquisitions, %ld BL_ECONN, %ld other failures", ok, conn,
                 other);
-    cr_assert(conn > 0, "acquisitions fail during the outage (BL_ECONN)");
     cr_assert_eq(ok, (long)W4_PROCS * iters);
     cr_assert_eq(sh->counter, ok, "lost updates: counter %ld after %ld", sh->counter, ok);
     check_sections(sh, iters);
