@@ -43,6 +43,7 @@ struct bl_lock {
     int queued;             /* joined the server's wait queue */
     int reclaim;            /* the next attempt may take a lock held under our id */
     int reverify;           /* renew at once after the renewal now in flight */
+    int wake_pending;       /* a release came while an attempt was out: 1 any, 2 directed */
     double step;            /* backoff state */
     bl_timer *timer;        /* backoff, deferred completion, lease renewal */
     int pending_status;

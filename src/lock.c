@@ -248,6 +248,7 @@ static void attempt(bl_lock *lock)
 {
     bl_manager *m = lock->m;
     lock->state = LS_ACQUIRING;
+    lock->wake_pending = 0; /* this attempt sees every release before it */
     lock->errmsg[0] = '\0';
     m->stats.attempts++;
     int rc = start_op(lock, BL_OP_ACQUIRE);
@@ -296,6 +297,12 @@ static void wait_or_give_up(bl_lock *lock, int why)
     lock->queued = m->cfg.wake_on_release; /* the busy attempt queued us */
     uint64_t pause =
         bl_backoff_next(&m->backoff, &lock->step, bl_rand_next(&m->rng), now, lock->deadline);
+    /* A release (maybe reserved for us) came while the attempt was out:
+     * the attempt may have run before it, so go again now, not after a
+     * full backoff while a reservation for us runs out. */
+    if (lock->wake_pending)
+        pause = lock->wake_pending == 2 ? 0 : bl_rand_next(&m->rng) % 4;
+    lock->wake_pending = 0;
     lock->state = LS_WAITING;
     m->stats.waiting++;
     m->loop.timer_start(lock->timer, pause);
@@ -495,9 +502,17 @@ void bl_lock_reverify(bl_lock *lock)
 void bl_lock_wake(bl_lock *lock, int directed)
 {
     bl_manager *m = lock->m;
-    if (lock->state != LS_WAITING)
+    if (lock->state != LS_WAITING && lock->state != LS_ACQUIRING)
         return;
     m->stats.wakeups++;
+    if (lock->state == LS_ACQUIRING) {
+        /* An attempt is out. If it ran before the release and comes back
+         * busy, wait_or_give_up goes again at once; if it got the lock,
+         * the wake-up is spent. */
+        if (directed || !lock->wake_pending)
+            lock->wake_pending = directed ? 2 : 1;
+        return;
+    }
     if (directed) {
         /* The lock is reserved for us: go now. */
         m->loop.timer_stop(lock->timer);

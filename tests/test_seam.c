@@ -431,6 +431,54 @@ Test(seam, a_directed_wake_sends_the_oldest_waiter_which_keeps_the_queue_for_the
     cr_assert_eq(s.wakeups, 2);
 }
 
+/* A release that reserves the lock for us while our retry is on the wire:
+ * the retry may have run before the release and come back busy. Then the
+ * waiter goes again at once, not after a full backoff (by which time the
+ * reservation would have run out). */
+Test(seam, a_directed_wake_during_an_attempt_sends_the_next_attempt_at_once)
+{
+    rec a = {0};
+    bl_acquire_opts o = opts(30000, 10000);
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &a, NULL), BL_OK);
+    answer(0, BL_EBUSY, 0);
+    /* Let the backoff timer send the retry, and keep it unanswered. */
+    for (int i = 0; i < 2000 && FB->nops < 2; i++)
+        advance(1);
+    cr_assert_eq(FB->nops, 2, "the retry went out");
+    size_t n = strlen("bid_lock:mp:x");
+    FB->h.wake(FB->h.ctx, "bid_lock:mp:x", n, 1);
+    cr_assert_eq(FB->nops, 2, "no second attempt while one is out");
+    uint64_t t = fnow;
+    answer(1, BL_EBUSY, 0); /* it ran before the release */
+    advance(0);
+    advance(1);
+    cr_assert_eq(FB->nops, 3, "the next attempt goes at once after the busy answer");
+    cr_assert_leq(FB->sent_at[2], t + 1);
+    answer(2, BL_OK, 7);
+    cr_assert_eq(a.calls, 1);
+    cr_assert_eq(a.status, BL_OK);
+    /* A wake-up that came during an attempt which then got the lock is
+     * spent: the next wait starts with a normal backoff. */
+    rec b = {0};
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &b, NULL), BL_OK);
+    answer(3, BL_EBUSY, 0);
+    for (int i = 0; i < 2000 && FB->nops < 5; i++)
+        advance(1);
+    cr_assert_eq(FB->nops, 5);
+    FB->h.wake(FB->h.ctx, "bid_lock:mp:x", n, 0);
+    answer(4, BL_OK, 8);
+    cr_assert_eq(b.status, BL_OK);
+    cr_assert_eq(FB->nops, 5, "nothing more sent");
+    rec ra = {0}, rb = {0};
+    cr_assert_eq(bl_release(a.lock, on_rel, &ra), BL_OK);
+    cr_assert_eq(bl_release(b.lock, on_rel, &rb), BL_OK);
+    answer(5, BL_OK, 0);
+    answer(6, BL_OK, 0);
+    bl_stats s;
+    bl_manager_stats(M, &s);
+    cr_assert_eq(s.wakeups, 2);
+}
+
 Test(seam, close_cancels_waiters_and_gives_held_locks_back_before_calling_back)
 {
     rec w = {0}, h = {0};
