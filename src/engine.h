@@ -96,6 +96,7 @@ struct bl_manager {
     bl_timer *close_timer; /* close deadline */
     enum mgr_kick kick;
     int closing, shutdown_started, backend_closed;
+    bl_lock *close_scan; /* close: the first request that may still be busy */
     bl_close_cb close_cb;
     void *close_data;
 };
