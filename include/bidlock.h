@@ -435,6 +435,14 @@ BL_API bl_manager *bl_lock_manager(const bl_lock *lock);
  * one it accepted: that stops a holder that was paused past its TTL.
  * 0 before the lock is held. */
 BL_API uint64_t bl_lock_token(const bl_lock *lock);
+/* How long this manager has held the lock, in ms (loop clock); 0 when it
+ * is not held. */
+BL_API uint64_t bl_lock_held_ms(const bl_lock *lock);
+/* The locks this manager holds now, longest held first: fills out[0..n)
+ * and returns how many it filled (at most n; 0 when out is NULL or n is
+ * 0). The handles stay owned by the manager, valid as held handles are
+ * (until their release callback). One pass over the manager's requests. */
+BL_API size_t bl_manager_longest_held(const bl_manager *m, bl_lock **out, size_t n);
 
 /* ---- Operations: health, inspection, cleanup, metrics ------------------ */
 
@@ -498,12 +506,18 @@ typedef struct bl_histogram {
     double sum_ms;
 } bl_histogram;
 BL_API extern const double bl_hist_bounds_ms[BL_HIST_BUCKETS];
+/* The hold-time histogram's bounds: 1 ms .. 30 min (holds are longer
+ * than round trips). */
+BL_API extern const double bl_hold_bounds_ms[BL_HIST_BUCKETS];
 
 typedef struct bl_metrics {
     bl_stats stats;
     int conn_state;
     bl_histogram acquire_ms; /* bl_acquire -> acquired callback (successes) */
     bl_histogram release_ms; /* bl_release -> release callback */
+    bl_histogram hold_ms;    /* acquired -> bl_release/bl_section_end or close
+                              * (a lost lock counts until then); bounds
+                              * bl_hold_bounds_ms */
 } bl_metrics;
 
 BL_API void bl_manager_metrics(const bl_manager *m, bl_metrics *out);

@@ -49,6 +49,7 @@ struct bl_lock {
     int pending_status;
     enum bl_op_kind pending_kind; /* which callback ENDING fires */
     uint64_t token;
+    uint64_t held_since;    /* loop clock when granted; 0 when not held */
     /* lease */
     int auto_extend, lost;
     uint64_t lease_until;   /* loop clock: the lease surely ends by then */
@@ -87,7 +88,7 @@ struct bl_manager {
     bl_lock *locks;
     bl_wq *wq[BL_WQ_BUCKETS];
     bl_stats stats;
-    bl_histogram acquire_hist, release_hist;
+    bl_histogram acquire_hist, release_hist, hold_hist;
     bl_backoff backoff;
     int wait_on;   /* min_replicas resolves to non-zero: grants wait for WAIT */
     uint64_t rng;
@@ -120,6 +121,9 @@ void bl_log(const bl_manager *m, int level, const char *fmt, ...)
 void bl_mgr_count_error(bl_manager *m, int status);
 /* metrics.c */
 void bl_hist_add(bl_histogram *h, double ms);
+void bl_hist_add_to(bl_histogram *h, const double *bounds, double ms);
+/* The lock stops being held (released, given back, lost): count the hold. */
+void bl_lock_end_hold(bl_lock *lock);
 /* waitq.c: the engine's wait queues */
 void bl_wq_join(bl_lock *lock);
 void bl_wq_leave(bl_lock *lock);

@@ -172,6 +172,7 @@ static void fire_acquire(bl_lock *lock, int status)
     leave_queue(lock, (status != BL_OK && status != BL_EDONE) || lock->op.keep_queued);
     if (status == BL_OK) {
         lock->state = LS_HELD;
+        lock->held_since = bl_mgr_now(m);
         m->stats.held++;
         bl_hist_add(&m->acquire_hist, (double)(bl_now_us() - lock->started_us) / 1000.0);
         lock->lease_until = lock->op_sent + lock->ttl_ms;
@@ -212,6 +213,44 @@ static void fire_release(bl_lock *lock, int status)
         lock->rcb(lock, status, lock->rdata);
     }
     maybe_free(lock);
+}
+
+void bl_lock_end_hold(bl_lock *lock)
+{
+    bl_manager *m = lock->m;
+    m->stats.held--;
+    bl_hist_add_to(&m->hold_hist, bl_hold_bounds_ms, (double)(bl_mgr_now(m) - lock->held_since));
+    lock->held_since = 0;
+}
+
+uint64_t bl_lock_held_ms(const bl_lock *lock)
+{
+    if (!lock || lock->state != LS_HELD)
+        return 0;
+    uint64_t now = bl_mgr_now(lock->m);
+    return now > lock->held_since ? now - lock->held_since : 0;
+}
+
+size_t bl_manager_longest_held(const bl_manager *m, bl_lock **out, size_t n)
+{
+    size_t k = 0;
+    if (!m || !out || n == 0)
+        return 0;
+    /* Keep out[0..k) sorted, oldest grant first: an insertion per held
+     * lock, n is small (a top-N). */
+    for (bl_lock *l = m->locks; l; l = l->next) {
+        if (l->state != LS_HELD)
+            continue;
+        size_t i = k < n ? k++ : n;
+        while (i > 0 && out[i - 1]->held_since > l->held_since) {
+            if (i < n)
+                out[i] = out[i - 1];
+            i--;
+        }
+        if (i < n)
+            out[i] = l;
+    }
+    return k;
 }
 
 static void lose(bl_lock *lock)
@@ -535,7 +574,7 @@ void bl_lock_close_one(bl_lock *lock)
         break;
     case LS_HELD:
         /* Best effort: give the lock back now rather than at its TTL. */
-        m->stats.held--;
+        bl_lock_end_hold(lock);
         lock->abandoned = 1;
         m->loop.timer_stop(lock->timer);
         if (lock->op.kind == BL_OP_NONE && start_op(lock, BL_OP_RELEASE) != 0)
@@ -663,7 +702,7 @@ static int start_release(bl_lock *lock, enum bl_op_kind kind)
 {
     bl_manager *m = lock->m;
     lock->state = LS_RELEASING;
-    m->stats.held--;
+    bl_lock_end_hold(lock);
     lock->errmsg[0] = '\0';
     lock->started_us = bl_now_us();
     m->loop.timer_stop(lock->timer); /* lease renewal */
