@@ -340,7 +340,9 @@ typedef struct bl_stats {
     uint64_t reverified;     /* held leases re-checked at once after a failover */
     uint64_t reclaims;       /* acquires that took back a lock held under this
                               * manager's id by none of its requests (a grant
-                              * whose reply was lost with the connection) */
+                              * whose reply was lost with the connection, or a
+                              * lock transferred to this manager) */
+    uint64_t transfers;      /* held locks handed to another holder (bl_transfer) */
     uint64_t held;           /* gauge: locks held right now */
     uint64_t waiting;        /* gauge: requests between attempts right now */
 } bl_stats;
@@ -411,6 +413,25 @@ BL_API int bl_release(bl_lock *lock, bl_release_cb cb, void *data);
  * "done" for config.done_ttl_ms: every later acquire of it, by any manager,
  * ends with BL_EDONE without taking the lock. Only the holder can mark. */
 BL_API int bl_release_done(bl_lock *lock, bl_release_cb cb, void *data);
+
+/* Hand a held lock to another manager, named by its holder id (what
+ * bl_manager_holder() says there), in one script: the lock is never free
+ * in between, so no third instance can take it. It then belongs to
+ * `holder` for lease_ms (0 = 5 s), with a new, higher fencing token. The
+ * receiving manager takes it over with a plain bl_acquire of the same
+ * posting: an acquire that finds the lock held under its own id by none
+ * of its requests takes it (bl_stats.reclaims), with its own TTL, renewal
+ * and a token higher still. A receiver already waiting on the posting is
+ * woken at once. If it never comes, the lease runs out and the lock is free.
+ * cb gets BL_OK (transferred: this handle is done, as after a release),
+ * BL_ENOTHELD (the lock had expired or was taken over: nothing changed on
+ * the server), BL_ECONN (maybe transferred, maybe not: either way the lock
+ * is no longer this handle's), BL_EREDIS. Returns BL_OK, or without
+ * sending anything BL_EINVAL (not held, inside bl_with_lock, holder NULL,
+ * empty, with whitespace, starting with '~', 320 bytes or more, or this
+ * manager's own id; lease_ms < 0 or over 30 days) or BL_ECLOSED. */
+BL_API int bl_transfer(bl_lock *lock, const char *holder, int64_t lease_ms, bl_release_cb cb,
+                       void *data);
 
 /* Stop an acquire that has not ended yet: its callback is called with
  * BL_ECANCELED (later, from the loop). If the server granted the lock in

@@ -29,7 +29,8 @@ enum bl_op_kind {
     BL_OP_ACQUIRE,      /* join the wait queue unless try-once */
     BL_OP_RELEASE,
     BL_OP_RELEASE_DONE, /* release and mark the posting done */
-    BL_OP_EXTEND
+    BL_OP_EXTEND,
+    BL_OP_TRANSFER      /* hand the lock to op->target for op->ttl_ms (a new token) */
 };
 
 /* The outcome of one lock operation. status: BL_OK, BL_EBUSY (acquire
@@ -58,6 +59,8 @@ typedef struct bl_op {
     int reclaim;           /* acquire: take the lock if it is held under our own
                             * holder id (no request of ours holds or is getting it:
                             * it is a grant whose reply was lost) */
+    const char *target;    /* transfer: the receiving holder id (target_len bytes) */
+    size_t target_len;
     char *errbuf;          /* BL_ERRMSG_MAX bytes: why a start failed synchronously */
     void (*done)(struct bl_op *op, const bl_op_result *r);
 } bl_op;

@@ -57,6 +57,8 @@ struct bl_lock {
     void (*on_lost)(bl_lock *, int, void *);
     void *on_lost_data;
     enum bl_op_kind release_after; /* a release asked for while extending */
+    char *transfer_to;      /* bl_transfer: the receiving holder id (malloc'd) */
+    uint64_t transfer_ms;   /* ...and its lease */
     /* callbacks */
     bl_acquire_cb acb;
     void *adata;

@@ -109,3 +109,18 @@ uint64_t bl_now_us(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
+
+int bl_validate_holder(const char *holder, char *why, size_t why_len)
+{
+    size_t n = strnlen(holder, BL_HOLDER_MAX);
+    if (n == 0)
+        return bl_einval(why, why_len, "holder is empty");
+    if (n >= BL_HOLDER_MAX)
+        return bl_einval(why, why_len, "holder is longer than %d bytes", BL_HOLDER_MAX - 1);
+    if (holder[0] == '~')
+        return bl_einval(why, why_len, "holder starts with '~' (the mark of a reserved lock)");
+    for (size_t i = 0; i < n; i++)
+        if (bad_byte((unsigned char)holder[i]))
+            return bl_einval(why, why_len, "holder contains whitespace or a control character");
+    return 0;
+}

@@ -36,6 +36,7 @@ void bl_lock_free(bl_lock *lock)
     if (lock->next)
         lock->next->prev = lock->prev;
     m->loop.timer_free(lock->timer);
+    free(lock->transfer_to);
     free(lock);
 }
 
@@ -99,6 +100,11 @@ static int start_op(bl_lock *lock, enum bl_op_kind kind)
     lock->op_sent = bl_mgr_now(m);
     lock->op = (bl_op){.kind = kind, .keys = &lock->keys, .ttl_ms = lock->ttl_ms,
                        .errbuf = lock->errmsg, .done = op_done};
+    if (kind == BL_OP_TRANSFER) {
+        lock->op.ttl_ms = lock->transfer_ms;
+        lock->op.target = lock->transfer_to;
+        lock->op.target_len = strlen(lock->transfer_to);
+    }
     if (kind == BL_OP_ACQUIRE) {
         lock->op.queue_ttl_ms = queue_ttl(lock);
         lock->op.queued = lock->queued;
@@ -198,7 +204,7 @@ static void fire_release(bl_lock *lock, int status)
 {
     bl_manager *m = lock->m;
     switch (status) {
-    case BL_OK: m->stats.releases++; break;
+    case BL_OK: lock->transfer_to ? m->stats.transfers++ : m->stats.releases++; break;
     case BL_ENOTHELD: m->stats.not_held++; break;
     case BL_ECANCELED: break;
     default: m->stats.release_errors++; break;
@@ -447,6 +453,10 @@ static void op_done(bl_op *op, const bl_op_result *r)
             bl_log(m, BL_LOG_INFO, "lock %s is held under our id by no request: reclaiming",
                    lock->keys.k[BL_KEY_LOCK]);
             lock->reclaim = 1;
+            /* The busy answer put us in the server's queue (unless try
+             * once): the reclaiming attempt must take that entry out. */
+            if (op->queue_ttl_ms > 0)
+                lock->queued = 1;
             attempt(lock);
         } else if (r->status == BL_EBUSY || r->status == BL_ENOREPL)
             wait_or_give_up(lock, r->status);
@@ -748,6 +758,32 @@ int bl_release(bl_lock *lock, bl_release_cb cb, void *data)
 int bl_release_done(bl_lock *lock, bl_release_cb cb, void *data)
 {
     return release_as(lock, BL_OP_RELEASE_DONE, cb, data);
+}
+
+int bl_transfer(bl_lock *lock, const char *holder, int64_t lease_ms, bl_release_cb cb,
+                void *data)
+{
+    int rc = check_releasable(lock);
+    if (rc)
+        return rc;
+    bl_manager *m = lock->m;
+    if (lock->in_section)
+        return bl_mgr_fail(m, BL_EINVAL, "a section's lock is released by bl_section_end");
+    char why[BL_ERRMSG_MAX];
+    if (!holder || bl_validate_holder(holder, why, sizeof why))
+        return bl_mgr_fail(m, BL_EINVAL, holder ? why : "holder is NULL");
+    if (strcmp(holder, bl_manager_holder(m)) == 0)
+        return bl_mgr_fail(m, BL_EINVAL, "the lock is already this manager's: nothing to transfer");
+    if (lease_ms < 0 || (uint64_t)lease_ms > BL_MAX_MS)
+        return bl_mgr_fail(m, BL_EINVAL, "lease_ms must be 1 ms .. 30 days (0 = the default)");
+    char *to = strdup(holder);
+    if (!to)
+        return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
+    lock->transfer_to = to;
+    lock->transfer_ms = lease_ms ? (uint64_t)lease_ms : BL_TRANSFER_DEFAULT_MS;
+    lock->rcb = cb;
+    lock->rdata = data;
+    return start_release(lock, BL_OP_TRANSFER);
 }
 
 int bl_section_end(bl_lock *lock, int section_status)

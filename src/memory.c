@@ -169,6 +169,23 @@ static void run_lock_op(mem_be *b, bl_op *op)
         else
             r.status = BL_ENOTHELD;
         break;
+    case BL_OP_TRANSFER: {
+        if (!e || !e->holder || strcmp(e->holder, holder) != 0) {
+            r.status = BL_ENOTHELD;
+            break;
+        }
+        char *to = strndup(op->target, op->target_len);
+        if (!to) {
+            r.status = BL_ENOMEM, r.errmsg = "out of memory in the memory backend";
+            break;
+        }
+        free(e->holder);
+        e->holder = to;
+        e->expires_ms = now + op->ttl_ms;
+        r.token = next_token(e);
+        woke = 1; /* the target may wait on it */
+        break;
+    }
     default: /* release, release + done */
         if (!e || !e->holder || strcmp(e->holder, holder) != 0) {
             r.status = BL_ENOTHELD;

@@ -85,6 +85,7 @@ size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len)
             s->reverified);
     counter(&o, "reclaims_total", "Locks taken back from a grant whose reply was lost.",
             s->reclaims);
+    counter(&o, "transfers_total", "Held locks handed to another holder.", s->transfers);
     gauge(&o, "locks_held", "Locks held right now.", s->held);
     gauge(&o, "requests_waiting", "Requests waiting between attempts right now.", s->waiting);
     gauge(&o, "connection_up", "1 if the Redis connection is up.",

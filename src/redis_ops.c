@@ -97,9 +97,10 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
 {
     const bl_config *cfg = r->h.cfg;
     const bl_keys *k = op->keys;
-    int s = kind == BL_OP_ACQUIRE  ? BL_SCRIPT_ACQUIRE
-            : kind == BL_OP_EXTEND ? BL_SCRIPT_EXTEND
-                                   : BL_SCRIPT_RELEASE;
+    int s = kind == BL_OP_ACQUIRE    ? BL_SCRIPT_ACQUIRE
+            : kind == BL_OP_EXTEND   ? BL_SCRIPT_EXTEND
+            : kind == BL_OP_TRANSFER ? BL_SCRIPT_TRANSFER
+                                     : BL_SCRIPT_RELEASE;
     char n1[24], n2[24], n3[24];
     const char *argv[16];
     size_t lens[16];
@@ -134,6 +135,15 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
         KEY(BL_KEY_LOCK);
         ARG(r->h.holder, r->h.holder_len);
         NUM(n1, op->ttl_ms);
+        break;
+    case BL_OP_TRANSFER:
+        ARG("2", 1);
+        KEY(BL_KEY_LOCK);
+        KEY(BL_KEY_FENCE);
+        ARG(r->h.holder, r->h.holder_len);
+        ARG(op->target, op->target_len);
+        NUM(n1, op->ttl_ms);
+        NUM(n2, BL_FENCE_TTL_MS);
         break;
     default:
         ARG("3", 1);

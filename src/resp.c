@@ -74,6 +74,12 @@ void bl_redis_interpret(enum bl_op_kind kind, const redisReply *reply, bl_op_res
         else if (v == BL_ACQ_OURS)
             *res = (bl_op_result){BL_EBUSY, 0, 0, NULL, 1};
         break;
+    case BL_OP_TRANSFER:
+        if (v > 0)
+            *res = (bl_op_result){BL_OK, (uint64_t)v, 0, NULL, 0};
+        else if (v == 0)
+            *res = (bl_op_result){BL_ENOTHELD, 0, 0, NULL, 0};
+        break;
     case BL_OP_EXTEND:
         if (v == 0 || v == 1)
             *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, 0, NULL, 0};

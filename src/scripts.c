@@ -103,4 +103,21 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "  if mine then n = n + redis.call('UNLINK', k) end\n"
         "end\n"
         "return n\n"},
+    /* KEYS: lock fence   ARGV: holder target lease_ms fence_ttl_ms
+     * -> token > 0 (the lock is target's, for lease_ms) | 0 not held
+     * The lock is never free: the value changes hands in one SET. The
+     * target's own acquire then takes it as "held under our id" (reclaim),
+     * and a directed wake-up tells it at once if it waits. */
+    [BL_SCRIPT_TRANSFER] = {"transfer",
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+        "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\n"
+        "local t = redis.call('TIME')\n"
+        "local tok = t[1] * 1000000 + t[2]\n"
+        "local prev = tonumber(redis.call('SET', KEYS[2], string.format('%.0f', tok), 'PX', ARGV[4], 'GET'))\n"
+        "if prev and prev >= tok then\n"
+        "  tok = prev + 1\n"
+        "  redis.call('SET', KEYS[2], string.format('%.0f', tok), 'PX', ARGV[4])\n"
+        "end\n"
+        "redis.call('PUBLISH', KEYS[1] .. '|' .. ARGV[2], '')\n"
+        "return tok\n"},
 };
