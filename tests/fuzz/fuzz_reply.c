@@ -32,7 +32,7 @@
 static void check_interpret(const redisReply *reply)
 {
     static const enum bl_op_kind kinds[] = {BL_OP_ACQUIRE, BL_OP_RELEASE, BL_OP_RELEASE_DONE,
-                                            BL_OP_EXTEND, BL_OP_NONE};
+                                            BL_OP_EXTEND, BL_OP_TRANSFER, BL_OP_NONE};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         bl_op_result res;
         memset(&res, 0xa5, sizeof res);
@@ -69,6 +69,16 @@ static void check_interpret(const redisReply *reply)
             if (st != BL_EREDIS)
                 CHECK(is_int && (v == 0 || v == 1) && (st == BL_OK) == (v == 1));
             CHECK(res.token == 0 && !res.handed_off);
+            break;
+        case BL_OP_TRANSFER:
+            CHECK(st == BL_OK || st == BL_ENOTHELD || st == BL_EREDIS);
+            if (st == BL_OK)
+                CHECK(is_int && v > 0 && res.token == (uint64_t)v);
+            else
+                CHECK(res.token == 0);
+            if (st == BL_ENOTHELD)
+                CHECK(is_int && v == 0);
+            CHECK(!res.handed_off && !res.ours);
             break;
         default:
             CHECK(st == BL_EREDIS); /* no such operation */
