@@ -211,7 +211,7 @@ static int run_limit(const opts *o, int port, limit *L)
      * it compares and returns 0 (one GET inside Lua). */
     char evalsha[256];
     snprintf(evalsha, sizeof evalsha,
-             "EVALSHA %s 3 bid_lock:bench:hot bid_lock::done:bench:hot bid_lock::q:bench:hot "
+             "EVALSHA %s 3 bid_lock:bench:hot {bid_lock:bench:hot}:done {bid_lock:bench:hot}:q "
              "bench-limit 0 250",
              sha);
     const char *set = "SET bench:__rand_int__ v NX PX 30000";
@@ -245,7 +245,7 @@ static int run_limit(const opts *o, int port, limit *L)
     L->cycle_p16 = cycle(L->set_p16, L->evalsha_p16);
     printf("{\"workload\":\"limit\",\"name\":\"redis-benchmark\",\"runs\":%d,"
            "\"command\":{\"set\":\"%s\",\"evalsha\":\"EVALSHA <release sha> 3 "
-           "bid_lock:bench:hot bid_lock::done:bench:hot bid_lock::q:bench:hot bench-limit 0 "
+           "bid_lock:bench:hot {bid_lock:bench:hot}:done {bid_lock:bench:hot}:q bench-limit 0 "
            "250\"},\"n\":%d,\"c\":1,\"r\":100000000",
            o->runs, set, n);
     emit_figs(stdout, &f);

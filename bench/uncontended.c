@@ -225,17 +225,17 @@ typedef struct raw_ctx {
     enum raw_mode mode;
     char acq_sha[41], rel_sha[41];
     char holder[64];
-    char key[64], fence[64], done_key[64], queue[64];
+    char key[64], fence[80], done_key[80], queue[80];
     int n, i, stop, done, aborted, errors, ok, connected;
 } raw_ctx;
 
 static void raw_keys(raw_ctx *c, int i)
 {
+    /* The names of keyspace.h: the lock key, and the others tagged with it. */
     snprintf(c->key, sizeof c->key, "bid_lock:" BENCH_MARKETPLACE ":" BENCH_JOB_FMT, i);
-    snprintf(c->fence, sizeof c->fence, "bid_lock::fence:" BENCH_MARKETPLACE ":" BENCH_JOB_FMT, i);
-    snprintf(c->done_key, sizeof c->done_key, "bid_lock::done:" BENCH_MARKETPLACE ":" BENCH_JOB_FMT,
-             i);
-    snprintf(c->queue, sizeof c->queue, "bid_lock::q:" BENCH_MARKETPLACE ":" BENCH_JOB_FMT, i);
+    snprintf(c->fence, sizeof c->fence, "{%s}:fence", c->key);
+    snprintf(c->done_key, sizeof c->done_key, "{%s}:done", c->key);
+    snprintf(c->queue, sizeof c->queue, "{%s}:q", c->key);
 }
 
 static void raw_next(raw_ctx *c);

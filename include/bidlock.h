@@ -192,8 +192,10 @@ typedef struct bl_config {
      * down gives BL_ECONN (fail closed), not a local lock. */
     int backend;
     /* First part of every key. Default "bid_lock". No whitespace or control
-     * characters, 1..64 bytes; may not end with ':' or contain "::" (that
-     * would collide with the "<prefix>::..." fence, queue and done keys). */
+     * characters, 1..64 bytes; may not end with ':' or contain "::" (the
+     * names of the 0.1 layout), contain '}' or start with '{' (the
+     * other keys of a lock are "{<lock key>}:q", ":fence", ":done", so
+     * that all of a lock's keys share one Redis Cluster slot). */
     const char *key_prefix;
     /* Connect deadline, enforced with a loop timer. Default 5000 ms. */
     uint32_t connect_timeout_ms;
@@ -385,7 +387,9 @@ typedef void (*bl_acquire_cb)(bl_lock *lock, int status, void *data);
 
 /* Start acquiring the lock for (marketplace, posting).
  * Ids: 1..256 bytes, no whitespace or control characters; the marketplace
- * may not contain ':' (else "a:b"+"c" and "a"+"b:c" would be one key).
+ * may not contain ':' (else "a:b"+"c" and "a"+"b:c" would be one key);
+ * neither may contain '}' (it would end the hash tag "{<lock key>}" that
+ * keeps a lock's keys in one Redis Cluster slot).
  * opts may be NULL for the defaults. Strings are copied.
  * Returns BL_OK (cb will be called once; *lockp, if lockp is not NULL, is
  * the handle, e.g. for bl_cancel), or BL_EINVAL / BL_ECLOSED / BL_ENOMEM

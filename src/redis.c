@@ -79,6 +79,7 @@ int bl_redis_backend_new(const bl_backend_host *host, bl_backend **out)
     r->pend_tail = &r->pend;
     r->preq_tail = &r->preq;
     r->min_replicas = bl_config_min_replicas(host->cfg);
+    r->legacy_keys = 1;
     int rc = redis_conn_init(r);
     if (rc != BL_OK) {
         redis_conn_free(r);

@@ -62,7 +62,7 @@ typedef struct conn {
 } conn;
 
 /* A key the subscriber connection listens on (its channel
- * "<key>|<holder>"), kept while the engine has waiters there and for
+ * "{<key>}|<holder>"), kept while the engine has waiters there and for
  * LINGER_MS after, so a busy key is not re-subscribed per request. */
 typedef struct sub_entry {
     struct sub_entry *hnext;
@@ -81,6 +81,8 @@ struct redis_be {
     char sha[BL_SCRIPT_COUNT][41];
     int sha_ok[BL_SCRIPT_COUNT];
     int loads_pending; /* SCRIPT LOADs on the wire */
+    int legacy_keys;   /* one server: the scripts also get the names of the
+                        * 0.1 layout (keyspace.h) */
     int shutting, closed_notified;
     /* where to connect */
     bl_url url;

@@ -144,8 +144,8 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
                           reply->element[1]->type == REDIS_REPLY_ARRAY
                       ? reply->element[1]->elements
                       : 0;
-    const char **argv = malloc((room + 6) * sizeof *argv);
-    size_t *lens = malloc((room + 6) * sizeof *lens);
+    const char **argv = malloc((room + 7) * sizeof *argv);
+    size_t *lens = malloc((room + 7) * sizeof *lens);
     if (!argv || !lens) {
         free(argv);
         free(lens);
@@ -164,16 +164,27 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
         admin_fail(op, ac, reply);
         return;
     }
+    long nlocks = nkeys;
+    if (!op->mine_only) /* and the wait queues of the 0.1 layout */
+        for (size_t i = 0; i < room; i++) {
+            const redisReply *k = reply->element[1]->element[i];
+            if (k->type == REDIS_REPLY_STRING &&
+                bl_keys_is_old_queue(k->str, k->len, r->h.prefix, strlen(r->h.prefix))) {
+                argv[3 + nkeys] = k->str;
+                lens[3 + nkeys++] = k->len;
+            }
+        }
     int argc = 3 + (int)nkeys;
     int rc;
     if (nkeys > 0) {
-        char nk[24];
+        char nk[24], nl[24];
         const char *holder = op->mine_only ? r->h.holder : "";
         argv[0] = "EVAL", lens[0] = 4;
         argv[1] = bl_scripts[BL_SCRIPT_CLEANUP].body;
         lens[1] = strlen(argv[1]);
         argv[2] = nk, lens[2] = (size_t)snprintf(nk, sizeof nk, "%ld", nkeys);
         argv[argc] = holder, lens[argc++] = strlen(holder);
+        argv[argc] = nl, lens[argc++] = (size_t)snprintf(nl, sizeof nl, "%ld", nlocks);
         rc = redisAsyncCommandArgv(ac, cleanup_batch_cb, op, argc, argv, lens);
         aop_arm(r, op);
     } else if (strcmp(op->cursor, "0") == 0) {
@@ -200,6 +211,22 @@ static int scan_step(redis_be *r, bl_aop *op)
                              pat);
 }
 
+static int send_inspect(redis_be *r, bl_aop *op)
+{
+    static const int order[] = {BL_KEY_LOCK, BL_KEY_DONE, BL_KEY_FENCE, BL_KEY_OLD_DONE,
+                                BL_KEY_OLD_FENCE};
+    const bl_keys *k = op->keys;
+    int nkeys = r->legacy_keys ? 5 : 3;
+    const char *argv[3 + 5];
+    size_t lens[3 + 5];
+    argv[0] = "EVAL", lens[0] = 4;
+    argv[1] = bl_scripts[BL_SCRIPT_INSPECT].body, lens[1] = strlen(argv[1]);
+    argv[2] = nkeys == 5 ? "5" : "3", lens[2] = 1;
+    for (int i = 0; i < nkeys; i++)
+        argv[3 + i] = k->k[order[i]], lens[3 + i] = k->len[order[i]];
+    return redisAsyncCommandArgv(r->cmd.ac, inspect_cb, op, 3 + nkeys, argv, lens);
+}
+
 int redis_admin(bl_backend *be, bl_aop *op)
 {
     redis_be *r = (redis_be *)be;
@@ -223,11 +250,7 @@ int redis_admin(bl_backend *be, bl_aop *op)
         rc = redisAsyncCommand(r->cmd.ac, ping_cb, op, "PING");
         break;
     case BL_AOP_INSPECT:
-        rc = redisAsyncCommand(r->cmd.ac, inspect_cb, op, "EVAL %s 3 %b %b %b",
-                               bl_scripts[BL_SCRIPT_INSPECT].body, op->keys->k[BL_KEY_LOCK],
-                               op->keys->len[BL_KEY_LOCK], op->keys->k[BL_KEY_DONE],
-                               op->keys->len[BL_KEY_DONE], op->keys->k[BL_KEY_FENCE],
-                               op->keys->len[BL_KEY_FENCE]);
+        rc = send_inspect(r, op);
         break;
     default:
         snprintf(op->cursor, sizeof op->cursor, "0");

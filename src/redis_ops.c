@@ -117,11 +117,15 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
     }
     switch (kind) {
     case BL_OP_ACQUIRE:
-        ARG("4", 1);
+        ARG(r->legacy_keys ? "6" : "4", 1);
         KEY(BL_KEY_LOCK);
         KEY(BL_KEY_FENCE);
         KEY(BL_KEY_DONE);
         KEY(BL_KEY_QUEUE);
+        if (r->legacy_keys) {
+            KEY(BL_KEY_OLD_DONE);
+            KEY(BL_KEY_OLD_FENCE);
+        }
         ARG(r->h.holder, r->h.holder_len);
         NUM(n1, op->ttl_ms);
         NUM(n2, BL_FENCE_TTL_MS);
@@ -146,10 +150,12 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
         NUM(n2, BL_FENCE_TTL_MS);
         break;
     default:
-        ARG("3", 1);
+        ARG(r->legacy_keys && kind == BL_OP_RELEASE_DONE ? "4" : "3", 1);
         KEY(BL_KEY_LOCK);
         KEY(BL_KEY_DONE);
         KEY(BL_KEY_QUEUE);
+        if (r->legacy_keys && kind == BL_OP_RELEASE_DONE)
+            KEY(BL_KEY_OLD_DONE);
         ARG(r->h.holder, r->h.holder_len);
         NUM(n1, kind == BL_OP_RELEASE_DONE ? cfg->done_ttl_ms : 0);
         NUM(n2, cfg->handoff_ms);

@@ -1,6 +1,6 @@
 /* scripts.c - Lua bodies. The names they work on are in keyspace.h.
  *
- * A waiter listens on the channel "<lock key>|<its holder id>" while it
+ * A waiter listens on the channel "{<lock key>}|<its holder id>" while it
  * waits: a hand-off message reaches only the waiter it was handed to. The
  * queue holds holder ids, one per manager: the entry speaks for every
  * request of that manager on the key (see keep_queued in backend.h).
@@ -8,11 +8,20 @@
  * Fencing tokens are max(last + 1, server time in us): strictly increasing
  * while the fence key lives, and still increasing after it expired as long
  * as the server clock does not step back past the last token.
+ *
+ * Every key a script touches is declared in KEYS, and the names of
+ * keyspace.h all hash to the lock key's slot (one Cluster slot). On one server the scripts also
+ * get the 0.1 layout's names as extra KEYS (old done marker, old fence
+ * counter): a posting marked done under the old name stays done, the old
+ * counter is a token floor when the new one is missing, and release-done
+ * writes the old marker too, for clients of the old layout still running.
+ * In a cluster those extra keys are never passed (another slot; no client
+ * of the old layout could run there).
  */
 #include "scripts.h"
 
 const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
-    /* KEYS: lock fence done queue
+    /* KEYS: lock fence done queue [old_done old_fence]
      * ARGV: holder ttl_ms fence_ttl_ms queue_ttl_ms(0 = try once, no queue)
      *       queued(1 if this request joined the queue before)
      *       keep(1 if another request of this holder still waits: a grant
@@ -37,7 +46,8 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "  end\n"
         "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n" /* reserved for us */
         "end\n"
-        "if redis.call('EXISTS', KEYS[3]) == 1 then\n"
+        "local d = #KEYS > 4 and redis.call('EXISTS', KEYS[3], KEYS[5]) or redis.call('EXISTS', KEYS[3])\n"
+        "if d > 0 then\n"
         "  redis.call('DEL', KEYS[1])\n"
         "  if ARGV[6] ~= '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end\n"
         "  return -2\n"
@@ -52,20 +62,23 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "local t = redis.call('TIME')\n"
         "local tok = t[1] * 1000000 + t[2]\n"
         "local prev = tonumber(redis.call('SET', KEYS[2], string.format('%.0f', tok), 'PX', ARGV[3], 'GET'))\n"
+        "if not prev and KEYS[6] then prev = tonumber(redis.call('GET', KEYS[6])) end\n"
         "if prev and prev >= tok then\n"
         "  tok = prev + 1\n"
         "  redis.call('SET', KEYS[2], string.format('%.0f', tok), 'PX', ARGV[3])\n"
         "end\n"
         "return tok\n"},
-    /* KEYS: lock done queue   ARGV: holder done_ttl_ms(0 = no) handoff_ms
+    /* KEYS: lock done queue [old_done]
+     * ARGV: holder done_ttl_ms(0 = no) handoff_ms
      * -> 0 not held | 1 released | 2 handed off to the longest waiter */
     [BL_SCRIPT_RELEASE] = {"release",
         "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
         "if tonumber(ARGV[2]) > 0 then\n"
         "  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])\n"
+        "  if KEYS[4] then redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2]) end\n"
         "  redis.call('DEL', KEYS[1])\n"
         "  for _, w in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do\n"
-        "    redis.call('PUBLISH', KEYS[1] .. '|' .. w, '*')\n"
+        "    redis.call('PUBLISH', '{' .. KEYS[1] .. '}|' .. w, '*')\n"
         "  end\n"
         "  redis.call('DEL', KEYS[3])\n"
         "  return 1\n"
@@ -73,7 +86,7 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "local w = redis.call('ZPOPMIN', KEYS[3])\n"
         "if w[1] then\n"
         "  redis.call('SET', KEYS[1], '~' .. w[1], 'PX', ARGV[3])\n"
-        "  redis.call('PUBLISH', KEYS[1] .. '|' .. w[1], '')\n"
+        "  redis.call('PUBLISH', '{' .. KEYS[1] .. '}|' .. w[1], '')\n"
         "  return 2\n"
         "end\n"
         "redis.call('DEL', KEYS[1])\n"
@@ -84,23 +97,33 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
         "end\n"
         "return 0\n"},
-    /* KEYS: lock done fence  -> {value|nil, pttl, done(0/1), token|nil}
+    /* KEYS: lock done fence [old_done old_fence]
+     * -> {value|nil, pttl, done(0/1), token|nil}
      * A key of another type at the lock's name is an error (WRONGTYPE), as
      * it is for acquire: not "free", which acquire would then refuse. */
     [BL_SCRIPT_INSPECT] = {"inspect",
         "local v = redis.call('GET', KEYS[1])\n"
-        "return {v, redis.call('PTTL', KEYS[1]), redis.call('EXISTS', KEYS[2]),\n"
-        "        redis.call('GET', KEYS[3])}\n"},
-    /* KEYS: candidate lock keys   ARGV: holder ('' = any) -> removed */
+        "local d = redis.call('EXISTS', KEYS[2])\n"
+        "local t = redis.call('GET', KEYS[3])\n"
+        "if KEYS[4] then\n"
+        "  if d == 0 then d = redis.call('EXISTS', KEYS[4]) end\n"
+        "  if not t then t = redis.call('GET', KEYS[5]) end\n"
+        "end\n"
+        "return {v, redis.call('PTTL', KEYS[1]), d, t}\n"},
+    /* KEYS: candidate lock keys, then (holder '' only) wait queues of the
+     * 0.1 layout   ARGV: holder ('' = any) nlocks -> locks removed */
     [BL_SCRIPT_CLEANUP] = {"cleanup",
         "local n = 0\n"
-        "for _, k in ipairs(KEYS) do\n"
+        "for i, k in ipairs(KEYS) do\n"
         "  local mine = ARGV[1] == ''\n"
         "  if not mine then\n"
         "    local v = redis.pcall('GET', k)\n"
         "    mine = v == ARGV[1] or v == '~' .. ARGV[1]\n"
         "  end\n"
-        "  if mine then n = n + redis.call('UNLINK', k) end\n"
+        "  if mine then\n"
+        "    local u = redis.call('UNLINK', k)\n"
+        "    if i <= tonumber(ARGV[2]) then n = n + u end\n"
+        "  end\n"
         "end\n"
         "return n\n"},
     /* KEYS: lock fence   ARGV: holder target lease_ms fence_ttl_ms

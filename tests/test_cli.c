@@ -641,16 +641,16 @@ Test(cli, a_signal_while_waiting_gives_up_without_running_command)
     /* Interrupt it once it waits in the queue (its first attempt has
      * answered), not while that attempt is still in flight. */
     uint64_t end = mono_ms() + 10000;
-    while (!rs_exists(&srv, "bid_lock::q:ebay:wait") && mono_ms() < end)
+    while (!rs_exists(&srv, "{bid_lock:ebay:wait}:q") && mono_ms() < end)
         usleep(5000);
-    cr_assert(rs_exists(&srv, "bid_lock::q:ebay:wait"), "it queued");
+    cr_assert(rs_exists(&srv, "{bid_lock:ebay:wait}:q"), "it queued");
     usleep(100000);
     kill(p.pid, SIGINT);
     result r = finish(&p, 10000);
     cr_assert_eq(r.code, 128 + SIGINT, "exit %d: %s", r.code, r.err);
     assert_one_error_line(&r);
     cr_assert_eq(rs_exists(&srv, "ran"), 0);
-    cr_assert_eq(rs_exists(&srv, "bid_lock::q:ebay:wait"), 0, "it left the wait queue");
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:wait}:q"), 0, "it left the wait queue");
     result_free(&r);
 }
 
@@ -710,11 +710,11 @@ Test(cli, done_is_not_marked_when_command_fails)
     result r = CLI(NULL, "run", "--url", url, "--done", "ebay", "retry", "--", "/bin/false");
     cr_assert_eq(r.code, 1);
     result_free(&r);
-    cr_assert_eq(rs_exists(&srv, "bid_lock::done:ebay:retry"), 0);
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:retry}:done"), 0);
     r = CLI(NULL, "run", "--url", url, "--done", "ebay", "retry", "--", "/bin/true");
     cr_assert_eq(r.code, 0);
     result_free(&r);
-    cr_assert_eq(rs_exists(&srv, "bid_lock::done:ebay:retry"), 1);
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:retry}:done"), 1);
 }
 
 /* ---- status, cleanup, health --------------------------------------------------------- */
@@ -763,7 +763,7 @@ Test(cli, cleanup_removes_every_lock_under_the_prefix)
     set_key("bid_lock:ebay:1", "a", 60000);
     set_key("bid_lock:ebay:2", "b", 60000);
     set_key("bid_lock:etsy:3", "c", 60000);
-    set_key("bid_lock::fence:ebay:1", "7", 60000);
+    set_key("{bid_lock:ebay:1}:fence", "7", 60000);
     set_key("other:ebay:1", "d", 60000);
     set_key("unrelated", "e", 60000);
     result r = CLI(NULL, "cleanup", "--url", url);
@@ -771,7 +771,7 @@ Test(cli, cleanup_removes_every_lock_under_the_prefix)
     cr_assert_str_eq(r.out, "removed 3 locks under prefix bid_lock\n");
     result_free(&r);
     cr_assert_eq(rs_lock_count(&srv), 0);
-    cr_assert_eq(rs_exists(&srv, "bid_lock::fence:ebay:1"), 1, "fencing counters stay");
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:1}:fence"), 1, "fencing counters stay");
     cr_assert_eq(rs_exists(&srv, "other:ebay:1"), 1);
     cr_assert_eq(rs_exists(&srv, "unrelated"), 1);
     r = CLI(NULL, "cleanup", "--url", url, "--prefix", "other");
