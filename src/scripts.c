@@ -127,6 +127,7 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "end\n"
         "return n\n"},
     /* KEYS: lock fence   ARGV: holder target lease_ms fence_ttl_ms
+     * (no old-layout keys: the lock is held, so its new fence key exists)
      * -> token > 0 (the lock is target's, for lease_ms) | 0 not held
      * The lock is never free: the value changes hands in one SET. The
      * target's own acquire then takes it as "held under our id" (reclaim),
@@ -141,6 +142,6 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "  tok = prev + 1\n"
         "  redis.call('SET', KEYS[2], string.format('%.0f', tok), 'PX', ARGV[4])\n"
         "end\n"
-        "redis.call('PUBLISH', KEYS[1] .. '|' .. ARGV[2], '')\n"
+        "redis.call('PUBLISH', '{' .. KEYS[1] .. '}|' .. ARGV[2], '')\n"
         "return tok\n"},
 };
