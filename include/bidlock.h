@@ -345,6 +345,7 @@ typedef struct bl_stats {
                               * whose reply was lost with the connection, or a
                               * lock transferred to this manager) */
     uint64_t transfers;      /* held locks handed to another holder (bl_transfer) */
+    uint64_t groups;         /* of requests: bl_acquire_many calls that started */
     uint64_t held;           /* gauge: locks held right now */
     uint64_t waiting;        /* gauge: requests between attempts right now */
 } bl_stats;
@@ -417,6 +418,45 @@ BL_API int bl_release(bl_lock *lock, bl_release_cb cb, void *data);
  * "done" for config.done_ttl_ms: every later acquire of it, by any manager,
  * ends with BL_EDONE without taking the lock. Only the holder can mark. */
 BL_API int bl_release_done(bl_lock *lock, bl_release_cb cb, void *data);
+
+/* ---- Groups: several postings, all or nothing ----------------------------- */
+
+typedef struct bl_posting {
+    const char *marketplace;
+    const char *posting;
+} bl_posting;
+
+#define BL_GROUP_MAX 32
+
+/* Acquire every posting of postings[0..n) or none: a bundle bid, or one job
+ * posted on two marketplaces. The same options, outcomes and exactly-once
+ * rule as bl_acquire, and one handle for the group: bl_release /
+ * bl_release_done release (mark) every posting in one script, auto_extend
+ * renews all of them in one script and calls on_lost if any one is lost,
+ * bl_cancel cancels it. On one Redis one script checks and takes all the
+ * keys, so a group is never partly held. A group that finds one of them
+ * taken waits on its timer (backoff and jitter, up to wait_ms) and tries
+ * all again; it never holds some while waiting for others (two groups
+ * that overlap cannot deadlock), and it joins no wait queue, so it is not
+ * woken by releases and a busy posting's queued waiters go first. BL_EDONE
+ * when a posting is marked done (bl_lock_done_index() says which: the
+ * callback's handle is valid during the callback). Each posting keeps its
+ * own fencing token (bl_lock_token_at). Returns BL_EINVAL without sending
+ * anything for n == 0 or n > BL_GROUP_MAX, an invalid id ("posting 3:
+ * marketplace contains ':'") or a posting given twice. In a Redis Cluster
+ * every posting of a group must hash to one slot (else BL_EREDIS,
+ * CROSSSLOT). */
+BL_API int bl_acquire_many(bl_manager *m, const bl_posting *postings, size_t n,
+                           const bl_acquire_opts *opts, bl_acquire_cb cb, void *data,
+                           bl_lock **lockp);
+/* A group's size (1 for bl_acquire), the lock key and the fencing token of
+ * its i-th posting (in the caller's order; NULL / 0 out of range or
+ * before it is held), and after BL_EDONE which posting was done (-1
+ * otherwise; 0 for bl_acquire). */
+BL_API size_t bl_lock_postings(const bl_lock *lock);
+BL_API const char *bl_lock_key_at(const bl_lock *lock, size_t i);
+BL_API uint64_t bl_lock_token_at(const bl_lock *lock, size_t i);
+BL_API int bl_lock_done_index(const bl_lock *lock);
 
 /* Hand a held lock to another manager, named by its holder id (what
  * bl_manager_holder() says there), in one script: the lock is never free

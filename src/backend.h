@@ -43,6 +43,7 @@ typedef struct bl_op_result {
     int handed_off;
     const char *errmsg;
     int ours; /* acquire, BL_EBUSY: the lock is held under our own holder id */
+    int index; /* group acquire, BL_EBUSY/BL_EDONE: which posting (0-based) */
 } bl_op_result;
 
 /* One lock operation: what to do, on which names, and how to finish. The
@@ -50,7 +51,11 @@ typedef struct bl_op_result {
  * done has been called. */
 typedef struct bl_op {
     enum bl_op_kind kind;
-    const bl_keys *keys;
+    const bl_keys *keys;   /* nkeys names for a group, else one */
+    size_t nkeys;          /* a group (bl_acquire_many): acquire, release, extend all of
+                            * keys[0..nkeys) in one script; 0 = one posting */
+    uint64_t *tokens;      /* group acquire: the backend writes each posting's token here
+                            * before done(BL_OK), and sets result.token = tokens[0] */
     uint64_t ttl_ms;       /* acquire, extend: the lease */
     uint64_t queue_ttl_ms; /* acquire: lifetime of our wait-queue entry; 0 = try once */
     int queued;            /* acquire: an earlier attempt of this request queued us */

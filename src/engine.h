@@ -34,7 +34,11 @@ struct bl_lock {
     enum lock_state state;
     bl_op op;               /* the backend operation; op.kind != NONE while in flight */
     int abandoned;          /* user no longer waits for this grant/lock: give it back */
-    bl_keys keys;
+    bl_keys keys;           /* the posting's names (a group's first posting) */
+    size_t nkeys;           /* bl_acquire_many: postings in gkeys; 0 = one, in keys */
+    bl_keys *gkeys;         /* a group's names, in the same block */
+    uint64_t *gtokens;      /* a group's tokens once held */
+    int done_index;         /* after BL_EDONE: which posting was done; else -1 */
     uint64_t ttl_ms;
     uint64_t started;       /* loop clock, bl_acquire */
     uint64_t started_us;

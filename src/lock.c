@@ -82,13 +82,21 @@ static void op_done(bl_op *op, const bl_op_result *r);
  * ended BL_ECONN) only if no other request of this manager holds it, is
  * getting or giving it back, or has anything in flight on it. Rare: a walk
  * of the manager's requests is fine. */
+static int has_key(const bl_lock *l, const char *key, size_t n)
+{
+    const bl_keys *k = l->nkeys ? l->gkeys : &l->keys;
+    for (size_t i = 0; i < (l->nkeys ? l->nkeys : 1); i++)
+        if (k[i].len[BL_KEY_LOCK] == n && memcmp(k[i].k[BL_KEY_LOCK], key, n) == 0)
+            return 1;
+    return 0;
+}
+
 static int may_reclaim(const bl_lock *lock)
 {
     const char *key = lock->keys.k[BL_KEY_LOCK];
     size_t n = lock->keys.len[BL_KEY_LOCK];
     for (const bl_lock *l = lock->m->locks; l; l = l->next)
-        if (l != lock && l->keys.len[BL_KEY_LOCK] == n &&
-            memcmp(l->keys.k[BL_KEY_LOCK], key, n) == 0 &&
+        if (l != lock && has_key(l, key, n) &&
             (l->op.kind != BL_OP_NONE || l->state == LS_HELD || l->state == LS_RELEASING))
             return 0;
     return 1;
@@ -98,14 +106,17 @@ static int start_op(bl_lock *lock, enum bl_op_kind kind)
 {
     bl_manager *m = lock->m;
     lock->op_sent = bl_mgr_now(m);
-    lock->op = (bl_op){.kind = kind, .keys = &lock->keys, .ttl_ms = lock->ttl_ms,
+    lock->op = (bl_op){.kind = kind, .keys = lock->nkeys ? lock->gkeys : &lock->keys,
+                       .nkeys = lock->nkeys, .tokens = lock->gtokens, .ttl_ms = lock->ttl_ms,
                        .errbuf = lock->errmsg, .done = op_done};
     if (kind == BL_OP_TRANSFER) {
         lock->op.ttl_ms = lock->transfer_ms;
         lock->op.target = lock->transfer_to;
         lock->op.target_len = strlen(lock->transfer_to);
     }
-    if (kind == BL_OP_ACQUIRE) {
+    if (kind == BL_OP_ACQUIRE && !lock->nkeys) {
+        /* (A group joins no queue: it retries on its timer; a queue entry
+         * per posting would reserve locks it cannot take all at once.) */
         lock->op.queue_ttl_ms = queue_ttl(lock);
         lock->op.queued = lock->queued;
         /* Our holder id in the server's queue speaks for every request of
@@ -337,9 +348,10 @@ static void wait_or_give_up(bl_lock *lock, int why)
         fire_acquire(lock, why == BL_EBUSY ? BL_ETIMEDOUT : why);
         return;
     }
-    if (!lock->wq && m->cfg.wake_on_release)
+    int queues = m->cfg.wake_on_release && !lock->nkeys;
+    if (!lock->wq && queues)
         bl_wq_join(lock);
-    lock->queued = m->cfg.wake_on_release; /* the busy attempt queued us */
+    lock->queued = queues; /* the busy attempt queued us */
     uint64_t pause =
         bl_backoff_next(&m->backoff, &lock->step, bl_rand_next(&m->rng), now, lock->deadline);
     /* A release (maybe reserved for us) came while the attempt was out:
@@ -448,6 +460,8 @@ static void op_done(bl_op *op, const bl_op_result *r)
     case BL_OP_ACQUIRE:
         if (r->status == BL_OK)
             lock->token = r->token;
+        if (r->status == BL_EDONE)
+            lock->done_index = lock->nkeys ? r->index : 0;
         if (r->status == BL_EBUSY && r->ours && !op->reclaim && may_reclaim(lock)) {
             m->stats.reclaims++;
             bl_log(m, BL_LOG_INFO, "lock %s is held under our id by no request: reclaiming",
@@ -523,7 +537,7 @@ static void lock_timer_cb(void *data)
             break;
         }
         if (start_op(lock, BL_OP_EXTEND) < 0) {
-            bl_op_result r = {BL_ECONN, 0, 0, "not connected", 0};
+            bl_op_result r = {BL_ECONN, 0, 0, "not connected", 0, 0};
             extend_done(lock, &r);
         } else {
             uint64_t now = bl_mgr_now(m);
@@ -616,7 +630,33 @@ void bl_acquire_opts_init(bl_acquire_opts *opts)
     opts->wait_ms = BL_WAIT_DEFAULT;
 }
 
-static int start_request(bl_manager *m, const char *mp, const char *posting,
+/* The postings of a group: each valid, none twice, 1..BL_GROUP_MAX. */
+static int check_group(bl_manager *m, const bl_posting *p, size_t n)
+{
+    char why[BL_ERRMSG_MAX], msg[BL_ERRMSG_MAX + 32];
+    if (!p || n == 0)
+        return bl_mgr_fail(m, BL_EINVAL, "a group needs at least one posting");
+    if (n > BL_GROUP_MAX)
+        return bl_mgr_fail(m, BL_EINVAL, "a group has at most 32 postings");
+    for (size_t i = 0; i < n; i++) {
+        if (bl_validate_id(p[i].marketplace, 1, why, sizeof why) ||
+            bl_validate_id(p[i].posting, 0, why, sizeof why)) {
+            snprintf(msg, sizeof msg, "posting %zu: %s", i, why);
+            return bl_mgr_fail(m, BL_EINVAL, msg);
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(p[i].marketplace, p[j].marketplace) == 0 &&
+                strcmp(p[i].posting, p[j].posting) == 0) {
+                snprintf(msg, sizeof msg, "postings %zu and %zu are the same", j, i);
+                return bl_mgr_fail(m, BL_EINVAL, msg);
+            }
+    }
+    return 0;
+}
+
+/* group: the request is a bl_acquire_many of p[0..n) (n == 1 for a single
+ * posting otherwise). */
+static int start_request(bl_manager *m, const bl_posting *p, size_t n, int group,
                          const bl_acquire_opts *opts, bl_lock **out)
 {
     if (!m)
@@ -624,8 +664,14 @@ static int start_request(bl_manager *m, const char *mp, const char *posting,
     if (m->closing)
         return bl_mgr_fail(m, BL_ECLOSED, "the manager is closing");
     char why[BL_ERRMSG_MAX];
-    if (bl_validate_id(mp, 1, why, sizeof why) || bl_validate_id(posting, 0, why, sizeof why))
+    if (group) {
+        int rc = check_group(m, p, n);
+        if (rc)
+            return rc;
+    } else if (bl_validate_id(p->marketplace, 1, why, sizeof why) ||
+               bl_validate_id(p->posting, 0, why, sizeof why)) {
         return bl_mgr_fail(m, BL_EINVAL, why);
+    }
     uint64_t ttl = m->cfg.default_ttl_ms, wait = m->cfg.default_wait_ms;
     if (opts) {
         if (opts->ttl_ms < 0 || (uint64_t)opts->ttl_ms > BL_MAX_MS)
@@ -641,12 +687,30 @@ static int start_request(bl_manager *m, const char *mp, const char *posting,
         if (opts->auto_extend && ttl < 3)
             return bl_mgr_fail(m, BL_EINVAL, "auto_extend needs ttl_ms >= 3");
     }
-    /* One block: the request and the posting's names. */
-    size_t plen = strlen(m->prefix), mlen = strlen(mp), xlen = strlen(posting);
-    bl_lock *lock = calloc(1, sizeof *lock + bl_keys_size(plen, mlen, xlen));
+    /* One block: the request, for a group its names and tokens, then the
+     * names' bytes. */
+    size_t plen = strlen(m->prefix), bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        bytes += bl_keys_size(plen, strlen(p[i].marketplace), strlen(p[i].posting));
+    size_t head = sizeof(bl_lock) + (group ? n * (sizeof(bl_keys) + sizeof(uint64_t)) : 0);
+    bl_lock *lock = calloc(1, head + bytes);
     if (!lock)
         return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
-    bl_keys_build(&lock->keys, (char *)(lock + 1), m->prefix, plen, mp, mlen, posting, xlen);
+    char *names = (char *)lock + head;
+    if (group) {
+        lock->nkeys = n;
+        lock->gkeys = (bl_keys *)(lock + 1);
+        lock->gtokens = (uint64_t *)(lock->gkeys + n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t mlen = strlen(p[i].marketplace), xlen = strlen(p[i].posting);
+        bl_keys_build(group ? &lock->gkeys[i] : &lock->keys, names, m->prefix, plen,
+                      p[i].marketplace, mlen, p[i].posting, xlen);
+        names += bl_keys_size(plen, mlen, xlen);
+    }
+    if (group)
+        lock->keys = lock->gkeys[0]; /* the first names the group in logs */
+    lock->done_index = -1;
     lock->m = m;
     lock->timer = m->loop.timer_new(m->loop.impl, lock_timer_cb, lock);
     if (!lock->timer) {
@@ -678,12 +742,32 @@ int bl_acquire(bl_manager *m, const char *marketplace, const char *posting,
     if (m && !cb)
         return bl_mgr_fail(m, BL_EINVAL, "callback is NULL");
     bl_lock *lock;
-    int rc = start_request(m, marketplace, posting, opts, &lock);
+    bl_posting p = {marketplace, posting};
+    int rc = start_request(m, &p, 1, 0, opts, &lock);
     if (rc)
         return rc;
     lock->acb = cb;
     lock->adata = data;
     m->stats.requests++;
+    if (lockp)
+        *lockp = lock;
+    attempt(lock);
+    return BL_OK;
+}
+
+int bl_acquire_many(bl_manager *m, const bl_posting *postings, size_t n,
+                    const bl_acquire_opts *opts, bl_acquire_cb cb, void *data, bl_lock **lockp)
+{
+    if (m && !cb)
+        return bl_mgr_fail(m, BL_EINVAL, "callback is NULL");
+    bl_lock *lock;
+    int rc = start_request(m, postings, n, 1, opts, &lock);
+    if (rc)
+        return rc;
+    lock->acb = cb;
+    lock->adata = data;
+    m->stats.requests++;
+    m->stats.groups++;
     if (lockp)
         *lockp = lock;
     attempt(lock);
@@ -697,7 +781,8 @@ int bl_with_lock(bl_manager *m, const char *marketplace, const char *posting,
     if (m && (!fn || !done))
         return bl_mgr_fail(m, BL_EINVAL, "section or done callback is NULL");
     bl_lock *lock;
-    int rc = start_request(m, marketplace, posting, opts, &lock);
+    bl_posting p = {marketplace, posting};
+    int rc = start_request(m, &p, 1, 0, opts, &lock);
     if (rc)
         return rc;
     lock->sfn = fn;
@@ -769,6 +854,8 @@ int bl_transfer(bl_lock *lock, const char *holder, int64_t lease_ms, bl_release_
     bl_manager *m = lock->m;
     if (lock->in_section)
         return bl_mgr_fail(m, BL_EINVAL, "a section's lock is released by bl_section_end");
+    if (lock->nkeys)
+        return bl_mgr_fail(m, BL_EINVAL, "a group (bl_acquire_many) cannot be transferred");
     char why[BL_ERRMSG_MAX];
     if (!holder || bl_validate_holder(holder, why, sizeof why))
         return bl_mgr_fail(m, BL_EINVAL, holder ? why : "holder is NULL");
@@ -819,3 +906,20 @@ const char *bl_lock_key(const bl_lock *lock) { return lock->keys.k[BL_KEY_LOCK];
 const char *bl_lock_errmsg(const bl_lock *lock) { return lock->errmsg; }
 bl_manager *bl_lock_manager(const bl_lock *lock) { return lock->m; }
 uint64_t bl_lock_token(const bl_lock *lock) { return lock->token; }
+size_t bl_lock_postings(const bl_lock *lock) { return lock->nkeys ? lock->nkeys : 1; }
+
+const char *bl_lock_key_at(const bl_lock *lock, size_t i)
+{
+    if (i >= bl_lock_postings(lock))
+        return NULL;
+    return lock->nkeys ? lock->gkeys[i].k[BL_KEY_LOCK] : lock->keys.k[BL_KEY_LOCK];
+}
+
+uint64_t bl_lock_token_at(const bl_lock *lock, size_t i)
+{
+    if (i >= bl_lock_postings(lock) || !lock->token)
+        return 0;
+    return lock->nkeys ? lock->gtokens[i] : lock->token;
+}
+
+int bl_lock_done_index(const bl_lock *lock) { return lock->done_index; }

@@ -130,14 +130,95 @@ static void wake_all(const char *key, size_t n)
 
 /* ---- running operations ------------------------------------------------------ */
 
+/* A group (bl_acquire_many): all of op->keys[0..nkeys) or none, as the
+ * *_many scripts do on Redis. */
+static void run_group_op(mem_be *b, bl_op *op)
+{
+    const char *holder = b->h.holder;
+    uint64_t now = now_ms(b);
+    bl_op_result r = {BL_OK, 0, 0, NULL, 0, 0};
+    size_t n = op->nkeys;
+#define KEY(i) op->keys[i].k[BL_KEY_LOCK], op->keys[i].len[BL_KEY_LOCK]
+    if (op->kind == BL_OP_ACQUIRE) {
+        for (int pass = 0; pass < 2 && r.status == BL_OK; pass++)
+            for (size_t i = 0; i < n && r.status == BL_OK; i++) {
+                mem_entry *e = find(KEY(i), 0);
+                if (!e)
+                    continue;
+                settle(e, now);
+                if (pass == 0 && e->done_until)
+                    r.status = BL_EDONE, r.index = (int)i;
+                else if (pass == 1 && e->holder)
+                    r.status = BL_EBUSY, r.index = (int)i;
+                maybe_drop(e);
+            }
+        for (size_t i = 0; i < n && r.status == BL_OK; i++) {
+            mem_entry *e = find(KEY(i), 1);
+            if (!e || !(e->holder = strdup(holder))) {
+                if (e)
+                    maybe_drop(e);
+                /* Give back what this call took, so nothing is half held. */
+                for (size_t j = 0; j < i; j++) {
+                    mem_entry *x = find(KEY(j), 0);
+                    free(x->holder);
+                    x->holder = NULL;
+                    maybe_drop(x);
+                }
+                r.status = BL_ENOMEM, r.errmsg = "out of memory in the memory backend";
+                break;
+            }
+            e->expires_ms = now + op->ttl_ms;
+            op->tokens[i] = next_token(e);
+        }
+        if (r.status == BL_OK)
+            r.token = op->tokens[0];
+        op->done(op, &r);
+        return;
+    }
+    size_t mine = 0;
+    for (size_t i = 0; i < n; i++) {
+        mem_entry *e = find(KEY(i), 0);
+        if (!e)
+            continue;
+        settle(e, now);
+        if (e->holder && strcmp(e->holder, holder) == 0) {
+            mine++;
+            if (op->kind == BL_OP_EXTEND) {
+                e->expires_ms = now + op->ttl_ms;
+            } else {
+                free(e->holder);
+                e->holder = NULL;
+                if (op->kind == BL_OP_RELEASE_DONE) {
+                    free(e->done_by);
+                    e->done_by = strdup(holder);
+                    e->done_until = now + b->h.cfg->done_ttl_ms;
+                }
+            }
+        }
+        maybe_drop(e);
+    }
+    if (mine < n)
+        r.status = BL_ENOTHELD;
+    /* Wake first: completing may free the request and with it the keys. */
+    if (op->kind != BL_OP_EXTEND)
+        for (size_t i = 0; i < n; i++)
+            wake_all(KEY(i));
+#undef KEY
+    op->done(op, &r);
+}
+
 static void run_lock_op(mem_be *b, bl_op *op)
 {
+    if (op->nkeys) {
+        run_group_op(b, op);
+        return;
+    }
     enum bl_op_kind kind = op->kind;
     const char *holder = b->h.holder;
     uint64_t now = now_ms(b);
     size_t n = op->keys->len[BL_KEY_LOCK];
     const char *key = op->keys->k[BL_KEY_LOCK];
-    bl_op_result r = {BL_OK, 0, 0, NULL, 0};
+    bl_op_result r = {BL_OK, 0, 0, NULL, 0, 0};
     mem_entry *e = find(key, n, kind == BL_OP_ACQUIRE);
     if (!e && kind == BL_OP_ACQUIRE) {
         r.status = BL_ENOMEM;

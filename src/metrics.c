@@ -86,6 +86,7 @@ size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len)
     counter(&o, "reclaims_total", "Locks taken back from a grant whose reply was lost.",
             s->reclaims);
     counter(&o, "transfers_total", "Held locks handed to another holder.", s->transfers);
+    counter(&o, "group_requests_total", "bl_acquire_many requests started.", s->groups);
     gauge(&o, "locks_held", "Locks held right now.", s->held);
     gauge(&o, "requests_waiting", "Requests waiting between attempts right now.", s->waiting);
     gauge(&o, "connection_up", "1 if the Redis connection is up.",

@@ -33,7 +33,7 @@ enum timer_role { TR_NONE, TR_CONNECT_DEADLINE, TR_RECONNECT, TR_REDISCOVER };
 enum sub_state { SUB_NONE = 0, SUB_PENDING, SUB_ON, SUB_LEAVING };
 
 #define LINGER_MS 1000     /* keep a subscription this long after the last waiter */
-#define EVALSHA_SCRIPTS 3  /* acquire, release, extend run by sha */
+#define EVALSHA_SCRIPTS 6  /* acquire, release, extend and their group forms run by sha */
 #define SUB_BUCKETS 256
 #define ADDRS_MAX 4        /* addresses of one host name, tried in turn */
 

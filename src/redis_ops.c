@@ -50,7 +50,7 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
     redisReply *reply = reply_;
     bl_op *op = priv;
     conn *c = ac->data;
-    bl_op_result res = {BL_EREDIS, 0, 0, NULL, 0};
+    bl_op_result res = {BL_EREDIS, 0, 0, NULL, 0, 0};
 
     if (!reply) {
         res.status = BL_ECONN;
@@ -81,7 +81,10 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
         res.status = BL_ECONN;
         res.errmsg = "connection to Redis lost while reloading scripts";
     } else {
-        bl_redis_interpret(op->kind, reply, &res);
+        if (op->nkeys)
+            bl_redis_interpret_group(op->kind, op->nkeys, reply, &res, op->tokens);
+        else
+            bl_redis_interpret(op->kind, reply, &res);
         if (hold_for_wait(c->r, ac, op, &res))
             return;
     }
@@ -90,11 +93,16 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
 
 #define RESP_STACK_MAX 2048
 
+static int send_group(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
+                      redisCallbackFn *cb);
+
 /* The script call for kind on op's keys; its reply goes to cb(op), or
  * nowhere when cb is NULL. */
 static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
                    redisCallbackFn *cb)
 {
+    if (op->nkeys)
+        return send_group(r, op, kind, by_body, cb);
     const bl_config *cfg = r->h.cfg;
     const bl_keys *k = op->keys;
     int s = kind == BL_OP_ACQUIRE    ? BL_SCRIPT_ACQUIRE
@@ -168,6 +176,68 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
     size_t n = bl_resp_format(resp, sizeof resp, argc, argv, lens);
     int rc = n ? redisAsyncFormattedCommand(r->cmd.ac, cb, cb ? op : NULL, resp, n)
                : redisAsyncCommandArgv(r->cmd.ac, cb, cb ? op : NULL, argc, argv, lens);
+    return rc == REDIS_OK ? 0 : BL_ECONN;
+}
+
+/* A group's script call (bl_acquire_many): every posting's names in KEYS,
+ * S of them per posting (ARGV[4]); the 0.1 layout's too on one server. */
+static int send_group(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
+                      redisCallbackFn *cb)
+{
+    enum { MAXARGS = 8 + 5 * BL_GROUP_MAX };
+    const char *argv[MAXARGS];
+    size_t lens[MAXARGS];
+    char nk[24], n1[24], n2[24], n3[24];
+    int argc = 0, s, stride;
+    static const int acq[] = {BL_KEY_LOCK, BL_KEY_FENCE, BL_KEY_DONE, BL_KEY_OLD_DONE,
+                              BL_KEY_OLD_FENCE};
+    static const int rel[] = {BL_KEY_LOCK, BL_KEY_DONE, BL_KEY_QUEUE, BL_KEY_OLD_DONE};
+    const int *which;
+    switch (kind) {
+    case BL_OP_ACQUIRE:
+        s = BL_SCRIPT_ACQUIRE_MANY, which = acq, stride = r->legacy_keys ? 5 : 3;
+        break;
+    case BL_OP_EXTEND:
+        s = BL_SCRIPT_EXTEND_MANY, which = acq, stride = 1;
+        break;
+    case BL_OP_RELEASE:
+    case BL_OP_RELEASE_DONE:
+        s = BL_SCRIPT_RELEASE_MANY, which = rel, stride = r->legacy_keys ? 4 : 3;
+        break;
+    default:
+        snprintf(op->errbuf, BL_ERRMSG_MAX, "a group cannot do that");
+        return BL_EINVAL;
+    }
+    if (op->nkeys > BL_GROUP_MAX)
+        return BL_EINVAL;
+#define ARG(p, n) (argv[argc] = (p), lens[argc++] = (n))
+#define NUM(buf, v) ARG(buf, bl_u64_dec(buf, (v)))
+    if (by_body || !r->sha_ok[s]) {
+        ARG("EVAL", 4);
+        ARG(bl_scripts[s].body, strlen(bl_scripts[s].body));
+    } else {
+        ARG("EVALSHA", 7);
+        ARG(r->sha[s], 40);
+    }
+    NUM(nk, (uint64_t)op->nkeys * (uint64_t)stride);
+    for (size_t i = 0; i < op->nkeys; i++)
+        for (int j = 0; j < stride; j++)
+            ARG(op->keys[i].k[which[j]], op->keys[i].len[which[j]]);
+    ARG(r->h.holder, r->h.holder_len);
+    if (kind == BL_OP_ACQUIRE) {
+        NUM(n1, op->ttl_ms);
+        NUM(n2, BL_FENCE_TTL_MS);
+        NUM(n3, (uint64_t)stride);
+    } else if (kind == BL_OP_EXTEND) {
+        NUM(n1, op->ttl_ms);
+    } else {
+        NUM(n1, kind == BL_OP_RELEASE_DONE ? r->h.cfg->done_ttl_ms : 0);
+        NUM(n2, r->h.cfg->handoff_ms);
+        NUM(n3, (uint64_t)stride);
+    }
+#undef ARG
+#undef NUM
+    int rc = redisAsyncCommandArgv(r->cmd.ac, cb, cb ? op : NULL, argc, argv, lens);
     return rc == REDIS_OK ? 0 : BL_ECONN;
 }
 
@@ -266,7 +336,7 @@ static void finish(wait_item *list, int acks, int need, int conn_lost, redis_be 
         bl_op *op = it->op;
         if (conn_lost) {
             bl_op_result res = {BL_ECONN, 0, 0, "connection lost before the replicas acknowledged",
-                                0};
+                                0, 0};
             op->done(op, &res);
         } else if (acks >= need) {
             op->done(op, &it->res);
@@ -279,7 +349,7 @@ static void finish(wait_item *list, int acks, int need, int conn_lost, redis_be 
             char msg[BL_ERRMSG_MAX];
             snprintf(msg, sizeof msg, "acknowledged by %d of %d replicas within %u ms", acks,
                      need, r->h.cfg->replica_timeout_ms);
-            bl_op_result res = {BL_ENOREPL, 0, 0, msg, 0};
+            bl_op_result res = {BL_ENOREPL, 0, 0, msg, 0, 0};
             op->done(op, &res);
         }
         free(it);
@@ -339,7 +409,7 @@ static int hold_for_wait(redis_be *r, redisAsyncContext *ac, bl_op *op, const bl
     if (!it) { /* it cannot be vouched for: never report it held */
         if (op->kind == BL_OP_ACQUIRE)
             send_release(r, op);
-        bl_op_result oom = {BL_ENOMEM, 0, 0, "out of memory", 0};
+        bl_op_result oom = {BL_ENOMEM, 0, 0, "out of memory", 0, 0};
         op->done(op, &oom);
         return 1;
     }
@@ -372,7 +442,7 @@ void redis_preq_flush(redis_be *r)
         wait_item *it = list;
         list = it->next;
         if (send_op(r, it->op, it->op->kind, 0, op_reply_cb) != 0) {
-            bl_op_result res = {BL_ECONN, 0, 0, "connection to Redis is closing", 0};
+            bl_op_result res = {BL_ECONN, 0, 0, "connection to Redis is closing", 0, 0};
             it->op->done(it->op, &res);
         }
         free(it);
@@ -387,7 +457,7 @@ void redis_preq_fail(redis_be *r, const char *why)
     while (list) {
         wait_item *it = list;
         list = it->next;
-        bl_op_result res = {BL_ECONN, 0, 0, why, 0};
+        bl_op_result res = {BL_ECONN, 0, 0, why, 0, 0};
         it->op->done(it->op, &res);
         free(it);
     }

@@ -55,7 +55,7 @@ size_t bl_resp_format(char *buf, size_t cap, int argc, const char **argv, const 
  * anything that is not one of the documented answers is BL_EREDIS. */
 void bl_redis_interpret(enum bl_op_kind kind, const redisReply *reply, bl_op_result *res)
 {
-    *res = (bl_op_result){BL_EREDIS, 0, 0, "unexpected reply from a bidlock script", 0};
+    *res = (bl_op_result){BL_EREDIS, 0, 0, "unexpected reply from a bidlock script", 0, 0};
     if (reply->type == REDIS_REPLY_ERROR) {
         res->errmsg = reply->str && reply->str[0] ? reply->str : "Redis sent an empty error";
         return;
@@ -66,28 +66,71 @@ void bl_redis_interpret(enum bl_op_kind kind, const redisReply *reply, bl_op_res
     switch (kind) {
     case BL_OP_ACQUIRE:
         if (v > 0)
-            *res = (bl_op_result){BL_OK, (uint64_t)v, 0, NULL, 0};
+            *res = (bl_op_result){BL_OK, (uint64_t)v, 0, NULL, 0, 0};
         else if (v == BL_ACQ_BUSY)
-            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL, 0};
+            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL, 0, 0};
         else if (v == BL_ACQ_DONE)
-            *res = (bl_op_result){BL_EDONE, 0, 0, NULL, 0};
+            *res = (bl_op_result){BL_EDONE, 0, 0, NULL, 0, 0};
         else if (v == BL_ACQ_OURS)
-            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL, 1};
+            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL, 1, 0};
         break;
     case BL_OP_TRANSFER:
         if (v > 0)
-            *res = (bl_op_result){BL_OK, (uint64_t)v, 0, NULL, 0};
+            *res = (bl_op_result){BL_OK, (uint64_t)v, 0, NULL, 0, 0};
         else if (v == 0)
-            *res = (bl_op_result){BL_ENOTHELD, 0, 0, NULL, 0};
+            *res = (bl_op_result){BL_ENOTHELD, 0, 0, NULL, 0, 0};
         break;
     case BL_OP_EXTEND:
         if (v == 0 || v == 1)
-            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, 0, NULL, 0};
+            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, 0, NULL, 0, 0};
         break;
     case BL_OP_RELEASE:
     case BL_OP_RELEASE_DONE:
         if (v >= 0 && v <= 2)
-            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, v == BL_REL_HANDED_OFF, NULL, 0};
+            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, v == BL_REL_HANDED_OFF, NULL, 0, 0};
+        break;
+    default:
+        break;
+    }
+}
+
+void bl_redis_interpret_group(enum bl_op_kind kind, size_t n, const redisReply *reply,
+                              bl_op_result *res, uint64_t *tokens)
+{
+    *res = (bl_op_result){BL_EREDIS, 0, 0, "unexpected reply from a bidlock script", 0, 0};
+    if (reply->type == REDIS_REPLY_ERROR) {
+        res->errmsg = reply->str && reply->str[0] ? reply->str : "Redis sent an empty error";
+        return;
+    }
+    if (kind == BL_OP_EXTEND) {
+        if (reply->type == REDIS_REPLY_INTEGER && (reply->integer == 0 || reply->integer == 1))
+            *res = (bl_op_result){reply->integer ? BL_OK : BL_ENOTHELD, 0, 0, NULL, 0, 0};
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2)
+        return;
+    for (size_t i = 0; i < reply->elements; i++)
+        if (reply->element[i]->type != REDIS_REPLY_INTEGER)
+            return;
+    long long a = reply->element[0]->integer, b = reply->element[1]->integer;
+    switch (kind) {
+    case BL_OP_ACQUIRE:
+        if (a == 1 && reply->elements == n + 1) {
+            for (size_t i = 0; i < n; i++)
+                if (reply->element[i + 1]->integer <= 0)
+                    return;
+            for (size_t i = 0; i < n; i++)
+                tokens[i] = (uint64_t)reply->element[i + 1]->integer;
+            *res = (bl_op_result){BL_OK, tokens[0], 0, NULL, 0, 0};
+        } else if ((a == BL_ACQ_BUSY || a == BL_ACQ_DONE) && reply->elements == 2 && b >= 0 &&
+                   (unsigned long long)b < n) {
+            *res = (bl_op_result){a == BL_ACQ_BUSY ? BL_EBUSY : BL_EDONE, 0, 0, NULL, 0, (int)b};
+        }
+        break;
+    case BL_OP_RELEASE:
+    case BL_OP_RELEASE_DONE:
+        if (reply->elements == 2 && a >= 0 && (unsigned long long)a <= n && b >= 0 && b <= a)
+            *res = (bl_op_result){(size_t)a == n ? BL_OK : BL_ENOTHELD, 0, b > 0, NULL, 0, 0};
         break;
     default:
         break;

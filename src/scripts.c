@@ -97,6 +97,85 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
         "end\n"
         "return 0\n"},
+    /* A group (bl_acquire_many): per posting S keys, S = ARGV[4]:
+     *   lock fence done [old_done old_fence]
+     * ARGV: holder ttl_ms fence_ttl_ms S
+     * -> {1, token...} in KEYS order | {0, i} posting i is taken |
+     *    {-2, i} posting i is done (i 0-based). Done first (retrying cannot
+     * help), then taken, then every lock set and every token taken: all or
+     * nothing in one script. Any value at a lock is "taken", our own id or
+     * a reservation for us included (a group never reclaims). */
+    [BL_SCRIPT_ACQUIRE_MANY] = {"acquire_many",
+        "local s = tonumber(ARGV[4])\n"
+        "local n = #KEYS / s\n"
+        "for i = 0, n - 1 do\n"
+        "  local b = i * s\n"
+        "  local d = s > 3 and redis.call('EXISTS', KEYS[b + 3], KEYS[b + 4]) or redis.call('EXISTS', KEYS[b + 3])\n"
+        "  if d > 0 then return {-2, i} end\n"
+        "end\n"
+        "for i = 0, n - 1 do\n"
+        "  if redis.call('EXISTS', KEYS[i * s + 1]) == 1 then return {0, i} end\n"
+        "end\n"
+        "local t = redis.call('TIME')\n"
+        "local now = t[1] * 1000000 + t[2]\n"
+        "local out = {1}\n"
+        "for i = 0, n - 1 do\n"
+        "  local b = i * s\n"
+        "  redis.call('SET', KEYS[b + 1], ARGV[1], 'PX', ARGV[2])\n"
+        "  local tok = now\n"
+        "  local prev = tonumber(redis.call('SET', KEYS[b + 2], string.format('%.0f', tok), 'PX', ARGV[3], 'GET'))\n"
+        "  if not prev and s > 3 then prev = tonumber(redis.call('GET', KEYS[b + 5])) end\n"
+        "  if prev and prev >= tok then\n"
+        "    tok = prev + 1\n"
+        "    redis.call('SET', KEYS[b + 2], string.format('%.0f', tok), 'PX', ARGV[3])\n"
+        "  end\n"
+        "  out[i + 2] = tok\n"
+        "end\n"
+        "return out\n"},
+    /* Per posting S keys, S = ARGV[4]: lock done queue [old_done]
+     * ARGV: holder done_ttl_ms(0 = no) handoff_ms S
+     * -> {released, handed_off}: each posting as the release script does
+     * (holder-checked; done marker; hand-off to its longest waiter). */
+    [BL_SCRIPT_RELEASE_MANY] = {"release_many",
+        "local s = tonumber(ARGV[4])\n"
+        "local mine, handed = 0, 0\n"
+        "for i = 0, #KEYS / s - 1 do\n"
+        "  local b = i * s\n"
+        "  if redis.call('GET', KEYS[b + 1]) == ARGV[1] then\n"
+        "    mine = mine + 1\n"
+        "    if tonumber(ARGV[2]) > 0 then\n"
+        "      redis.call('SET', KEYS[b + 2], ARGV[1], 'PX', ARGV[2])\n"
+        "      if s > 3 then redis.call('SET', KEYS[b + 4], ARGV[1], 'PX', ARGV[2]) end\n"
+        "      redis.call('DEL', KEYS[b + 1])\n"
+        "      for _, w in ipairs(redis.call('ZRANGE', KEYS[b + 3], 0, -1)) do\n"
+        "        redis.call('PUBLISH', '{' .. KEYS[b + 1] .. '}|' .. w, '*')\n"
+        "      end\n"
+        "      redis.call('DEL', KEYS[b + 3])\n"
+        "    else\n"
+        "      local w = redis.call('ZPOPMIN', KEYS[b + 3])\n"
+        "      if w[1] then\n"
+        "        redis.call('SET', KEYS[b + 1], '~' .. w[1], 'PX', ARGV[3])\n"
+        "        redis.call('PUBLISH', '{' .. KEYS[b + 1] .. '}|' .. w[1], '')\n"
+        "        handed = handed + 1\n"
+        "      else\n"
+        "        redis.call('DEL', KEYS[b + 1])\n"
+        "      end\n"
+        "    end\n"
+        "  end\n"
+        "end\n"
+        "return {mine, handed}\n"},
+    /* KEYS: locks   ARGV: holder ttl_ms
+     * -> 1 every one renewed | 0 one or more not held (the rest renewed) */
+    [BL_SCRIPT_EXTEND_MANY] = {"extend_many",
+        "local ok = 1\n"
+        "for i = 1, #KEYS do\n"
+        "  if redis.call('GET', KEYS[i]) == ARGV[1] then\n"
+        "    redis.call('PEXPIRE', KEYS[i], ARGV[2])\n"
+        "  else\n"
+        "    ok = 0\n"
+        "  end\n"
+        "end\n"
+        "return ok\n"},
     /* KEYS: lock done fence [old_done old_fence]
      * -> {value|nil, pttl, done(0/1), token|nil}
      * A key of another type at the lock's name is an error (WRONGTYPE), as

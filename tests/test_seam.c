@@ -154,7 +154,7 @@ static int fb_make(const bl_backend_host *h, bl_backend **out)
 static void answer(int i, int status, uint64_t token)
 {
     cr_assert_lt(i, FB->nops, "no operation %d was sent", i);
-    bl_op_result r = {status, token, 0, status == BL_ECONN ? "connection lost" : NULL, 0};
+    bl_op_result r = {status, token, 0, status == BL_ECONN ? "connection lost" : NULL, 0, 0};
     FB->ops[i]->done(FB->ops[i], &r);
 }
 
