@@ -95,6 +95,47 @@ static void check_interpret(const redisReply *reply)
     }
 }
 
+/* The group scripts' answers (bl_acquire_many), for groups of 1..4. */
+static void check_group(const redisReply *reply)
+{
+    static const enum bl_op_kind kinds[] = {BL_OP_ACQUIRE, BL_OP_RELEASE, BL_OP_RELEASE_DONE,
+                                            BL_OP_EXTEND, BL_OP_TRANSFER};
+    for (size_t n = 1; n <= 4; n++)
+        for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+            bl_op_result res;
+            uint64_t tokens[4] = {0, 0, 0, 0};
+            memset(&res, 0xa5, sizeof res);
+            bl_redis_interpret_group(kinds[i], n, reply, &res, tokens);
+            int st = res.status;
+            CHECK(st == BL_OK || st == BL_EBUSY || st == BL_EDONE || st == BL_ENOTHELD ||
+                  st == BL_EREDIS);
+            if (st == BL_EREDIS)
+                CHECK(res.errmsg && res.errmsg[0]);
+            switch (kinds[i]) {
+            case BL_OP_ACQUIRE:
+                CHECK(st != BL_ENOTHELD);
+                if (st == BL_OK) {
+                    CHECK(reply->type == REDIS_REPLY_ARRAY && reply->elements == n + 1);
+                    for (size_t k = 0; k < n; k++)
+                        CHECK(tokens[k] > 0 && tokens[k] == (uint64_t)reply->element[k + 1]->integer);
+                    CHECK(res.token == tokens[0]);
+                } else {
+                    for (size_t k = 0; k < n; k++)
+                        CHECK(tokens[k] == 0);
+                }
+                if (st == BL_EBUSY || st == BL_EDONE)
+                    CHECK(res.index >= 0 && (size_t)res.index < n);
+                break;
+            case BL_OP_TRANSFER:
+                CHECK(st == BL_EREDIS); /* a group is never transferred */
+                break;
+            default:
+                CHECK(st == BL_OK || st == BL_ENOTHELD || st == BL_EREDIS);
+                break;
+            }
+        }
+}
+
 static void check_inspect(const redisReply *reply)
 {
     bl_lock_info info;
@@ -193,6 +234,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         const redisReply *reply = out;
         check_interpret(reply);
+        check_group(reply);
         check_inspect(reply);
         check_scan(reply);
         freeReplyObject(out);
