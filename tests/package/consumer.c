@@ -1,6 +1,7 @@
 /* consumer.c - a program built against the INSTALLED packages (tests/package/run):
  *
  *   cc consumer.c $(pkg-config --cflags --libs bidlock) -lev            (libev)
+ *   cc -DCONSUMER_LIBUV consumer.c $(pkg-config --cflags --libs bidlock libuv) (libuv)
  *   cc -DCONSUMER_EPOLL consumer.c $(pkg-config --cflags --libs bidlock) (epoll)
  *
  * Usage: consumer UNIX_SOCKET. Against a private redis-server on that
@@ -15,9 +16,12 @@
 #include <string.h>
 
 #include <bidlock.h>
-#ifdef CONSUMER_EPOLL
+#if defined(CONSUMER_EPOLL)
 #include <bidlock/epoll.h>
 #include <sys/epoll.h>
+#elif defined(CONSUMER_LIBUV)
+#include <bidlock/libuv.h>
+#include <uv.h>
 #else
 #include <bidlock/libev.h>
 #include <ev.h>
@@ -123,11 +127,14 @@ int main(int argc, char **argv)
         return 1;
     }
     bl_loop bl;
-#ifdef CONSUMER_EPOLL
+#if defined(CONSUMER_EPOLL)
     bl_epoll *ep = bl_epoll_new();
     if (!ep)
         return 1;
     bl_epoll_loop(&bl, ep);
+#elif defined(CONSUMER_LIBUV)
+    uv_loop_t *loop = uv_default_loop();
+    bl_libuv_loop(&bl, loop);
 #else
     struct ev_loop *loop = EV_DEFAULT;
     bl_libev_loop(&bl, loop);
@@ -146,7 +153,7 @@ int main(int argc, char **argv)
         fail("A acquire", BL_EINVAL, bl_manager_errmsg(ma));
         finish();
     }
-#ifdef CONSUMER_EPOLL
+#if defined(CONSUMER_EPOLL)
     /* The program's own epoll set, with bidlock's one fd in it (README). */
     int epfd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
@@ -160,6 +167,13 @@ int main(int argc, char **argv)
     epoll_ctl(epfd, EPOLL_CTL_DEL, bl_epoll_fd(ep), NULL);
     bl_epoll_free(ep);
     printf("consumer (epoll): %s\n", failed ? "FAILED" : "ok");
+#elif defined(CONSUMER_LIBUV)
+    uv_run(loop, UV_RUN_DEFAULT); /* returns when the managers' handles are closed */
+    if (uv_loop_close(loop) != 0) {
+        fprintf(stderr, "consumer: uv_loop_close: handles left open\n");
+        failed = 1;
+    }
+    printf("consumer (libuv): %s\n", failed ? "FAILED" : "ok");
 #else
     ev_run(loop, 0);
     ev_loop_destroy(loop);
