@@ -35,6 +35,7 @@ struct mh_server {
     struct ev_loop *loop;
     int fd, port, nclients;
     ev_io accept_io;
+    ev_timer accept_retry; /* after EMFILE & co.: accept again later, not spin */
     client *clients;
     mh_render_fn render;
     void *data;
@@ -235,6 +236,15 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
     mh_server *s = w->data;
     while (s->nclients < MH_MAX_CLIENTS) {
         int fd = accept4(s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                       errno == ENOMEM)) {
+            /* The connection stays queued and the listener readable:
+             * pause instead of waking up for it again at once. */
+            ev_io_stop(loop, &s->accept_io);
+            ev_timer_set(&s->accept_retry, 0.5, 0.); /* a fired timer keeps no "after" */
+            ev_timer_start(loop, &s->accept_retry);
+            return;
+        }
         if (fd < 0)
             return; /* EAGAIN, or a connection that went away meanwhile */
         client *c = calloc(1, sizeof *c);
@@ -260,6 +270,14 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
     }
     /* Full: stop accepting; client_close starts again when a slot frees. */
     ev_io_stop(loop, &s->accept_io);
+}
+
+static void on_accept_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    mh_server *s = w->data;
+    if (s->nclients < MH_MAX_CLIENTS)
+        ev_io_start(loop, &s->accept_io);
 }
 
 static int is_loopback(const struct sockaddr_storage *ss)
@@ -322,6 +340,8 @@ mh_server *mh_start(struct ev_loop *loop, const char *addr, int port, mh_render_
     s->data = data;
     ev_io_init(&s->accept_io, on_accept, s->fd, EV_READ);
     s->accept_io.data = s;
+    ev_init(&s->accept_retry, on_accept_retry);
+    s->accept_retry.data = s;
     ev_io_start(loop, &s->accept_io);
     return s;
 }
@@ -336,6 +356,7 @@ void mh_stop(mh_server *s)
     if (!s)
         return;
     ev_io_stop(s->loop, &s->accept_io);
+    ev_timer_stop(s->loop, &s->accept_retry);
     close(s->fd);
     s->fd = -1; /* client_close must not restart the listener */
     while (s->clients)
