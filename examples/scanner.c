@@ -33,6 +33,7 @@
  */
 #include <inttypes.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -406,6 +407,34 @@ static void hist_add(bl_histogram *to, const bl_histogram *h)
     to->sum_ms += h->sum_ms;
 }
 
+/* bl_stats is uint64_t counters and gauges only, and bl_metrics ends with
+ * its histograms (acquire, release, and any a later version adds): both
+ * add up member by member, whatever their number. */
+#define STATS_N (sizeof(bl_stats) / sizeof(uint64_t))
+#define HIST_AT offsetof(bl_metrics, acquire_ms)
+#define HIST_N ((sizeof(bl_metrics) - HIST_AT) / sizeof(bl_histogram))
+_Static_assert(sizeof(bl_stats) % sizeof(uint64_t) == 0, "bl_stats is uint64_t only");
+_Static_assert((sizeof(bl_metrics) - HIST_AT) % sizeof(bl_histogram) == 0,
+               "bl_metrics ends with histograms");
+
+static void metrics_add(bl_metrics *sum, const bl_metrics *one)
+{
+    uint64_t to[STATS_N], from[STATS_N];
+    memcpy(to, &sum->stats, sizeof to);
+    memcpy(from, &one->stats, sizeof from);
+    for (size_t i = 0; i < STATS_N; i++)
+        to[i] += from[i];
+    memcpy(&sum->stats, to, sizeof to);
+    bl_histogram hto[HIST_N], hfrom[HIST_N];
+    memcpy(hto, (char *)sum + HIST_AT, sizeof hto);
+    memcpy(hfrom, (const char *)one + HIST_AT, sizeof hfrom);
+    for (size_t i = 0; i < HIST_N; i++)
+        hist_add(&hto[i], &hfrom[i]);
+    memcpy((char *)sum + HIST_AT, hto, sizeof hto);
+    if (one->conn_state != BL_CONN_UP)
+        sum->conn_state = one->conn_state;
+}
+
 /* The process's figures: every instance's, summed (one scrape target). The
  * connection is "up" only while every instance's is. */
 static size_t render_metrics(char *buf, size_t len, void *data)
@@ -420,18 +449,7 @@ static size_t render_metrics(char *buf, size_t len, void *data)
             bl_manager_metrics(insts[k].m, &one);
         else
             one = insts[k].final;
-        /* bl_stats is all uint64_t counters and gauges: add them up. */
-        _Static_assert(sizeof(bl_stats) % sizeof(uint64_t) == 0, "bl_stats is uint64_t only");
-        uint64_t to[sizeof(bl_stats) / sizeof(uint64_t)], from[sizeof to / sizeof to[0]];
-        memcpy(to, &sum.stats, sizeof to);
-        memcpy(from, &one.stats, sizeof from);
-        for (size_t i = 0; i < sizeof to / sizeof to[0]; i++)
-            to[i] += from[i];
-        memcpy(&sum.stats, to, sizeof to);
-        if (one.conn_state != BL_CONN_UP)
-            sum.conn_state = one.conn_state;
-        hist_add(&sum.acquire_ms, &one.acquire_ms);
-        hist_add(&sum.release_ms, &one.release_ms);
+        metrics_add(&sum, &one);
     }
     return bl_metrics_prometheus(&sum, buf, len);
 }

@@ -420,6 +420,40 @@ Test(metrics_http, a_scrape_parses_and_matches_what_the_scanner_did)
     stop_scanner(&s);
 }
 
+/* --instances K: one scrape target, the K managers' figures added up. */
+Test(metrics_http, the_instances_of_one_process_are_summed)
+{
+    scanner s = start_scanner("--memory", "--instances", "3", "--postings", "40", "--quiet",
+                              "--linger", (const char *)NULL);
+    char *out = wait_for_text(&s, s.out, "{\"store\":\"memory\"");
+    long seen = 0, decided = 0;
+    int lines = 0;
+    for (const char *p = strstr(out, "{\"instance\""); p; p = strstr(p + 1, "{\"instance\"")) {
+        seen += json_num(p, "seen");
+        decided += json_num(p, "bids") + json_num(p, "passed") + json_num(p, "already_bid");
+        cr_assert_eq(json_num(p, "errors"), 0, "%s", out);
+        lines++;
+    }
+    cr_assert_eq(lines, 3, "%s", out);
+    cr_assert_eq(decided, 40, "each posting decided once: %s", out);
+    char *body = curl(url_of(&s, "/metrics"), (const char *)NULL);
+    expo e;
+    parse_exposition(body, &e);
+    cr_assert_eq(metric(&e, "bidlock_acquire_requests_total"), (double)seen);
+    cr_assert_eq(metric(&e, "bidlock_acquired_total"), (double)decided);
+    cr_assert_eq(metric(&e, "bidlock_acquire_seconds"), (double)decided);
+    double given_back =
+        metric(&e, "bidlock_releases_total") + metric(&e, "bidlock_not_held_total");
+    cr_assert_eq(given_back, (double)decided);
+    cr_assert_eq(metric(&e, "bidlock_release_seconds"), given_back);
+    /* Every histogram is summed, also one a later version adds (hold time). */
+    if (find(&e, "bidlock_hold_seconds"))
+        cr_assert_eq(metric(&e, "bidlock_hold_seconds"), given_back);
+    free(body);
+    free(out);
+    stop_scanner(&s);
+}
+
 Test(metrics_http, other_paths_methods_and_bad_requests)
 {
     scanner s = start_scanner("--memory", "--postings", "5", "--quiet", "--linger",
