@@ -83,14 +83,19 @@ int bl_acl_denied(const char *err)
 
 enum what { W_COMMAND, W_KEY, W_CHANNEL, W_OTHER };
 
+/* Redis 7.0: "... to run the 'x' command", "... can't run this command or
+ * subcommand", "... access one of the keys ...", "... can't publish to the
+ * channel ..."; Valkey 8: "... to run the 'x' command", "No permissions to
+ * access a key", "... a channel". The command test comes first: a command
+ * name may be "publish". */
 static enum what classify(const char *err)
 {
-    if (strstr(err, "channel") || strstr(err, "publish"))
+    if (strstr(err, "run the '") || strstr(err, "run this command"))
+        return W_COMMAND;
+    if (strstr(err, "channel"))
         return W_CHANNEL;
     if (strstr(err, " key"))
         return W_KEY;
-    if (strstr(err, " run ") || strstr(err, "command"))
-        return W_COMMAND;
     return W_OTHER;
 }
 
