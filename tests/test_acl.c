@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/wait.h>
 
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
@@ -715,4 +716,53 @@ Test(acl_msg, the_rules_are_what_the_scripts_call)
         }
     char small[16];
     cr_assert_eq(bl_acl_rules(small, sizeof small, "p", 0), 0, "cut rules were returned");
+}
+
+/* ---- the command line ------------------------------------------------------------- */
+
+/* Run `bidlock ARGS`; its exit code, stdout in out. */
+static int cli(const char *args, char *out, size_t cap)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", BIDLOCK_CLI_PATH, args);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(acl_cli, prints_the_rules_and_refuses_bad_input)
+{
+    char out[16384], want[2200], rules[2048];
+    cr_assert_eq(cli("acl --readonly", out, sizeof out), 0, "%s", out);
+    rules_for(rules, sizeof rules, "bid_lock", 1);
+    snprintf(want, sizeof want,
+             "ACL SETUSER bidlock-readonly on resetkeys resetchannels clearselectors %s\n", rules);
+    cr_assert(strncmp(out, want, strlen(want)) == 0, "the line is not the rules:\n%s", out);
+    cr_assert_eq(cli("acl --user=app1 --prefix=team_a", out, sizeof out), 0, "%s", out);
+    cr_assert(strncmp(out, "ACL SETUSER app1 on ", 20) == 0 && strstr(out, " ~team_a:* "), "%s",
+              out);
+    cr_assert(strstr(out, "bidlock: this keeps the passwords"), "no word about passwords: %s", out);
+
+    struct {
+        const char *args, *says;
+    } bad[] = {
+        {"acl --prefix 'a::b'", "--prefix: key_prefix may not end with ':' or contain '::'"},
+        {"acl --prefix ''", "--prefix: key_prefix is empty"},
+        {"acl --user 'a b'", "--user 'a b' is not an ACL user name"},
+        {"acl --user", "--user needs a value"},
+        {"acl --url redis://x", "unknown option '--url' for 'acl'"},
+        {"acl extra", "unexpected argument 'extra' for 'acl'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert_eq(cli(bad[i].args, out, sizeof out), 64, "%s: %s", bad[i].args, out);
+        cr_assert(strstr(out, bad[i].says) && !strstr(out, "ACL SETUSER"), "%s: %s", bad[i].args,
+                  out);
+    }
+    cr_assert_eq(cli("--help", out, sizeof out), 0);
+    cr_assert(strstr(out, "bidlock acl     [--prefix P] [--user NAME] [--readonly]"), "%s", out);
+    cr_assert_eq(cli("acl --help", out, sizeof out), 0);
+    cr_assert(strstr(out, "  acl      Print the ACL SETUSER line"), "%s", out);
 }

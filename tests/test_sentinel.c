@@ -1132,8 +1132,11 @@ Test(sentinel, recovery_through_a_failover_and_the_empty_old_master, .timeout = 
             empty_until = mono_ms();
         if (st == BL_OK) {
             grants++;
-            cr_assert_eq(node_has(nm, e.key, e.holder), 1, "%s was granted, not by the new "
-                         "master", e.key);
+            int on_new = node_has(nm, e.key, e.holder);
+            cr_assert_eq(on_new, 1, "%s was granted, not by the new master (GET there: %s; on "
+                         "the old master: %d, which says ROLE master: %d)", e.key,
+                         on_new == 0 ? "nil" : "error or another value",
+                         node_has(old_port, e.key, e.holder), is_role(old_port, "master"));
             if (is_role(old_port, "master"))
                 cr_assert_eq(node_has(old_port, e.key, e.holder), 0,
                              "%s is on the restarted old master", e.key);
