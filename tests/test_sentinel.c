@@ -234,7 +234,12 @@ static hrec health(bl_manager *m)
  * something else (or no answer). */
 static int node_has(int port, const char *key, const char *want)
 {
+    /* No reply at all (sb_cmd's 1 s timeout, on a busy machine while the
+     * node forks for a replica's sync) is asked again, a bounded number of
+     * times: it says nothing about the key. */
     redisReply *r = sb_cmd(port, "GET %s", key);
+    for (int tries = 0; !r && tries < 10; tries++)
+        r = sb_cmd(port, "GET %s", key);
     int v = !r ? -1
             : r->type == REDIS_REPLY_NIL ? 0
             : r->type == REDIS_REPLY_STRING && !strcmp(r->str, want) ? 1
