@@ -173,7 +173,7 @@ static int wait_rec(rec *r)
 static int start(bl_manager *m, const char *posting, int64_t wait_ms, int renew, rec *r,
                  rec *lost)
 {
-    bl_acquire_opts o = acq_opts(wait_ms, renew ? 1500 : 30000);
+    bl_acquire_opts o = acq_opts(wait_ms, renew ? 3000 : 30000);
     o.auto_extend = renew;
     o.on_lost = lost ? on_lost : NULL;
     o.on_lost_data = lost;
