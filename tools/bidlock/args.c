@@ -101,7 +101,7 @@ static const char help_text[] =
     "Examples\n"
     "  bidlock run --wait 30 ebay 42 -- ./place-bid 42\n"
     "  bidlock run --done --wait 0 ebay 42 -- ./place-bid 42   # once, ever\n"
-    "  REDIS_URL=redis://10.0.0.5:6379/2 bidlock status ebay 42\n"
+    "  REDIS_URL=redis://bidlock-readonly:PASSWORD@10.0.0.5:6379/2 bidlock status ebay 42\n"
     "  bidlock acl --prefix bid_lock | redis-cli -h 10.0.0.5   # then add a password\n";
 
 int print_help(void)
