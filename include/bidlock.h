@@ -559,7 +559,8 @@ typedef void (*bl_cleanup_cb)(bl_manager *m, int status, uint64_t removed, void 
  * the ones held by this manager's holder id (mine_only = 1), with
  * SCAN + UNLINK (never KEYS). Fencing counters and done markers stay.
  * Keys outside the prefix are never touched. cb gets how many locks it
- * removed. */
+ * removed; when status is not BL_OK, bl_manager_errmsg(m) says why inside
+ * cb (the server's message, e.g. an ACL refusal; also logged). */
 BL_API int bl_cleanup(bl_manager *m, int mine_only, bl_cleanup_cb cb, void *data);
 
 /* Latency histogram: counts[i] is the number of samples <= bounds_ms[i];

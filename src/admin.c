@@ -37,6 +37,12 @@ static void deliver(bl_aop *op)
         r->cb.inspect(m, &op->info, r->data);
         break;
     case BL_AOP_CLEANUP:
+        /* The callback has no message argument: say why through
+         * bl_manager_errmsg (valid inside the callback) and the log. */
+        if (op->status != BL_OK) {
+            snprintf(m->errmsg, sizeof m->errmsg, "%s", op->errmsg);
+            bl_log(m, BL_LOG_WARN, "bidlock: cleanup failed: %s", op->errmsg);
+        }
         r->cb.cleanup(m, op->status, op->removed, r->data);
         break;
     }

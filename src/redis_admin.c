@@ -9,6 +9,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "acl.h"
 #include "ids.h"
 #include "redis.h"
 #include "resp.h"
@@ -65,14 +66,27 @@ static void aop_arm(redis_be *r, bl_aop *op)
         LOOP(r)->timer_start(op->timer, r->h.cfg->command_timeout_ms);
 }
 
-static void admin_fail(bl_aop *op, redisAsyncContext *ac, const redisReply *reply)
+/* An ACL refusal of command (script: the bidlock script it ran, or -1) as
+ * a message that names what the user lacks (acl.h). */
+static void acl_errmsg(bl_aop *op, redis_be *r, const char *err, const char *command, int script)
+{
+    bl_acl_explain(op->errmsg, sizeof op->errmsg, err, command,
+                   script >= 0 ? bl_scripts[script].name : NULL,
+                   script >= 0 ? bl_scripts[script].body : NULL, r->h.prefix);
+}
+
+static void admin_fail(bl_aop *op, redisAsyncContext *ac, const redisReply *reply,
+                       const char *command, int script)
 {
     conn *c = ac->data;
     op->status = reply ? BL_EREDIS : BL_ECONN;
-    snprintf(op->errmsg, sizeof op->errmsg, "%s",
-             reply && reply->type == REDIS_REPLY_ERROR && reply->str[0] ? reply->str
-             : reply                                   ? "unexpected reply"
-                                                       : redis_conn_errmsg(c, ac));
+    if (reply && reply->type == REDIS_REPLY_ERROR && bl_acl_denied(reply->str))
+        acl_errmsg(op, c->r, reply->str, command, script);
+    else
+        snprintf(op->errmsg, sizeof op->errmsg, "%s",
+                 reply && reply->type == REDIS_REPLY_ERROR && reply->str[0] ? reply->str
+                 : reply                                   ? "unexpected reply"
+                                                           : redis_conn_errmsg(c, ac));
     bl_aop_done(op);
 }
 
@@ -83,7 +97,7 @@ static void ping_cb(redisAsyncContext *ac, void *reply_, void *priv)
     if (!aop_answered(op))
         return;
     if (!reply || reply->type != REDIS_REPLY_STATUS) {
-        admin_fail(op, ac, reply);
+        admin_fail(op, ac, reply, "PING", -1);
         return;
     }
     op->latency_ms = (double)(bl_now_us() - op->started_us) / 1000.0;
@@ -102,11 +116,13 @@ static void inspect_cb(redisAsyncContext *ac, void *reply_, void *priv)
     if (!aop_answered(op))
         return;
     if (!reply) {
-        admin_fail(op, ac, reply);
+        admin_fail(op, ac, reply, "EVAL", BL_SCRIPT_INSPECT);
         return;
     }
     op->status = bl_redis_inspect_reply(reply, &op->info, &op->holder_buf);
-    if (op->status != BL_OK)
+    if (op->status != BL_OK && reply->type == REDIS_REPLY_ERROR && bl_acl_denied(reply->str))
+        acl_errmsg(op, ((conn *)ac->data)->r, reply->str, "EVAL", BL_SCRIPT_INSPECT);
+    else if (op->status != BL_OK)
         snprintf(op->errmsg, sizeof op->errmsg, "%s", op->info.errmsg);
     bl_aop_done(op);
 }
@@ -120,7 +136,7 @@ static void cleanup_batch_cb(redisAsyncContext *ac, void *reply_, void *priv)
     if (!aop_answered(op))
         return;
     if (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer < 0) {
-        admin_fail(op, ac, reply);
+        admin_fail(op, ac, reply, "EVAL", BL_SCRIPT_CLEANUP);
         return;
     }
     op->removed += (uint64_t)reply->integer;
@@ -129,7 +145,7 @@ static void cleanup_batch_cb(redisAsyncContext *ac, void *reply_, void *priv)
         op->status = BL_OK;
         bl_aop_done(op);
     } else if (scan_step(c->r, op) != 0) {
-        admin_fail(op, ac, NULL);
+        admin_fail(op, ac, NULL, NULL, -1);
     }
 }
 
@@ -161,7 +177,7 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
     if (nkeys < 0) {
         free(argv);
         free(lens);
-        admin_fail(op, ac, reply);
+        admin_fail(op, ac, reply, "SCAN", -1);
         return;
     }
     long nlocks = nkeys;
@@ -199,7 +215,7 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
     free(argv);
     free(lens);
     if (rc != REDIS_OK)
-        admin_fail(op, ac, NULL);
+        admin_fail(op, ac, NULL, NULL, -1);
 }
 
 static int scan_step(redis_be *r, bl_aop *op)

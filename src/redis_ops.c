@@ -7,6 +7,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "acl.h"
 #include "redis.h"
 #include "resp.h"
 
@@ -17,6 +18,12 @@ static void script_load_cb(redisAsyncContext *ac, void *reply_, void *priv)
     int i = (int)(intptr_t)priv;
     if (c && c->r->loads_pending > 0)
         c->r->loads_pending--;
+    if (c && reply && reply->type == REDIS_REPLY_ERROR && bl_acl_denied(reply->str) && i == 0) {
+        char msg[BL_ERRMSG_MAX];
+        bl_host_log(&c->r->h, BL_LOG_WARN, "bidlock: %s; scripts are sent whole every call",
+                    bl_acl_explain(msg, sizeof msg, reply->str, "SCRIPT|LOAD", NULL, NULL,
+                                   c->r->h.prefix));
+    }
     if (!c || !reply || reply->type != REDIS_REPLY_STRING || reply->len != 40)
         return; /* EVAL keeps working without the cache; next connect retries */
     memcpy(c->r->sha[i], reply->str, 40);
@@ -37,6 +44,7 @@ void redis_load_scripts(redis_be *r)
 
 static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
                    redisCallbackFn *cb);
+static int script_of(enum bl_op_kind kind, size_t nkeys);
 static int hold_for_wait(redis_be *r, redisAsyncContext *ac, bl_op *op, const bl_op_result *res);
 
 /* Give a grant back, holder-checked, without waiting for the answer. */
@@ -51,6 +59,7 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
     bl_op *op = priv;
     conn *c = ac->data;
     bl_op_result res = {BL_EREDIS, 0, 0, NULL, 0, 0};
+    char acl_msg[BL_ERRMSG_MAX];
 
     if (!reply) {
         res.status = BL_ECONN;
@@ -85,10 +94,31 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
             bl_redis_interpret_group(op->kind, op->nkeys, reply, &res, op->tokens);
         else
             bl_redis_interpret(op->kind, reply, &res);
+        if (res.status == BL_EREDIS && reply->type == REDIS_REPLY_ERROR &&
+            bl_acl_denied(res.errmsg)) {
+            /* Name what the ACL user lacks: Redis 7.0 does not, inside a
+             * script. Valid during op->done, as res.errmsg must be. */
+            const bl_script *sc = &bl_scripts[script_of(op->kind, op->nkeys)];
+            res.errmsg = bl_acl_explain(acl_msg, sizeof acl_msg, res.errmsg, "EVALSHA", sc->name,
+                                        sc->body, c->r->h.prefix);
+        }
         if (hold_for_wait(c->r, ac, op, &res))
             return;
     }
     op->done(op, &res);
+}
+
+/* The script that runs kind (for a group of nkeys postings if nkeys). */
+static int script_of(enum bl_op_kind kind, size_t nkeys)
+{
+    if (nkeys)
+        return kind == BL_OP_ACQUIRE  ? BL_SCRIPT_ACQUIRE_MANY
+               : kind == BL_OP_EXTEND ? BL_SCRIPT_EXTEND_MANY
+                                      : BL_SCRIPT_RELEASE_MANY;
+    return kind == BL_OP_ACQUIRE    ? BL_SCRIPT_ACQUIRE
+           : kind == BL_OP_EXTEND   ? BL_SCRIPT_EXTEND
+           : kind == BL_OP_TRANSFER ? BL_SCRIPT_TRANSFER
+                                    : BL_SCRIPT_RELEASE;
 }
 
 #define RESP_STACK_MAX 2048
@@ -105,10 +135,7 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
         return send_group(r, op, kind, by_body, cb);
     const bl_config *cfg = r->h.cfg;
     const bl_keys *k = op->keys;
-    int s = kind == BL_OP_ACQUIRE    ? BL_SCRIPT_ACQUIRE
-            : kind == BL_OP_EXTEND   ? BL_SCRIPT_EXTEND
-            : kind == BL_OP_TRANSFER ? BL_SCRIPT_TRANSFER
-                                     : BL_SCRIPT_RELEASE;
+    int s = script_of(kind, 0);
     char n1[24], n2[24], n3[24];
     const char *argv[16];
     size_t lens[16];
@@ -294,6 +321,12 @@ static void role_cb(redisAsyncContext *ac, void *reply_, void *priv)
     redis_be *r = priv;
     if (!reply || r->cmd.ac != ac)
         return;
+    if (reply->type == REDIS_REPLY_ERROR && bl_acl_denied(reply->str)) {
+        char msg[BL_ERRMSG_MAX];
+        bl_host_log(&r->h, BL_LOG_WARN, "bidlock: %s; the server's role and replicas are unknown",
+                    bl_acl_explain(msg, sizeof msg, reply->str, "ROLE", NULL, NULL, r->h.prefix));
+        return;
+    }
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
         reply->element[0]->type == REDIS_REPLY_STRING) {
         snprintf(r->role, sizeof r->role, "%s",

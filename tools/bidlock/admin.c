@@ -99,13 +99,12 @@ static void on_health(bl_manager *m, const bl_health *h, void *data)
 
 static void on_cleaned(bl_manager *m, int status, uint64_t removed, void *data)
 {
-    (void)m;
     app *a = data;
     if (a->finishing)
         return;
     if (status != BL_OK) {
         say("cleanup stopped after removing %" PRIu64 " locks: %s", removed,
-            detail(status, ""));
+            detail(status, bl_manager_errmsg(m)));
         finish(a, connection_code(status));
         return;
     }

@@ -13,6 +13,7 @@ static const char usage_text[] =
     "  bidlock status  [--url URL] [--prefix P] MARKETPLACE POSTING\n"
     "  bidlock health  [--url URL]\n"
     "  bidlock cleanup [--url URL] [--prefix P]\n"
+    "  bidlock acl     [--prefix P] [--user NAME] [--readonly]\n"
     "  bidlock --help | --version\n";
 
 static const char help_text[] =
@@ -43,6 +44,13 @@ static const char help_text[] =
     "  health   PING Redis; print the round-trip time.\n"
     "  cleanup  Delete every lock under the prefix, whoever holds it (done\n"
     "           markers and fencing counters stay); print how many.\n"
+    "  acl      Print the ACL SETUSER line (for redis-cli or valkey-cli) that\n"
+    "           grants user NAME (--user, default bidlock, or bidlock-readonly)\n"
+    "           exactly what bidlock needs under the prefix: its commands, keys\n"
+    "           PREFIX:* and {PREFIX:*, wake-up channels likewise. --readonly:\n"
+    "           only what status and health need. It sets permissions and keeps\n"
+    "           passwords: add one to a new user (ACL SETUSER NAME >PASSWORD).\n"
+    "           Connects nowhere.\n"
     "\n"
     "Options\n"
     "  --url URL       redis://[[USER]:PASSWORD@]HOST[:PORT][/DB],\n"
@@ -65,6 +73,7 @@ static const char help_text[] =
     "                  Renewed while COMMAND runs; if bidlock dies, others wait at\n"
     "                  most this long.\n"
     "  --prefix P      Key prefix. Default bid_lock.\n"
+    "  --user NAME     acl: the ACL user name.   --readonly  acl: status/health only.\n"
     "  --min-replicas N|auto\n"
     "                  The lock counts only once N replicas (auto: those connected)\n"
     "                  acknowledge it (WAIT). Default: auto with a redis-sentinel://\n"
@@ -92,7 +101,14 @@ static const char help_text[] =
     "Examples\n"
     "  bidlock run --wait 30 ebay 42 -- ./place-bid 42\n"
     "  bidlock run --done --wait 0 ebay 42 -- ./place-bid 42   # once, ever\n"
-    "  REDIS_URL=redis://10.0.0.5:6379/2 bidlock status ebay 42\n";
+    "  REDIS_URL=redis://bidlock-readonly:PASSWORD@10.0.0.5:6379/2 bidlock status ebay 42\n"
+    "  bidlock acl --prefix bid_lock | redis-cli -h 10.0.0.5   # then add a password\n";
+
+int print_help(void)
+{
+    printf("%s%s", usage_text, help_text);
+    return 0;
+}
 
 /* SECONDS: digits with an optional fraction ("10", "2.5", ".5", "0"); no
  * sign or exponent. Rounded up to whole ms, so 0.0001 still waits. */
@@ -138,7 +154,7 @@ static int parse_ms(const char *s, int64_t lo, int64_t hi, int64_t *out)
 int parse_args(app *a, int argc, char **argv)
 {
     if (argc < 2)
-        return usage_error("no command given: run, status, health or cleanup");
+        return usage_error("no command given: run, status, health, cleanup or acl");
     const char *s = argv[1];
     if (!strcmp(s, "--help") || !strcmp(s, "-h") || !strcmp(s, "help")) {
         printf("%s%s", usage_text, help_text);
@@ -158,7 +174,8 @@ int parse_args(app *a, int argc, char **argv)
     else if (!strcmp(s, "cleanup"))
         a->sub = SUB_CLEANUP, npos = 0;
     else
-        return usage_error("unknown command '%s': expected run, status, health or cleanup", s);
+        return usage_error("unknown command '%s': expected run, status, health, cleanup or acl",
+                           s);
 
     const char *pos[2] = {NULL, NULL}, *wait = NULL, *ttl = NULL, *replicas = NULL;
     int n = 0, i = 2;

@@ -8,6 +8,7 @@
  *            signals
  *   run.c    `run`: acquire, fork/exec COMMAND, release
  *   admin.c  `status`, `health`, `cleanup`
+ *   acl.c    `acl`: the ACL SETUSER line for a prefix (no connection)
  */
 #ifndef BIDLOCK_TOOL_H
 #define BIDLOCK_TOOL_H
@@ -55,6 +56,11 @@ typedef struct app {
 
 /* args.c: returns -1 to go on, or the exit code (0 after --help/--version). */
 int parse_args(app *a, int argc, char **argv);
+/* Print --help on stdout; returns 0. */
+int print_help(void);
+
+/* acl.c: `bidlock acl`, which needs no connection; returns the exit code. */
+int acl_main(int argc, char **argv);
 
 /* msgs.c */
 /* One line on stderr: "bidlock: <what was wrong>". */
