@@ -510,6 +510,61 @@ Test(cli, command_sees_key_holder_and_token)
     result_free(&r);
 }
 
+/* Several pairs: all or none, one COMMAND, every key and token in its
+ * environment; a busy posting keeps the whole group (and COMMAND) out. */
+Test(cli, a_group_run_locks_every_posting_or_none)
+{
+    const char *cmd = sh_cmd("printf '%%s|%%s' \"$BIDLOCK_KEYS\" \"$BIDLOCK_TOKENS\"; "
+                             "redis-cli -p %d GET bid_lock:etsy:g2 >/dev/null",
+                             srv.port);
+    result r = CLI(NULL, "run", "--url", url, "ebay", "g1", "etsy", "g2", "--", "/bin/sh", "-c",
+                   cmd);
+    cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
+    char keys[256], tokens[128];
+    cr_assert_eq(sscanf(r.out, "%255[^|]|%127[^\n]", keys, tokens), 2, "output: %s", r.out);
+    cr_assert_str_eq(keys, "bid_lock:ebay:g1 bid_lock:etsy:g2");
+    unsigned long long t1 = 0, t2 = 0;
+    cr_assert_eq(sscanf(tokens, "%llu %llu", &t1, &t2), 2, "tokens: %s", tokens);
+    cr_assert(t1 > 0 && t2 > 0);
+    result_free(&r);
+    cr_assert(!rs_exists(&srv, "bid_lock:ebay:g1") && !rs_exists(&srv, "bid_lock:etsy:g2"),
+              "both released");
+
+    set_key("bid_lock:etsy:g2", "someone-else", 20000);
+    const char *ran = sh_cmd("redis-cli -p %d SET ran yes", srv.port);
+    r = CLI(NULL, "run", "--url", url, "--wait", "0", "ebay", "g1", "etsy", "g2", "--", "/bin/sh",
+            "-c", ran);
+    cr_assert_eq(r.code, 75, "exit %d: %s", r.code, r.err);
+    assert_one_error_line(&r);
+    cr_assert(strstr(r.err, "one of bid_lock:ebay:g1 and 1 more"), "%s", r.err);
+    result_free(&r);
+    cr_assert(!rs_exists(&srv, "ran"), "COMMAND never ran");
+    cr_assert(!rs_exists(&srv, "bid_lock:ebay:g1"), "the free posting was not taken");
+    freeReplyObject(rs_cmd(&srv, "DEL bid_lock:etsy:g2"));
+
+    /* --done marks both; a later group run on either says which is done. */
+    r = CLI(NULL, "run", "--url", url, "--done", "ebay", "g1", "etsy", "g2", "--", "/bin/true");
+    cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
+    result_free(&r);
+    r = CLI(NULL, "run", "--url", url, "ebay", "g0", "etsy", "g2", "--", "/bin/sh", "-c", ran);
+    cr_assert_eq(r.code, 0, "done: exit 0 without COMMAND (%s)", r.err);
+    cr_assert(strstr(r.err, "bid_lock:etsy:g2 is done"), "%s", r.err);
+    result_free(&r);
+    cr_assert(!rs_exists(&srv, "ran"));
+
+    /* Bad pairs: exit 64, one line, nothing sent. */
+    r = CLI(NULL, "run", "--url", url, "ebay", "g1", "etsy", "--", "/bin/true");
+    cr_assert_eq(r.code, 64);
+    assert_one_error_line(&r);
+    cr_assert(strstr(r.err, "'etsy' has no POSTING"), "%s", r.err);
+    result_free(&r);
+    r = CLI(NULL, "run", "--url", url, "ebay", "g1", "ebay", "g1", "--", "/bin/true");
+    cr_assert_eq(r.code, 64, "exit %d: %s", r.code, r.err);
+    assert_one_error_line(&r);
+    cr_assert(strstr(r.err, "the same"), "%s", r.err);
+    result_free(&r);
+}
+
 Test(cli, token_increases_across_runs)
 {
     unsigned long long last = 0;

@@ -9,7 +9,7 @@ static const char usage_text[] =
     "Usage:\n"
     "  bidlock run [--url URL] [--wait SECONDS] [--ttl MS] [--prefix P]\n"
     "              [--min-replicas N|auto] [--done]\n"
-    "              MARKETPLACE POSTING -- COMMAND [ARG...]\n"
+    "              MARKETPLACE POSTING [MARKETPLACE POSTING...] -- COMMAND [ARG...]\n"
     "  bidlock status  [--url URL] [--prefix P] MARKETPLACE POSTING\n"
     "  bidlock health  [--url URL]\n"
     "  bidlock cleanup [--url URL] [--prefix P]\n"
@@ -32,6 +32,12 @@ static const char help_text[] =
     "                             acquisition of this lock, so a store that rejects\n"
     "                             a token lower than the last one it saw stops a\n"
     "                             holder that was paused past its TTL\n"
+    "             BIDLOCK_KEYS, BIDLOCK_TOKENS  every posting's key and token,\n"
+    "                             space-separated, in the order given\n"
+    "           Several MARKETPLACE POSTING pairs (up to 32) are locked all or\n"
+    "           none (a bundle bid): COMMAND runs once every one is held; --done\n"
+    "           marks them all. With more than one pair, \"--\" before COMMAND is\n"
+    "           required.\n"
     "           SIGINT, SIGTERM and SIGHUP sent to bidlock are passed on to COMMAND;\n"
     "           the lock is released once COMMAND has exited. If the lock is lost\n"
     "           while COMMAND runs (renewal refused, or Redis unreachable until the\n"
@@ -177,7 +183,15 @@ int parse_args(app *a, int argc, char **argv)
         return usage_error("unknown command '%s': expected run, status, health, cleanup or acl",
                            s);
 
-    const char *pos[2] = {NULL, NULL}, *wait = NULL, *ttl = NULL, *replicas = NULL;
+    /* run takes several MARKETPLACE POSTING pairs (a group, all or
+     * nothing) when "--" ends them; without "--", COMMAND starts after the
+     * first pair. */
+    int dashes = 0;
+    for (int k = 2; k < argc && !dashes; k++)
+        dashes = !strcmp(argv[k], "--");
+    if (a->sub == SUB_RUN && dashes)
+        npos = 2 * BL_GROUP_MAX;
+    const char *pos[2 * BL_GROUP_MAX] = {NULL}, *wait = NULL, *ttl = NULL, *replicas = NULL;
     int n = 0, i = 2;
     for (; i < argc; i++) {
         const char *arg = argv[i];
@@ -219,12 +233,18 @@ int parse_args(app *a, int argc, char **argv)
             *slot[which] = val;
             continue;
         }
-        if (n == npos)
+        if (n == npos) {
+            if (dashes && a->sub == SUB_RUN)
+                return usage_error("at most %d MARKETPLACE POSTING pairs", BL_GROUP_MAX);
             break; /* run: COMMAND without "--" */
+        }
         pos[n++] = arg;
     }
-    if (n < npos)
+    if (n < (npos > 2 ? 2 : npos))
         return usage_error("'%s' needs MARKETPLACE and POSTING", s);
+    if (n % 2)
+        return usage_error("'%s' needs MARKETPLACE POSTING pairs: '%s' has no POSTING", s,
+                           pos[n - 1]);
     if (a->sub == SUB_RUN) {
         if (i >= argc)
             return usage_error("no COMMAND: bidlock run MARKETPLACE POSTING -- COMMAND [ARG...]");
@@ -234,6 +254,9 @@ int parse_args(app *a, int argc, char **argv)
     }
     a->mp = pos[0];
     a->posting = pos[1];
+    a->npairs = (size_t)n / 2;
+    for (size_t k = 0; k < a->npairs; k++)
+        a->pairs[k] = (bl_posting){pos[2 * k], pos[2 * k + 1]};
     a->wait_ms = 10000;
     a->ttl_ms = DEFAULT_TTL_MS;
     int rc;

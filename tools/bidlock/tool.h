@@ -35,7 +35,9 @@ typedef struct app {
     int64_t wait_ms, ttl_ms;
     int min_replicas; /* BL_REPLICAS_DEFAULT unless --min-replicas */
     int done_flag;
-    const char *mp, *posting;
+    const char *mp, *posting; /* the first (or only) pair */
+    bl_posting pairs[BL_GROUP_MAX]; /* run: every MARKETPLACE POSTING pair */
+    size_t npairs;
     char **command;
     uint32_t connect_timeout_ms;
     /* progress */
