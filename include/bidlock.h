@@ -343,6 +343,9 @@ typedef struct bl_stats {
     uint64_t reclaims;       /* acquires that took back a lock held under this
                               * manager's id by none of its requests (a grant
                               * whose reply was lost with the connection) */
+    uint64_t redirects;      /* Redis Cluster: MOVED/ASK answers followed (never seen
+                              * by the caller) */
+    uint64_t map_refreshes;  /* Redis Cluster: slot maps read (CLUSTER SLOTS) */
     uint64_t held;           /* gauge: locks held right now */
     uint64_t waiting;        /* gauge: requests between attempts right now */
 } bl_stats;
@@ -459,7 +462,23 @@ typedef struct bl_health {
     const char *role;
     int replicas;
     const char *server;
+    /* Redis Cluster (redis-cluster:// url): one entry per master of the slot
+     * map, the fields above then summing them up (status: the first
+     * failure; latency: the slowest; server: the first master). 0 and NULL
+     * otherwise. Valid inside the callback. */
+    int nodes;
+    const struct bl_node_health *node;
 } bl_health;
+
+typedef struct bl_node_health {
+    const char *server;  /* "ip:port" */
+    int slots;           /* hash slots it serves */
+    int status;          /* BL_OK, BL_ECONN, BL_EREDIS */
+    int state;           /* enum bl_conn_state of its lock connection */
+    double latency_ms;   /* PING round trip */
+    int replicas;        /* replicas connected to it (ROLE), -1 unknown */
+    const char *errmsg;  /* for failures */
+} bl_node_health;
 
 typedef void (*bl_health_cb)(bl_manager *m, const bl_health *h, void *data);
 
