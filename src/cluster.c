@@ -416,7 +416,11 @@ static int route(creq *q, int from_start)
         snprintf(why, sizeof why, "Redis Cluster node %s: %.160s", n->name,
                  q->errbuf[0] ? q->errbuf : "not connected");
     refresh(cl, n);
-    if (delay(q))
+    /* An acquire waits for the map to name a reachable master (a failover
+     * takes seconds). A release or renewal does not: by then the lease may
+     * be over, and "not held" would be a wrong answer to a release that
+     * never reached the server; it fails now, as on one server. */
+    if (q->orig->kind == BL_OP_ACQUIRE && delay(q))
         return 0;
     if (from_start) {
         snprintf(q->orig->errbuf, BL_ERRMSG_MAX, "%s", why);

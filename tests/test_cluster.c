@@ -14,6 +14,7 @@
  *     masters killed: BL_ECONN in bounded time, never a grant; restarted:
  *     grants again. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -362,5 +363,290 @@ Test(cluster, routing_safety_and_resharding)
     close_manager(T, m);
     safety_while_resharding(url);
     waiter_on_a_migrated_lock(url);
+    cb_stop(&bed);
+}
+
+/* ---- failover, wake-ups, the CLI, a cluster that goes down ----------------------------- */
+
+#define CLI_PROCS 3
+
+typedef struct cli_counts {
+    uint32_t runs, code[256];
+} cli_counts;
+
+/* Loops of `bidlock run --url URL --wait 2 ebay cliN -- true` until end. */
+static void cli_loop(cli_counts *out, int me, const char *url, uint64_t end)
+{
+    char posting[16];
+    snprintf(posting, sizeof posting, "cli%d", me);
+    while (mono_ms() < end) {
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            int dn = open("/dev/null", O_RDWR);
+            dup2(dn, 0);
+            dup2(dn, 1);
+            dup2(dn, 2);
+            unsetenv("REDIS_URL");
+            const char *argv[] = {BIDLOCK_CLI_PATH, "run", "--url", url, "--wait", "2",
+                                  "--ttl", "3000", "ebay", posting, "--", "true", NULL};
+            execv(argv[0], (char *const *)argv);
+            _exit(126);
+        }
+        int st = 0;
+        if (pid < 0 || waitpid(pid, &st, 0) != pid)
+            _exit(1);
+        out->runs++;
+        out->code[WIFEXITED(st) ? WEXITSTATUS(st) : 255]++;
+    }
+    _exit(0);
+}
+
+/* A posting (prefix p) whose slot the master on port serves, or not. */
+static void posting_on(int port, int on, const char *p, char *out, size_t len)
+{
+    for (int i = 0; i < 100000; i++) {
+        snprintf(out, len, "%s%d", p, i);
+        if ((cb_master_of(&bed, slot_of(out)) == port) == on)
+            return;
+    }
+    cr_assert_fail("no posting found");
+}
+
+static long long numsub(int port, const char *channel)
+{
+    redisReply *r = cb_cmd(port, "PUBSUB NUMSUB %s", channel);
+    long long n = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2
+                      ? r->element[1]->integer
+                      : -1;
+    if (r)
+        freeReplyObject(r);
+    return n;
+}
+
+/* A try-once acquire and its release; the acquire's status. */
+static int probe(bl_manager *m, const char *posting)
+{
+    rec r = {0};
+    bl_acquire_opts o = acq_opts(0, 3000);
+    cr_assert_eq(bl_acquire(m, "ebay", posting, &o, on_acq, &r, NULL), BL_OK);
+    cr_assert(tl_wait(T, &r.n, 1, 30000), "probe %s: no callback", posting);
+    if (r.status == BL_OK) {
+        int before = r.n;
+        cr_assert_eq(bl_release(r.lock, on_rel, &r), BL_OK);
+        cr_assert(tl_wait(T, &r.n, before + 1, 30000), "probe %s: no release callback", posting);
+    }
+    return r.status;
+}
+
+Test(cluster, failover_wakeups_and_cluster_down)
+{
+    start_bed();
+    char url[128];
+    url_of(url, sizeof url);
+    bl_config c = cluster_cfg(url);
+    c.command_timeout_ms = 3000;
+    bl_manager *h = mk(&c);
+    bl_config cw = c;
+    cw.backoff_initial_ms = cw.backoff_max_ms = 20000; /* only a wake-up is quick */
+    bl_manager *w = mk(&cw);
+
+    /* The waiter's subscriptions go to one master: find it. */
+    char x[32], chan[512];
+    int sub_port = cb_master_of(&bed, 0);
+    posting_on(sub_port, 0, "wx", x, sizeof x);
+    rec hx = acq(h, x, 0, 60000);
+    cr_assert_eq(hx.status, BL_OK);
+    rec wx = {0};
+    acq_start(w, x, 60000, 0, &wx);
+    snprintf(chan, sizeof chan, "{bid_lock:ebay:%s}|%s", x, bl_manager_holder(w));
+    uint64_t until = mono_ms() + 10000;
+    int found = -1;
+    while (found < 0 && mono_ms() < until) {
+        tl_run_for(T, 20);
+        int ms[8], n = cb_masters(&bed, ms, 8);
+        for (int i = 0; i < n; i++)
+            if (numsub(ms[i], chan) == 1)
+                found = ms[i];
+    }
+    cr_assert_gt(found, 0, "wake-ups: the waiter subscribed");
+    sub_port = found;
+    cr_assert_neq(cb_master_of(&bed, slot_of(x)), sub_port, "the waited lock is elsewhere");
+    int victim = cb_index(&bed, sub_port);
+
+    /* A lock held on the victim, renewed (auto_extend), with WAIT. */
+    char y[32], other[32], gone[32];
+    posting_on(sub_port, 1, "held", y, sizeof y);
+    posting_on(sub_port, 0, "other", other, sizeof other);
+    posting_on(sub_port, 1, "gone", gone, sizeof gone);
+    rec hy = {0}, hy_lost = {0};
+    acq_start_renewed(h, y, 6000, &hy, &hy_lost);
+    cr_assert(tl_wait(T, &hy.n, 1, 20000));
+    cr_assert_eq(hy.status, BL_OK, "held: %s (%s)", bl_status_name(hy.status), hy.errmsg);
+
+    /* The CLI in loops, through a reshard and the failover. */
+    cli_counts *cc = mmap(NULL, CLI_PROCS * sizeof *cc, PROT_READ | PROT_WRITE,
+                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert(cc != MAP_FAILED);
+    memset(cc, 0, CLI_PROCS * sizeof *cc);
+    uint64_t t0 = mono_ms(), cli_end = t0 + 12000;
+    pid_t kid[CLI_PROCS];
+    for (int i = 0; i < CLI_PROCS; i++) {
+        fflush(NULL);
+        kid[i] = fork();
+        cr_assert(kid[i] >= 0);
+        if (kid[i] == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            cli_loop(&cc[i], i, url, cli_end);
+        }
+    }
+    tl_run_for(T, 800);
+    unsigned cs = slot_of("cli0");
+    cr_assert_eq(cb_migrate_slot(&bed, cs, other_master(cb_master_of(&bed, cs)), 1, 50), 0,
+                 "reshard: %s", bed.err);
+    tl_run_for(T, 500);
+
+    /* kill -9 the master the subscriber is on. */
+    cr_assert_eq(cb_wait_synced(&bed, 20000), 0, "%s", bed.err);
+    bl_stats before;
+    bl_manager_stats(h, &before);
+    uint64_t t_kill = mono_ms();
+    cr_assert_eq(cb_kill(&bed, victim), 0);
+    int other_bad = 0, other_ok = 0, gone_bad = 0, failed_over = 0;
+    uint64_t t_fo = 0, t_back = 0;
+    rec g = {0};
+    int g_out = 0;
+    while (mono_ms() < t_kill + 30000 && !t_back) {
+        /* The victim's slots come back: one try-once acquire out at a time
+         * (one may wait out command_timeout_ms while the node is dead). */
+        if (!g_out) {
+            memset(&g, 0, sizeof g);
+            bl_acquire_opts o = acq_opts(0, 3000);
+            cr_assert_eq(bl_acquire(h, "ebay", gone, &o, on_acq, &g, NULL), BL_OK);
+            g_out = 1;
+        } else if (g.n == 1 && g.status == BL_OK) {
+            if (failed_over)
+                t_back = mono_ms();
+            cr_assert_eq(bl_release(g.lock, on_rel, &g), BL_OK);
+            cr_assert(tl_wait(T, &g.n, 2, 30000));
+            g_out = 0;
+        } else if (g.n == 1) {
+            gone_bad++;
+            g_out = 0;
+        }
+        /* Meanwhile the other shards never notice. */
+        int st = probe(h, other);
+        if (st == BL_OK)
+            other_ok++;
+        else
+            other_bad++;
+        if (!failed_over && cb_wait_failover(&bed, sub_port, 1) == 0) {
+            failed_over = 1;
+            t_fo = mono_ms();
+        }
+        tl_run_for(T, 10);
+    }
+    cr_assert(tl_wait(T, &g.n, g_out ? 1 : 0, 30000));
+    if (g_out && g.status == BL_OK)
+        cr_assert_eq(rel(g.lock), BL_OK);
+    cr_assert(failed_over, "failover: the replica took over");
+    cr_assert(t_back, "failover: the victim's slots work again");
+    cr_assert_eq(other_bad, 0, "failover: the other shards never noticed (%d of %d failed)",
+                 other_bad, other_bad + other_ok);
+    /* The held lock: re-verified on its new master, not lost. */
+    tl_run_for(T, 500);
+    bl_stats after;
+    bl_manager_stats(h, &after);
+    cr_assert_geq(after.failovers, before.failovers + 1, "failover: noticed");
+    cr_assert_geq(after.reverified, 1, "failover: held leases re-verified");
+    cr_assert_eq(hy_lost.n, 0, "failover: the held (WAIT-acknowledged) lock survived: %s",
+                 hy_lost.errmsg);
+    /* The waiter: its subscription moved; the release wakes it. */
+    bl_stats wbefore;
+    bl_manager_stats(w, &wbefore);
+    cr_assert_eq(wx.n, 0, "the waiter still waits");
+    uint64_t t_rel = mono_ms();
+    cr_assert_eq(rel(hx.lock), BL_OK);
+    cr_assert(tl_wait(T, &wx.n, 1, 30000));
+    cr_assert_eq(wx.status, BL_OK, "wake-ups: %s (%s)", bl_status_name(wx.status), wx.errmsg);
+    bl_stats wafter;
+    bl_manager_stats(w, &wafter);
+    cr_assert_gt(wafter.wakeups, wbefore.wakeups, "wake-ups: woken by the release");
+    cr_assert_eq(rel(wx.lock), BL_OK);
+    cr_assert_eq(rel(hy.lock), BL_OK, "the held lock is still ours");
+    fprintf(stderr,
+            "cluster-test: failover of :%d: replica took over after %" PRIu64
+            " ms, its slots worked again after %" PRIu64 " ms (%d failed probes before); "
+            "other shards %d/%d probes OK; held lock reverified (%" PRIu64 "), not lost; "
+            "waiter woken %" PRIu64 " ms after the release (%" PRIu64 " attempts, %" PRIu64
+            " wake-ups in all)\n",
+            sub_port, t_fo - t_kill, t_back - t_kill, gone_bad, other_ok, other_ok + other_bad,
+            after.reverified, wx.at - t_rel, wafter.attempts, wafter.wakeups);
+
+    for (int i = 0; i < CLI_PROCS; i++) {
+        int st;
+        uint64_t lim = cli_end + 60000;
+        while (waitpid(kid[i], &st, WNOHANG) != kid[i] && mono_ms() < lim)
+            tl_run_for(T, 20);
+        if (kill(kid[i], SIGKILL) == 0)
+            waitpid(kid[i], &st, 0);
+    }
+    uint32_t runs = 0, ok = 0;
+    for (int i = 0; i < CLI_PROCS; i++) {
+        runs += cc[i].runs;
+        ok += cc[i].code[0];
+        for (int code = 0; code < 256; code++)
+            cr_assert(cc[i].code[code] == 0 || code == 0 || code == 69 || code == 75,
+                      "cli: %u runs exited %d", cc[i].code[code], code);
+    }
+    fprintf(stderr, "cluster-test: cli: %u runs through a reshard and a failover, %u exited 0, "
+                    "the rest 69/75\n", runs, ok);
+    cr_assert_gt(ok, 0, "cli: some runs succeeded");
+    munmap(cc, CLI_PROCS * sizeof *cc);
+
+    /* Most masters killed: BL_ECONN in bounded time, never a grant. */
+    int ms[8], nm = cb_masters(&bed, ms, 8);
+    cr_assert_eq(nm, 3);
+    int killed[2] = {cb_index(&bed, ms[0]), cb_index(&bed, ms[1])};
+    char on_live[32], on_dead[32];
+    posting_on(ms[2], 1, "live", on_live, sizeof on_live);
+    posting_on(ms[0], 1, "dead", on_dead, sizeof on_dead);
+    cr_assert_eq(cb_kill(&bed, killed[0]), 0);
+    cr_assert_eq(cb_kill(&bed, killed[1]), 0);
+    until = mono_ms() + 30000;
+    int failing = 0;
+    while (!failing && mono_ms() < until) {
+        redisReply *r = cb_cmd(ms[2], "CLUSTER INFO");
+        failing = r && r->type == REDIS_REPLY_STRING && strstr(r->str, "cluster_state:fail");
+        if (r)
+            freeReplyObject(r);
+        tl_run_for(T, 50);
+    }
+    cr_assert(failing, "down: the last master says cluster_state:fail");
+    for (int i = 0; i < 2; i++) {
+        const char *p = i % 2 ? on_live : on_dead;
+        uint64_t t = mono_ms();
+        int st = probe(h, p);
+        cr_assert_eq(st, BL_ECONN, "down: %s: %s, not a grant", p, bl_status_name(st));
+        fprintf(stderr, "cluster-test: down: %s ended BL_ECONN after %" PRIu64 " ms\n", p,
+                mono_ms() - t);
+    }
+    /* Restarted: grants again. */
+    cr_assert_eq(cb_restart(&bed, killed[0]), 0, "%s", bed.err);
+    cr_assert_eq(cb_restart(&bed, killed[1]), 0, "%s", bed.err);
+    uint64_t t_up = mono_ms();
+    int live_ok = 0, dead_ok = 0;
+    until = t_up + 40000;
+    while ((!live_ok || !dead_ok) && mono_ms() < until) {
+        live_ok = live_ok || probe(h, on_live) == BL_OK;
+        dead_ok = dead_ok || probe(h, on_dead) == BL_OK;
+        tl_run_for(T, 50);
+    }
+    cr_assert(live_ok && dead_ok, "recovery: grants again after the restart");
+    fprintf(stderr, "cluster-test: recovery: grants again %" PRIu64 " ms after the restart\n",
+            mono_ms() - t_up);
+    close_manager(T, h);
+    close_manager(T, w);
     cb_stop(&bed);
 }
