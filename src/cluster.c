@@ -107,8 +107,9 @@ struct cluster {
     int watching; /* keys with waiters, as the engine said */
     bl_timer *tick_timer;
     int tick_armed;
-    /* admin answers that end without a node, and children to free */
-    bl_aop *deferred;
+    /* admin answers that end without a node, admin operations waiting for
+     * the first map, and children to free */
+    bl_aop *deferred, *admin_wait;
     bl_timer *defer_timer, *reap_timer;
     int open_children;
     int shutting, closed_notified, freeing;
@@ -682,6 +683,24 @@ static void apply_map(cluster *cl)
     }
 }
 
+static int cl_admin(bl_backend *be, bl_aop *op);
+static void admin_later(cluster *cl, bl_aop *op, int status, const char *msg);
+
+/* Admin operations that waited for the map: start them now (or fail them,
+ * with the map still missing, from the defer timer). */
+static void admin_flush(cluster *cl)
+{
+    bl_aop *list = cl->admin_wait;
+    cl->admin_wait = NULL;
+    while (list) {
+        bl_aop *op = list;
+        list = op->next;
+        op->next = NULL;
+        if (cl_admin(&cl->base, op) != 0)
+            admin_later(cl, op, BL_ENOMEM, "out of memory");
+    }
+}
+
 static void refresh_done(cluster *cl, int ok, const char *why)
 {
     cl->refreshing = 0;
@@ -699,9 +718,11 @@ static void refresh_done(cluster *cl, int ok, const char *why)
             list = q->next;
             route(q, 0);
         }
+        admin_flush(cl);
     } else {
         cl->down = 1;
         snprintf(cl->down_why, sizeof cl->down_why, "%s", why);
+        admin_flush(cl); /* down: each ends BL_ECONN from the defer timer */
         bl_host_log(&cl->h, BL_LOG_WARN, "bidlock: Redis Cluster: no slot map: %s", why);
         creq *list = cl->mapq;
         cl->mapq = NULL;
@@ -1017,6 +1038,14 @@ static int send_kid(cadmin *ca, cnode *n, int i)
 static int cl_admin(bl_backend *be, bl_aop *op)
 {
     cluster *cl = (cluster *)be;
+    if (!cl->shutting && !cl->map_ok && !cl->down) {
+        /* The first map is on its way: start once it is read (or fail when
+         * no node answers, within the connect deadlines). */
+        op->next = cl->admin_wait;
+        cl->admin_wait = op;
+        refresh(cl, NULL);
+        return 0;
+    }
     if (cl->shutting || !cl->map_ok) {
         if (!cl->map_ok)
             refresh(cl, NULL);
@@ -1125,6 +1154,7 @@ static void cl_shutdown(bl_backend *be, int force)
     loop->timer_stop(cl->retry_timer);
     cl->retry_armed = 0;
     fail_list(list, BL_ECONN, "manager closed");
+    admin_flush(cl); /* shutting: each ends "manager closed" from the defer timer */
     for (int i = 0; i < cl->nnodes; i++) {
         cnode *n = cl->nodes[i];
         if (n->be && !n->closed)
