@@ -155,8 +155,8 @@ static int parse(int argc, char **argv, opts *o)
             const char *w = argv[++i];
             if (strcmp(w, "all") == 0)
                 o->w[1] = o->w[2] = o->w[3] = o->w[4] = 1;
-            else if ((w[0] == 'W' || w[0] == 'w') && ((w[1] >= '1' && w[1] <= '4') || w[1] == '7') &&
-                     !w[2])
+            else if ((w[0] == 'W' || w[0] == 'w') &&
+                     ((w[1] >= '1' && w[1] <= '4') || w[1] == '7') && !w[2])
                 o->w[w[1] - '0'] = 1;
             else
                 return -1;
@@ -391,11 +391,20 @@ static double server_cpu(int port)
     return v;
 }
 
-static double cluster_cpu(const cb_bed *b)
+/* INFO cpu summed over the cluster's masters (masters = 1) or replicas. */
+static double cluster_cpu(const cb_bed *b, int masters)
 {
     double sum = 0;
-    for (int i = 0; i < CB_NODES; i++)
-        sum += server_cpu(b->node[i].port);
+    for (int i = 0; i < CB_NODES; i++) {
+        redisReply *r = cb_cmd(b->node[i].port, "ROLE");
+        int is_master = r && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                        r->element[0]->type == REDIS_REPLY_STRING &&
+                        strcmp(r->element[0]->str, "master") == 0;
+        if (r)
+            freeReplyObject(r);
+        if (is_master == masters)
+            sum += server_cpu(b->node[i].port);
+    }
     return sum;
 }
 
@@ -409,7 +418,7 @@ static void flush_cluster(const cb_bed *b)
  * masters + 3 replicas Redis Cluster on this machine, taking turns in the
  * same run: cycles/s, redirections seen, client CPU per cycle (this
  * process) and server CPU per cycle (INFO cpu deltas, every server of the
- * target: on a cluster the replicas replicating count too). The cluster
+ * target, and split into masters and replicas). The cluster
  * runs twice: with its default (min_replicas auto: a WAIT per batch of
  * grants, as for Sentinel) and with min_replicas 0 (what one node does). */
 static int run_w7(const opts *o, int port)
@@ -441,10 +450,13 @@ static int run_w7(const opts *o, int port)
             } else {
                 bench_reset(port);
             }
-            double s0 = t == ONE ? server_cpu(port) : cluster_cpu(&bed);
+            double m0 = t == ONE ? server_cpu(port) : cluster_cpu(&bed, 1);
+            double r0 = t == ONE ? 0 : cluster_cpu(&bed, 0);
             w2_result w;
             bad += bench_w2(&cfg, cycles, inflight, &w) != 0;
-            double s1 = t == ONE ? server_cpu(port) : cluster_cpu(&bed);
+            double m1 = t == ONE ? server_cpu(port) : cluster_cpu(&bed, 1);
+            double r1 = t == ONE ? 0 : cluster_cpu(&bed, 0);
+            double s0 = m0 + r0, s1 = m1 + r1;
             double n = w.cycles > 0 ? w.cycles : 1;
             fig(&f[t], "cycles", w.cycles);
             fig(&f[t], "errors", w.errors);
@@ -455,6 +467,8 @@ static int run_w7(const opts *o, int port)
             fig(&f[t], "map_refreshes", (double)w.map_refreshes);
             fig(&f[t], "client_cpu_us_per_cycle", w.client_cpu_s * 1e6 / n);
             fig(&f[t], "server_cpu_us_per_cycle", (s1 - s0) * 1e6 / n);
+            fig(&f[t], "master_cpu_us_per_cycle", (m1 - m0) * 1e6 / n);
+            fig(&f[t], "replica_cpu_us_per_cycle", (r1 - r0) * 1e6 / n);
             fprintf(stderr,
                     "W7 run %d/%d %s: %.0f cycles/s, p50 %.0f us, %llu redirections, client "
                     "%.1f us/cycle, servers %.1f us/cycle%s\n",

@@ -499,7 +499,8 @@ static void sub_done(bl_op *op, const bl_op_result *r)
     }
     if (starts(e, "TRYAGAIN") || starts(e, "CLUSTERDOWN")) {
         char why[BL_ERRMSG_MAX];
-        snprintf(why, sizeof why, "Redis Cluster node %s: %.160s", q->node ? q->node->name : "?", e);
+        snprintf(why, sizeof why, "Redis Cluster node %s: %.160s",
+                 q->node ? q->node->name : "?", e);
         if (starts(e, "CLUSTERDOWN"))
             refresh(cl, NULL);
         if (!delay(q))
@@ -613,7 +614,8 @@ static int parse_slots(cluster *cl, const redisReply *rep, const cnode *asked)
             return -1;
         long long lo = e->element[0]->integer, hi = e->element[1]->integer;
         const redisReply *m = e->element[2];
-        if (lo < 0 || hi >= BL_CLUSTER_SLOTS || lo > hi || m->element[0]->type != REDIS_REPLY_STRING ||
+        if (lo < 0 || hi >= BL_CLUSTER_SLOTS || lo > hi ||
+            m->element[0]->type != REDIS_REPLY_STRING ||
             m->element[1]->type != REDIS_REPLY_INTEGER)
             return -1;
         /* An empty address: the node that answered (Redis' own rule). */

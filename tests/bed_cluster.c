@@ -149,7 +149,8 @@ int cb_master_of(cb_bed *b, unsigned slot)
         for (size_t k = 0; k < r->elements; k++) {
             const redisReply *e = r->element[k];
             if (e->type == REDIS_REPLY_ARRAY && e->elements >= 3 &&
-                (unsigned)e->element[0]->integer <= slot && slot <= (unsigned)e->element[1]->integer)
+                (unsigned)e->element[0]->integer <= slot &&
+                slot <= (unsigned)e->element[1]->integer)
                 port = (int)e->element[2]->element[1]->integer;
         }
         freeReplyObject(r);
@@ -246,7 +247,8 @@ int cb_migrate_slot(cb_bed *b, unsigned slot, int to_port, int batch, int pause_
                                    k->element[i]->str, (size_t)k->element[i]->len);
             int bad = !m || (m->type == REDIS_REPLY_ERROR && !strstr(m->str, "NOKEY"));
             char why[200];
-            snprintf(why, sizeof why, "%s", m && m->type == REDIS_REPLY_ERROR ? m->str : "no reply");
+            snprintf(why, sizeof why, "%s",
+                     m && m->type == REDIS_REPLY_ERROR ? m->str : "no reply");
             if (m)
                 freeReplyObject(m);
             if (bad) {

@@ -76,6 +76,32 @@ static unsigned slot_of(const char *posting)
     return bl_key_slot(key, (size_t)n);
 }
 
+/* m waits on posting: its attempt was answered busy and it queued there
+ * (ZSCORE on the slot's master). */
+static int queued_on(void *arg)
+{
+    void **a = arg;
+    bl_manager *m = a[0];
+    const char *posting = a[1];
+    bl_stats st;
+    bl_manager_stats(m, &st);
+    if (st.waiting < 1)
+        return 0;
+    char key[300];
+    snprintf(key, sizeof key, "{bid_lock:ebay:%s}:q", posting);
+    redisReply *r = cb_cmd_key(&bed, key, "ZSCORE %s %s", key, bl_manager_holder(m));
+    int in = r && r->type == REDIS_REPLY_STRING;
+    if (r)
+        freeReplyObject(r);
+    return in;
+}
+
+static int wait_queued_cluster(bl_manager *m, const char *posting)
+{
+    void *a[2] = {m, (void *)posting};
+    return tl_wait_for(T, queued_on, a, 20000);
+}
+
 /* ---- routing ---------------------------------------------------------------------- */
 
 typedef struct hrec2 {
@@ -352,6 +378,59 @@ static void waiter_on_a_migrated_lock(const char *url)
     close_manager(T, b);
 }
 
+/* CLUSTER INFO's count of publish messages sent over the bus, all nodes. */
+static long long bus_publishes(void)
+{
+    long long sum = 0;
+    for (int i = 0; i < CB_NODES; i++) {
+        redisReply *r = cb_cmd(bed.node[i].port, "CLUSTER INFO");
+        const char *p = r && r->type == REDIS_REPLY_STRING
+                            ? strstr(r->str, "cluster_stats_messages_publish_sent:")
+                            : NULL;
+        if (p)
+            sum += atoll(p + strlen("cluster_stats_messages_publish_sent:"));
+        if (r)
+            freeReplyObject(r);
+    }
+    return sum;
+}
+
+/* Hand-offs between two managers: each release that wakes a waiter is one
+ * PUBLISH, broadcast to every other node over the bus. */
+static void bus_cost(const char *url)
+{
+    enum { ROUNDS = 20 };
+    bl_config c = cluster_cfg(url);
+    bl_manager *m[2] = {mk(&c), mk(&c)};
+    rec held = acq(m[0], "bus", 0, 60000);
+    cr_assert_eq(held.status, BL_OK);
+    long long before = bus_publishes();
+    uint64_t wakeups0 = 0;
+    for (int i = 0; i < 2; i++) {
+        bl_stats st;
+        bl_manager_stats(m[i], &st);
+        wakeups0 += st.wakeups;
+    }
+    for (int i = 0; i < ROUNDS; i++) {
+        bl_manager *next = m[(i + 1) % 2];
+        rec w = {0};
+        acq_start(next, "bus", 30000, 60000, &w);
+        cr_assert(wait_queued_cluster(next, "bus"), "bus: round %d: the waiter queued", i);
+        cr_assert_eq(rel(held.lock), BL_OK);
+        cr_assert(tl_wait(T, &w.n, 1, 30000));
+        cr_assert_eq(w.status, BL_OK, "bus: round %d: %s", i, bl_status_name(w.status));
+        held = w;
+    }
+    long long sent = bus_publishes() - before;
+    cr_assert_eq(rel(held.lock), BL_OK);
+    fprintf(stderr, "cluster-test: wake-ups: %d hand-offs, %lld publish messages on the cluster "
+                    "bus (%.1f per release, %d nodes)\n",
+            ROUNDS, sent, (double)sent / ROUNDS, CB_NODES);
+    cr_assert_geq(sent, ROUNDS, "bus: each hand-off's PUBLISH crossed the bus");
+    close_manager(T, m[0]);
+    close_manager(T, m[1]);
+}
+
 Test(cluster, routing_safety_and_resharding)
 {
     start_bed();
@@ -363,6 +442,7 @@ Test(cluster, routing_safety_and_resharding)
     close_manager(T, m);
     safety_while_resharding(url);
     waiter_on_a_migrated_lock(url);
+    bus_cost(url);
     cb_stop(&bed);
 }
 
