@@ -203,9 +203,10 @@ static void routing(bl_manager *m)
 
 #define SAFE_PROCS 4
 #define SAFE_POSTINGS 6
-#define SAFE_RUN_MS 4000
+#define SAFE_AFTER_MS 1500 /* they go on this long after the last slot moved */
 
 typedef struct shared {
+    volatile int stop; /* the parent: every slot moved, and SAFE_AFTER_MS more */
     /* written only under the posting's lock */
     uint64_t counter[SAFE_POSTINGS], last_token[SAFE_POSTINGS];
     /* each process its own */
@@ -232,7 +233,7 @@ static void safety_child(shared *S, int me, const char *url, uint64_t end)
         _exit(0);
     }
     uint64_t rng = (uint64_t)me * 7919 + 1;
-    while (mono_ms() < end) {
+    while (!S->stop && mono_ms() < end) {
         rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
         int p = (int)((rng >> 33) % SAFE_POSTINGS);
         rec r = {0};
@@ -299,7 +300,7 @@ static void safety_while_resharding(const char *url)
     shared *S = mmap(NULL, sizeof *S, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     cr_assert(S != MAP_FAILED);
     memset(S, 0, sizeof *S);
-    uint64_t t0 = mono_ms(), end = t0 + SAFE_RUN_MS;
+    uint64_t t0 = mono_ms(), end = t0 + 120000; /* a bound; S->stop ends them */
     pid_t kid[SAFE_PROCS];
     for (int i = 0; i < SAFE_PROCS; i++) {
         fflush(NULL);
@@ -323,9 +324,12 @@ static void safety_while_resharding(const char *url)
         moved++;
     }
     uint64_t t_moved = mono_ms();
+    usleep(SAFE_AFTER_MS * 1000);
+    S->stop = 1;
+    uint64_t t_stop = mono_ms();
     for (int i = 0; i < SAFE_PROCS; i++) {
         int st;
-        uint64_t until = end + 60000;
+        uint64_t until = t_stop + 60000;
         while (waitpid(kid[i], &st, WNOHANG) != kid[i] && mono_ms() < until)
             usleep(10000);
         if (kill(kid[i], SIGKILL) == 0)
@@ -345,10 +349,10 @@ static void safety_while_resharding(const char *url)
     for (int p = 0; p < SAFE_POSTINGS; p++)
         counted += S->counter[p];
     fprintf(stderr,
-            "cluster-test: safety while resharding: %d processes, %d ms, %d slots moved "
-            "(done at %" PRIu64 " ms); %" PRIu64 " grants, counters sum %" PRIu64
+            "cluster-test: safety while resharding: %d processes, %" PRIu64 " ms, %d slots "
+            "moved (done at %" PRIu64 " ms); %" PRIu64 " grants, counters sum %" PRIu64
             "; %" PRIu64 " redirections followed, %" PRIu64 " map reads\n",
-            SAFE_PROCS, SAFE_RUN_MS, moved, t_moved - t0, grants, counted, redirects, refreshes);
+            SAFE_PROCS, t_stop - t0, moved, t_moved - t0, grants, counted, redirects, refreshes);
     cr_assert_eq(counted, grants, "safety: every counter is exact");
     cr_assert_gt(grants, 100);
     cr_assert_gt(redirects, 0, "the reshard was met (else this test proves nothing)");
@@ -561,7 +565,8 @@ Test(cluster, failover_wakeups_and_cluster_down)
     posting_on(sub_port, 0, "other", other, sizeof other);
     posting_on(sub_port, 1, "gone", gone, sizeof gone);
     rec hy = {0}, hy_lost = {0};
-    acq_start_renewed(h, y, 6000, &hy, &hy_lost);
+    /* ttl 15 s (renewed every 5 s): the lease outlasts a slow failover. */
+    acq_start_renewed(h, y, 15000, &hy, &hy_lost);
     cr_assert(tl_wait(T, &hy.n, 1, 20000));
     cr_assert_eq(hy.status, BL_OK, "held: %s (%s)", bl_status_name(hy.status), hy.errmsg);
 
