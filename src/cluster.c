@@ -72,7 +72,6 @@ typedef struct creq {
     uint64_t started, due;
     uint32_t pause;
     char errbuf[BL_ERRMSG_MAX];
-    char why[BL_ERRMSG_MAX];
     struct creq *next;
 } creq;
 
@@ -270,13 +269,11 @@ static void finish(creq *q, const bl_op_result *r)
 
 static void finish_err(creq *q, int status, const char *why)
 {
-    snprintf(q->why, sizeof q->why, "%s", why);
-    bl_op_result r = {status, 0, 0, q->why, 0};
-    bl_op *orig = q->orig;
-    /* q->why must outlive the call: move it into a local first. */
+    /* why may point into q (or a reply): copy it before q goes. */
     char msg[BL_ERRMSG_MAX];
-    snprintf(msg, sizeof msg, "%s", q->why);
-    r.errmsg = msg;
+    snprintf(msg, sizeof msg, "%s", why);
+    bl_op_result r = {status, 0, 0, msg, 0};
+    bl_op *orig = q->orig;
     free(q);
     orig->done(orig, &r);
 }

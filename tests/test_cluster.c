@@ -228,6 +228,7 @@ static void safety_child(shared *S, int me, const char *url, uint64_t end)
     tloop *t = tl_new();
     bl_config c = cluster_cfg(url);
     bl_manager *m = NULL;
+    int base = rec_calls; /* the parent's, inherited by fork */
     if (bl_manager_new(tl_bl(t), &c, &m) != BL_OK) {
         S->setup[me] = 1;
         _exit(0);
@@ -272,7 +273,11 @@ static void safety_child(shared *S, int me, const char *url, uint64_t end)
             S->rel_err[me]++;
         }
     }
-    tl_run_for(t, 100);
+    tl_run_for(t, 300);
+    /* Every callback once: an acquire's, and a release's after each grant. */
+    int expected = base + (int)(S->grants[me] * 2 + S->acq_err[me]);
+    if (rec_calls != expected)
+        S->extra_cb[me] = (uint32_t)(rec_calls > expected ? rec_calls - expected : 1000000);
     bl_stats st;
     bl_manager_stats(m, &st);
     S->redirects[me] = st.redirects;
@@ -342,6 +347,8 @@ static void safety_while_resharding(const char *url)
         cr_assert_eq(S->acq_err[i] + S->rel_err[i], 0, "safety: process %d saw an error: %s", i,
                      S->why[i]);
         cr_assert_eq(S->bad_token[i], 0, "safety: process %d: a token did not increase", i);
+        cr_assert_eq(S->extra_cb[i], 0, "safety: process %d: a callback came twice (or never)",
+                     i);
         grants += S->grants[i];
         redirects += S->redirects[i];
         refreshes += S->refreshes[i];
@@ -435,6 +442,27 @@ static void bus_cost(const char *url)
     close_manager(T, m[1]);
 }
 
+/* bidlock health on a cluster: a line per master, exit 0. */
+static void cli_health(const char *url)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "env -u REDIS_URL %s health --url '%s' 2>&1", BIDLOCK_CLI_PATH,
+             url);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p);
+    char line[512];
+    int masters = 0, ok = 0;
+    while (fgets(line, sizeof line, p)) {
+        masters += strncmp(line, "master 127.0.0.1:", 17) == 0 && strstr(line, ": ok, ") &&
+                   strstr(line, " slots, round trip ");
+        ok += strncmp(line, "redis-cluster: ok", 17) == 0;
+    }
+    int st = pclose(p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "bidlock health exited %d", st);
+    cr_assert_eq(masters, 3, "bidlock health: one line per master");
+    cr_assert_eq(ok, 1);
+}
+
 Test(cluster, routing_safety_and_resharding)
 {
     start_bed();
@@ -444,6 +472,7 @@ Test(cluster, routing_safety_and_resharding)
     bl_manager *m = mk(&c);
     routing(m);
     close_manager(T, m);
+    cli_health(url);
     safety_while_resharding(url);
     waiter_on_a_migrated_lock(url);
     bus_cost(url);
