@@ -485,6 +485,8 @@ static void sub_done(bl_op *op, const bl_op_result *r)
             return;
         }
         cl->h.event(cl->h.ctx, BL_BE_REDIRECTED);
+        bl_host_log(&cl->h, BL_LOG_DEBUG, "bidlock: %s from %s: to %s", moved ? "MOVED" : "ASK",
+                    q->node ? q->node->name : "?", to->name);
         if (moved) {
             cl->owner[slot] = (uint16_t)to->idx; /* at once; a full read follows */
             refresh(cl, NULL);
@@ -498,6 +500,7 @@ static void sub_done(bl_op *op, const bl_op_result *r)
         char why[BL_ERRMSG_MAX];
         snprintf(why, sizeof why, "Redis Cluster node %s: %.160s",
                  q->node ? q->node->name : "?", e);
+        bl_host_log(&cl->h, BL_LOG_DEBUG, "bidlock: %.160s: retrying", why);
         if (starts(e, "CLUSTERDOWN"))
             refresh(cl, NULL);
         if (!delay(q))

@@ -211,6 +211,7 @@ typedef struct shared {
     uint64_t counter[SAFE_POSTINGS], last_token[SAFE_POSTINGS];
     /* each process its own */
     uint64_t grants[SAFE_PROCS], redirects[SAFE_PROCS], refreshes[SAFE_PROCS];
+    uint32_t moved[SAFE_PROCS], ask[SAFE_PROCS], tryagain[SAFE_PROCS]; /* debug log lines */
     uint32_t bad_token[SAFE_PROCS], acq_err[SAFE_PROCS], rel_err[SAFE_PROCS],
         extra_cb[SAFE_PROCS], hung[SAFE_PROCS], setup[SAFE_PROCS];
     char why[SAFE_PROCS][200];
@@ -223,10 +224,29 @@ static const char *safe_id(int p)
     return ids[p];
 }
 
+static shared *log_S;
+static int log_me;
+
+/* The backend's debug lines name each redirection it followed. */
+static void count_log(int level, const char *msg, void *data)
+{
+    (void)level;
+    (void)data;
+    if (strstr(msg, ": MOVED from "))
+        log_S->moved[log_me]++;
+    else if (strstr(msg, ": ASK from "))
+        log_S->ask[log_me]++;
+    else if (strstr(msg, "TRYAGAIN"))
+        log_S->tryagain[log_me]++;
+}
+
 static void safety_child(shared *S, int me, const char *url, uint64_t end)
 {
     tloop *t = tl_new();
     bl_config c = cluster_cfg(url);
+    log_S = S;
+    log_me = me;
+    c.log = count_log;
     bl_manager *m = NULL;
     int base = rec_calls; /* the parent's, inherited by fork */
     if (bl_manager_new(tl_bl(t), &c, &m) != BL_OK) {
@@ -340,7 +360,8 @@ static void safety_while_resharding(const char *url)
         if (kill(kid[i], SIGKILL) == 0)
             waitpid(kid[i], &st, 0);
     }
-    uint64_t grants = 0, counted = 0, redirects = 0, refreshes = 0;
+    uint64_t grants = 0, counted = 0, redirects = 0, refreshes = 0, moved_n = 0, ask_n = 0,
+             try_n = 0;
     for (int i = 0; i < SAFE_PROCS; i++) {
         cr_assert_eq(S->setup[i], 0, "safety: process %d could not start", i);
         cr_assert_eq(S->hung[i], 0, "safety: process %d: a callback never came", i);
@@ -352,17 +373,23 @@ static void safety_while_resharding(const char *url)
         grants += S->grants[i];
         redirects += S->redirects[i];
         refreshes += S->refreshes[i];
+        moved_n += S->moved[i];
+        ask_n += S->ask[i];
+        try_n += S->tryagain[i];
     }
     for (int p = 0; p < SAFE_POSTINGS; p++)
         counted += S->counter[p];
     fprintf(stderr,
             "cluster-test: safety while resharding: %d processes, %" PRIu64 " ms, %d slots "
             "moved (done at %" PRIu64 " ms); %" PRIu64 " grants, counters sum %" PRIu64
-            "; %" PRIu64 " redirections followed, %" PRIu64 " map reads\n",
-            SAFE_PROCS, t_stop - t0, moved, t_moved - t0, grants, counted, redirects, refreshes);
+            "; %" PRIu64 " redirections followed (%" PRIu64 " MOVED, %" PRIu64 " ASK), %" PRIu64
+            " TRYAGAIN retried, %" PRIu64 " map reads\n",
+            SAFE_PROCS, t_stop - t0, moved, t_moved - t0, grants, counted, redirects, moved_n,
+            ask_n, try_n, refreshes);
     cr_assert_eq(counted, grants, "safety: every counter is exact");
     cr_assert_gt(grants, 100);
     cr_assert_gt(redirects, 0, "the reshard was met (else this test proves nothing)");
+    cr_assert_eq(moved_n + ask_n, redirects, "stats and the debug log agree");
     munmap(S, sizeof *S);
 }
 
