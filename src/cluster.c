@@ -89,6 +89,7 @@ struct cluster {
     char down_why[BL_ERRMSG_MAX];
     /* slot map reads: one at a time, over a list of candidate nodes */
     int refreshing, refresh_again, asked_node;
+    char slots_err[200]; /* the last refusal of a CLUSTER SLOTS in this round */
     int cand[CL_NODES_MAX], ncand, cand_pos;
     cnode *avoid;
     uint64_t last_refresh;
@@ -595,6 +596,7 @@ static void refresh(cluster *cl, cnode *avoid)
         }
     cl->avoid = NULL;
     cl->refreshing = 1;
+    cl->slots_err[0] = '\0';
     cl->last_refresh = now;
     send_refresh(cl);
 }
@@ -763,9 +765,11 @@ static void slots_cb(redisAsyncContext *ac, void *reply_, void *priv)
         refresh_done(cl, 1, NULL);
         return;
     }
-    if (reply && reply->type == REDIS_REPLY_ERROR)
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
         bl_host_log(&cl->h, BL_LOG_WARN, "bidlock: CLUSTER SLOTS on %s: %s", asked->name,
                     reply->str);
+        snprintf(cl->slots_err, sizeof cl->slots_err, "%s: %.120s", asked->name, reply->str);
+    }
     cl->cand_pos++;
     send_refresh(cl);
 }
@@ -786,7 +790,10 @@ static void send_refresh(cluster *cl)
         }
         cl->cand_pos++;
     }
-    refresh_done(cl, 0, cl->shutting ? "manager closed" : "no node answered CLUSTER SLOTS");
+    char why[BL_ERRMSG_MAX];
+    snprintf(why, sizeof why, "no node answered CLUSTER SLOTS%s%.170s%s",
+             cl->slots_err[0] ? " (last: " : "", cl->slots_err, cl->slots_err[0] ? ")" : "");
+    refresh_done(cl, 0, cl->shutting ? "manager closed" : why);
 }
 
 /* ---- wake-ups ------------------------------------------------------------------------ */

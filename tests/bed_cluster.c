@@ -68,6 +68,9 @@ static int pick_port(const cb_bed *b, int n)
     return -1;
 }
 
+/* The password the helpers AUTH with ("" none): cb_cmd takes no bed. */
+static char bed_password[64];
+
 static pid_t launch(cb_bed *b, int i)
 {
     char conf[128], dbf[64], log[128];
@@ -80,13 +83,22 @@ static pid_t launch(cb_bed *b, int i)
                            "--cluster-node-timeout", "2000",
                            "--cluster-require-full-coverage", "no",
                            "--cluster-allow-replica-migration", "no",
-                           "--repl-diskless-sync-delay", "0", NULL};
+                           "--repl-diskless-sync-delay", "0", NULL, NULL, NULL, NULL, NULL};
+    if (b->password[0]) {
+        size_t k = 0;
+        while (extra[k])
+            k++;
+        extra[k++] = "--requirepass";
+        extra[k++] = b->password;
+        extra[k++] = "--masterauth";
+        extra[k++] = b->password;
+    }
     return rsrv_launch("redis-server", NULL, b->node[i].port, extra, log);
 }
 
 redisReply *cb_cmd(int port, const char *fmt, ...)
 {
-    redisContext *c = rsrv_connect(port, NULL, 1000);
+    redisContext *c = rsrv_connect(port, bed_password, 1000);
     if (!c)
         return NULL;
     va_list ap;
@@ -172,7 +184,7 @@ redisReply *cb_cmd_key(cb_bed *b, const char *key, const char *fmt, ...)
     int port = cb_master_of(b, bl_key_slot(key, strlen(key)));
     int asking = 0;
     for (int hop = 0; hop < 6 && port > 0; hop++) {
-        redisContext *c = rsrv_connect(port, NULL, 1000);
+        redisContext *c = rsrv_connect(port, bed_password, 1000);
         if (!c)
             return NULL;
         if (asking)
@@ -309,7 +321,11 @@ int cb_wait_synced(cb_bed *b, int ms)
 int cb_start(cb_bed *b)
 {
     uint64_t t0 = cb_now_ms();
+    char pw[sizeof b->password];
+    snprintf(pw, sizeof pw, "%s", b->password);
     memset(b, 0, sizeof *b);
+    snprintf(b->password, sizeof b->password, "%s", pw);
+    snprintf(bed_password, sizeof bed_password, "%s", pw);
     srand((unsigned)(getpid() ^ (pid_t)t0));
     if (rsrv_tmpdir(b->dir, sizeof b->dir, "cluster") != 0)
         return fail(b, "cannot make a temp dir: %s", strerror(errno));
@@ -320,8 +336,8 @@ int cb_start(cb_bed *b)
             if (b->node[i].port < 0)
                 break;
             b->node[i].pid = launch(b, i);
-            int rc = b->node[i].pid > 0 ? rsrv_wait_ping(b->node[i].port, b->node[i].pid, NULL,
-                                                         5000)
+            int rc = b->node[i].pid > 0 ? rsrv_wait_ping(b->node[i].port, b->node[i].pid,
+                                                         b->password, 5000)
                                         : RSRV_EXITED;
             ok = rc == RSRV_OK;
             if (!ok) {
@@ -338,7 +354,7 @@ int cb_start(cb_bed *b)
             return fail(b, "node %d did not start", i);
         }
     }
-    const char *argv[CB_NODES + 8];
+    const char *argv[CB_NODES + 12];
     char addr[CB_NODES][32];
     int k = 0;
     argv[k++] = "redis-cli";
@@ -351,6 +367,11 @@ int cb_start(cb_bed *b)
     argv[k++] = "--cluster-replicas";
     argv[k++] = "1";
     argv[k++] = "--cluster-yes";
+    if (b->password[0]) {
+        argv[k++] = "-a";
+        argv[k++] = b->password;
+        argv[k++] = "--no-auth-warning";
+    }
     argv[k] = NULL;
     char log[128];
     snprintf(log, sizeof log, "%s/create.log", b->dir);
@@ -424,8 +445,8 @@ int cb_restart(cb_bed *b, int i)
     uint64_t end = cb_now_ms() + 10000;
     for (;;) {
         b->node[i].pid = launch(b, i);
-        if (b->node[i].pid > 0 && rsrv_wait_ping(b->node[i].port, b->node[i].pid, NULL, 5000) ==
-                                      RSRV_OK)
+        if (b->node[i].pid > 0 &&
+            rsrv_wait_ping(b->node[i].port, b->node[i].pid, b->password, 5000) == RSRV_OK)
             return 0;
         rsrv_kill_pid(b->node[i].pid);
         b->node[i].pid = 0;

@@ -31,6 +31,7 @@ typedef struct cb_node {
 
 typedef struct cb_bed {
     char dir[64];
+    char password[64]; /* set before cb_start: every node requires it */
     cb_node node[CB_NODES];
     double up_ms;  /* how long cb_start took */
     char err[512]; /* why the last call returned -1 */
@@ -38,7 +39,10 @@ typedef struct cb_bed {
 
 uint64_t cb_now_ms(void);
 
-/* Start the bed and wait (bounded, ~30 s) until every node says
+/* Start the bed (with b->password, if set before: --requirepass and
+ * --masterauth on every node; the helpers below then AUTH with it; one bed
+ * with a password per process at a time) and wait (bounded, ~30 s) until
+ * every node says
  * cluster_state:ok and knows 3 masters, and every replica's link is up.
  * 0, or -1 with b->err and nothing left running. */
 int cb_start(cb_bed *b);

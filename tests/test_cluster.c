@@ -57,6 +57,9 @@ static bl_config cluster_cfg(const char *url)
     c.reconnect_initial_ms = 50;
     c.backoff_initial_ms = 20;
     c.backoff_max_ms = 200;
+    /* min_replicas is auto on a cluster: a replica of a busy machine may
+     * take more than the default 100 ms to acknowledge (BL_ENOREPL). */
+    c.replica_timeout_ms = 1000;
     return c;
 }
 
@@ -790,4 +793,54 @@ Test(cluster, failover_wakeups_and_cluster_down)
     close_manager(T, h);
     close_manager(T, w);
     cb_stop(&bed);
+}
+
+/* ---- AUTH on every node ----------------------------------------------------------------- */
+
+Test(cluster, auth_on_every_node)
+{
+    memset(&bed, 0, sizeof bed);
+    snprintf(bed.password, sizeof bed.password, "s3cret-cluster");
+    start_bed();
+    char url[192];
+    snprintf(url, sizeof url, "redis-cluster://:s3cret-cluster@127.0.0.1:%d", bed.node[2].port);
+    bl_config c = cluster_cfg(url);
+    bl_manager *m = mk(&c);
+    int masters_seen[CB_NODES] = {0};
+    for (int i = 0; i < 30; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "auth%d", i);
+        rec r = acq(m, id, 0, 60000);
+        cr_assert_eq(r.status, BL_OK, "auth: %s: %s (%s)", id, bl_status_name(r.status),
+                     r.errmsg);
+        masters_seen[cb_index(&bed, cb_master_of(&bed, slot_of(id)))]++;
+        cr_assert_eq(rel(r.lock), BL_OK);
+    }
+    int n = 0;
+    for (int i = 0; i < CB_NODES; i++)
+        n += masters_seen[i] > 0;
+    cr_assert_eq(n, 3, "auth: every master's connection authenticated");
+    close_manager(T, m);
+    /* A wrong password fails closed, with the reason, nothing granted. */
+    snprintf(url, sizeof url, "redis-cluster://:wrong@127.0.0.1:%d", bed.node[2].port);
+    bl_config w = cluster_cfg(url);
+    w.command_timeout_ms = 2000;
+    bl_manager *bad = NULL;
+    cr_assert_eq(bl_manager_new(tl_bl(T), &w, &bad), BL_OK);
+    rec r = {0};
+    bl_acquire_opts o = acq_opts(0, 1000);
+    int rc = bl_acquire(bad, "ebay", "auth0", &o, on_acq, &r, NULL);
+    const char *why = bl_manager_errmsg(bad);
+    if (rc == BL_OK) {
+        cr_assert(tl_wait(T, &r.n, 1, 30000));
+        rc = r.status;
+        why = r.errmsg;
+    }
+    cr_assert_eq(rc, BL_ECONN, "auth: wrong password: %s", bl_status_name(rc));
+    cr_assert(strstr(why, "NOAUTH") || strstr(why, "WRONGPASS") || strstr(why, "AUTH"),
+              "auth: the reason is given: %s", why);
+    cr_assert_null(strstr(why, "wrong@"), "never the password");
+    close_manager(T, bad);
+    cb_stop(&bed);
+    memset(&bed, 0, sizeof bed);
 }
