@@ -350,11 +350,12 @@ typedef struct bl_stats {
     uint64_t reclaims;       /* acquires that took back a lock held under this
                               * manager's id by none of its requests (a grant
                               * whose reply was lost with the connection) */
+    uint64_t held;           /* gauge: locks held right now */
+    uint64_t waiting;        /* gauge: requests between attempts right now */
+    /* (added at the end: the fields above keep their offsets) */
     uint64_t redirects;      /* Redis Cluster: MOVED/ASK answers followed (never seen
                               * by the caller) */
     uint64_t map_refreshes;  /* Redis Cluster: slot maps read (CLUSTER SLOTS) */
-    uint64_t held;           /* gauge: locks held right now */
-    uint64_t waiting;        /* gauge: requests between attempts right now */
 } bl_stats;
 
 BL_API void bl_manager_stats(const bl_manager *m, bl_stats *out);
