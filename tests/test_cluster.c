@@ -32,9 +32,17 @@
 #include "helpers.h"
 #include "keyspace.h"
 
-TestSuite(cluster, .init = fx_loop_init, .fini = fx_loop_fini, .timeout = 240);
-
 static cb_bed bed;
+
+/* A failed assertion skips the test's own cb_stop: stop the bed here too
+ * (safe twice), so no temp dir is left behind (the nodes die with us). */
+static void fini(void)
+{
+    cb_stop(&bed);
+    fx_loop_fini();
+}
+
+TestSuite(cluster, .init = fx_loop_init, .fini = fini, .timeout = 240);
 
 static void start_bed(void)
 {
