@@ -603,28 +603,40 @@ Test(cluster, failover_wakeups_and_cluster_down)
     cw.backoff_initial_ms = cw.backoff_max_ms = 20000; /* only a wake-up is quick */
     bl_manager *w = mk(&cw);
 
-    /* The waiter's subscriptions go to one master: find it. */
+    /* The waiter's subscriptions go to one master: find it, with a first
+     * wait (then released: the waiter gets it). */
     char x[32], chan[512];
-    int sub_port = cb_master_of(&bed, 0);
+    rec hp = acq(h, "subprobe", 0, 60000), wp = {0};
+    cr_assert_eq(hp.status, BL_OK);
+    acq_start(w, "subprobe", 60000, 0, &wp);
+    snprintf(chan, sizeof chan, "{bid_lock:ebay:subprobe}|%s", bl_manager_holder(w));
+    uint64_t until = mono_ms() + 10000;
+    int sub_port = -1;
+    while (sub_port < 0 && mono_ms() < until) {
+        tl_run_for(T, 20);
+        int ms[8], n = cb_masters(&bed, ms, 8);
+        for (int i = 0; i < n; i++)
+            if (numsub(ms[i], chan) == 1)
+                sub_port = ms[i];
+    }
+    cr_assert_gt(sub_port, 0, "wake-ups: the waiter subscribed");
+    cr_assert_eq(rel(hp.lock), BL_OK);
+    cr_assert(tl_wait(T, &wp.n, 1, 30000));
+    cr_assert_eq(wp.status, BL_OK, "wake-ups: the first waiter got it");
+    cr_assert_eq(rel(wp.lock), BL_OK);
+    int victim = cb_index(&bed, sub_port);
+    /* The lock waited on through the failover is on another master. */
     posting_on(sub_port, 0, "wx", x, sizeof x);
     rec hx = acq(h, x, 0, 60000);
     cr_assert_eq(hx.status, BL_OK);
     rec wx = {0};
     acq_start(w, x, 60000, 0, &wx);
+    cr_assert(wait_queued_cluster(w, x), "wake-ups: the waiter queued");
     snprintf(chan, sizeof chan, "{bid_lock:ebay:%s}|%s", x, bl_manager_holder(w));
-    uint64_t until = mono_ms() + 10000;
-    int found = -1;
-    while (found < 0 && mono_ms() < until) {
+    until = mono_ms() + 10000;
+    while (numsub(sub_port, chan) != 1 && mono_ms() < until)
         tl_run_for(T, 20);
-        int ms[8], n = cb_masters(&bed, ms, 8);
-        for (int i = 0; i < n; i++)
-            if (numsub(ms[i], chan) == 1)
-                found = ms[i];
-    }
-    cr_assert_gt(found, 0, "wake-ups: the waiter subscribed");
-    sub_port = found;
-    cr_assert_neq(cb_master_of(&bed, slot_of(x)), sub_port, "the waited lock is elsewhere");
-    int victim = cb_index(&bed, sub_port);
+    cr_assert_eq(numsub(sub_port, chan), 1, "wake-ups: subscribed on :%d", sub_port);
 
     /* A lock held on the victim, renewed (auto_extend), with WAIT. */
     char y[32], other[32], gone[32];
