@@ -112,14 +112,20 @@ enum bl_backend_kind {
 
 /* bl_config.min_replicas: see there. */
 #define BL_REPLICAS_AUTO (-1)    /* the replicas connected to the master now */
-#define BL_REPLICAS_DEFAULT (-2) /* AUTO for a redis-sentinel:// url, else 0 */
+#define BL_REPLICAS_DEFAULT (-2) /* AUTO for a Sentinel or Cluster url, else 0 */
 
 typedef struct bl_config {
     /* Where Redis is. A url, when set, wins over the fields below it:
      *   redis://[[user]:password@]host[:port][/db]
      *   unix:///path/to/socket[?db=N]
      *   redis-sentinel://[[user]:password@]host[:port][,host[:port]...][/db]#NAME
+     *   redis-cluster://[[user]:password@]host[:port][,host[:port]...]
      * (port 6379, db 0 when left out; IPv6 in brackets: redis://[::1]:6380/2).
+     * redis-cluster:// names 1..16 seed nodes of a Redis (or Valkey)
+     * Cluster: the slot map is read from any that answers, and every lock
+     * goes to the master of its key's slot (README, "Redis Cluster"); the
+     * credentials are every node's; no db. Seed host names are resolved once
+     * in bl_manager_new; the nodes the map names must be numeric addresses.
      * redis-sentinel:// names 1..16 Sentinels (port 26379 when left out) that
      * are asked where the master called NAME is; NAME is required (1..256
      * printable bytes, no space; percent-decoded, so a '@' is %40). Its
@@ -163,7 +169,8 @@ typedef struct bl_config {
      * many; BL_REPLICAS_AUTO = as many as are connected to the master (read
      * with ROLE at every (re)connect and after a shortfall; none connected:
      * no WAIT, and a warning in the log); BL_REPLICAS_DEFAULT = AUTO for a
-     * redis-sentinel:// url, 0 for redis:// and unix:// (bidlock then
+     * redis-sentinel:// or redis-cluster:// url (per master), 0 for
+     * redis:// and unix:// (bidlock then
      * talks to one fixed server and follows no failover, and WAIT costs up
      * to a third of the throughput - set it if something else, a virtual IP
      * or a proxy, can move that address to a replica).
@@ -348,6 +355,10 @@ typedef struct bl_stats {
     uint64_t groups;         /* of requests: bl_acquire_many calls that started */
     uint64_t held;           /* gauge: locks held right now */
     uint64_t waiting;        /* gauge: requests between attempts right now */
+    /* (added at the end: the fields above keep their offsets) */
+    uint64_t redirects;      /* Redis Cluster: MOVED/ASK answers followed (never seen
+                              * by the caller) */
+    uint64_t map_refreshes;  /* Redis Cluster: slot maps read (CLUSTER SLOTS) */
 } bl_stats;
 
 BL_API void bl_manager_stats(const bl_manager *m, bl_stats *out);
@@ -528,7 +539,23 @@ typedef struct bl_health {
     const char *role;
     int replicas;
     const char *server;
+    /* Redis Cluster (redis-cluster:// url): one entry per master of the slot
+     * map, the fields above then summing them up (status: the first
+     * failure; latency: the slowest; server: the first master). 0 and NULL
+     * otherwise. Valid inside the callback. */
+    int nodes;
+    const struct bl_node_health *node;
 } bl_health;
+
+typedef struct bl_node_health {
+    const char *server;  /* "ip:port" */
+    int slots;           /* hash slots it serves */
+    int status;          /* BL_OK, BL_ECONN, BL_EREDIS */
+    int state;           /* enum bl_conn_state of its lock connection */
+    double latency_ms;   /* PING round trip */
+    int replicas;        /* replicas connected to it (ROLE), -1 unknown */
+    const char *errmsg;  /* for failures */
+} bl_node_health;
 
 typedef void (*bl_health_cb)(bl_manager *m, const bl_health *h, void *data);
 

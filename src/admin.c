@@ -27,7 +27,8 @@ static void deliver(bl_aop *op)
     case BL_AOP_PING: {
         bl_health h = {op->status, m->be->vt->conn_state(m->be), op->latency_ms,
                        m->be->vt->name, op->errmsg, op->role[0] ? op->role : NULL,
-                       op->replicas, op->server[0] ? op->server : NULL};
+                       op->replicas, op->server[0] ? op->server : NULL,
+                       op->nnodes, op->nodes};
         r->cb.health(m, &h, r->data);
         break;
     }

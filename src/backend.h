@@ -87,6 +87,8 @@ typedef struct bl_aop {
     char role[16];      /* ping: "master"/"replica", "" unknown */
     int replicas;       /* ping: -1 unknown */
     char server[64];    /* ping: "ip:port", "" unknown */
+    int nnodes;         /* ping, Redis Cluster: entries in nodes (the backend's) */
+    const struct bl_node_health *nodes;
     /* engine hooks: deliver runs the user's callback (once); release frees
      * the op (and its timer). An answer that did not come in time is
      * delivered at once and released when the late answer, or the
@@ -98,6 +100,7 @@ typedef struct bl_aop {
     struct bl_aop *next;
     bl_timer *timer;     /* bounds the wait for an answer; freed by release */
     int orphaned;        /* delivered already; release it on the late answer */
+    int inflight;        /* cleanup on a cluster node: script calls out (one key each) */
 } bl_aop;
 
 static inline void bl_aop_done(bl_aop *op)
@@ -111,6 +114,8 @@ enum bl_be_event {
     BL_BE_RECONNECTED,    /* the connection came back after a loss */
     BL_BE_WAIT_SHORT,     /* a grant or renewal was not acknowledged by enough replicas */
     BL_BE_MASTER_CHANGED, /* now on another master (failover): re-verify held leases */
+    BL_BE_REDIRECTED,     /* Redis Cluster: a MOVED or ASK answer was followed */
+    BL_BE_MAP_REFRESHED,  /* Redis Cluster: the slot map was read */
 };
 
 /* What a backend is given at creation. Copied by the backend; every

@@ -96,6 +96,8 @@ static void host_event(void *ctx, int ev)
     switch (ev) {
     case BL_BE_RECONNECTED: m->stats.reconnects++; break;
     case BL_BE_WAIT_SHORT: m->stats.replica_shortfalls++; break;
+    case BL_BE_REDIRECTED: m->stats.redirects++; break;
+    case BL_BE_MAP_REFRESHED: m->stats.map_refreshes++; break;
     case BL_BE_MASTER_CHANGED:
         m->stats.failovers++;
         for (bl_lock *l = m->locks; l; l = l->next)

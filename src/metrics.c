@@ -81,6 +81,8 @@ size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len)
             "Grants or renewals fewer than min_replicas replicas acknowledged in time.",
             s->replica_shortfalls);
     counter(&o, "failovers_total", "Master changes followed.", s->failovers);
+    counter(&o, "redirects_total", "Redis Cluster MOVED/ASK answers followed.", s->redirects);
+    counter(&o, "map_refreshes_total", "Redis Cluster slot maps read.", s->map_refreshes);
     counter(&o, "reverified_total", "Held leases re-checked at once after a failover.",
             s->reverified);
     counter(&o, "reclaims_total", "Locks taken back from a grant whose reply was lost.",

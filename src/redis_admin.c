@@ -129,6 +129,54 @@ static void inspect_cb(redisAsyncContext *ac, void *reply_, void *priv)
 
 static int scan_step(redis_be *r, bl_aop *op);
 
+/* A cluster node: one script call per key (keys of a SCAN batch are in
+ * many slots). The last answer of a batch goes on with the scan; an error
+ * is kept and reported once they are all in. */
+static void cleanup_key_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer >= 0)
+        op->removed += (uint64_t)reply->integer;
+    else if (op->status == BL_OK) {
+        op->status = reply ? BL_EREDIS : BL_ECONN;
+        snprintf(op->errmsg, sizeof op->errmsg, "%s",
+                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str
+                 : reply                                   ? "unexpected reply"
+                                                           : redis_conn_errmsg(ac->data, ac));
+    }
+    if (--op->inflight > 0)
+        return;
+    if (!aop_answered(op))
+        return;
+    conn *c = ac->data;
+    if (op->status != BL_OK || strcmp(op->cursor, "0") == 0) {
+        bl_aop_done(op);
+    } else if (!c || scan_step(c->r, op) != 0) {
+        op->status = BL_ECONN;
+        snprintf(op->errmsg, sizeof op->errmsg, "connection to Redis is closing");
+        bl_aop_done(op);
+    }
+}
+
+static int cleanup_per_key(redis_be *r, redisAsyncContext *ac, bl_aop *op, const char **keys,
+                           const size_t *lens, long nkeys, long nlocks)
+{
+    const char *holder = op->mine_only ? r->h.holder : "";
+    op->status = BL_OK;
+    op->inflight = 0;
+    for (long i = 0; i < nkeys; i++) {
+        const char *argv[6] = {"EVAL", r->body[BL_SCRIPT_CLEANUP], "1", keys[i], holder,
+                               i < nlocks ? "1" : "0"};
+        size_t alen[6] = {4, strlen(argv[1]), 1, lens[i], strlen(holder), 1};
+        if (redisAsyncCommandArgv(ac, cleanup_key_cb, op, 6, argv, alen) != REDIS_OK)
+            break;
+        op->inflight++;
+    }
+    aop_arm(r, op);
+    return op->inflight == nkeys ? REDIS_OK : op->inflight ? REDIS_OK : REDIS_ERR;
+}
+
 static void cleanup_batch_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
@@ -192,11 +240,13 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
         }
     int argc = 3 + (int)nkeys;
     int rc;
-    if (nkeys > 0) {
+    if (nkeys > 0 && r->cluster_node) {
+        rc = cleanup_per_key(r, ac, op, argv + 3, lens + 3, nkeys, nlocks);
+    } else if (nkeys > 0) {
         char nk[24], nl[24];
         const char *holder = op->mine_only ? r->h.holder : "";
         argv[0] = "EVAL", lens[0] = 4;
-        argv[1] = bl_scripts[BL_SCRIPT_CLEANUP].body;
+        argv[1] = r->body[BL_SCRIPT_CLEANUP];
         lens[1] = strlen(argv[1]);
         argv[2] = nk, lens[2] = (size_t)snprintf(nk, sizeof nk, "%ld", nkeys);
         argv[argc] = holder, lens[argc++] = strlen(holder);
@@ -236,7 +286,7 @@ static int send_inspect(redis_be *r, bl_aop *op)
     const char *argv[3 + 5];
     size_t lens[3 + 5];
     argv[0] = "EVAL", lens[0] = 4;
-    argv[1] = bl_scripts[BL_SCRIPT_INSPECT].body, lens[1] = strlen(argv[1]);
+    argv[1] = r->body[BL_SCRIPT_INSPECT], lens[1] = strlen(argv[1]);
     argv[2] = nkeys == 5 ? "5" : "3", lens[2] = 1;
     for (int i = 0; i < nkeys; i++)
         argv[3 + i] = k->k[order[i]], lens[3 + i] = k->len[order[i]];

@@ -38,7 +38,7 @@ void redis_load_scripts(redis_be *r)
         return;
     for (int i = 0; i < EVALSHA_SCRIPTS; i++)
         if (redisAsyncCommand(r->cmd.ac, script_load_cb, (void *)(intptr_t)i, "SCRIPT LOAD %s",
-                              bl_scripts[i].body) == REDIS_OK)
+                              r->body[i]) == REDIS_OK)
             r->loads_pending++;
 }
 
@@ -145,7 +145,7 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
 #define KEY(i) ARG(k->k[i], k->len[i])
     if (by_body || !r->sha_ok[s]) {
         ARG("EVAL", 4);
-        ARG(bl_scripts[s].body, strlen(bl_scripts[s].body));
+        ARG(r->body[s], strlen(r->body[s]));
     } else {
         ARG("EVALSHA", 7);
         ARG(r->sha[s], 40);
@@ -241,7 +241,7 @@ static int send_group(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
 #define NUM(buf, v) ARG(buf, bl_u64_dec(buf, (v)))
     if (by_body || !r->sha_ok[s]) {
         ARG("EVAL", 4);
-        ARG(bl_scripts[s].body, strlen(bl_scripts[s].body));
+        ARG(r->body[s], strlen(r->body[s]));
     } else {
         ARG("EVALSHA", 7);
         ARG(r->sha[s], 40);
@@ -296,6 +296,20 @@ int redis_op_start(bl_backend *be, bl_op *op)
     }
     /* While connecting, hiredis buffers the command until the socket is up
      * and fails it with a NULL reply if the connect fails. */
+    return send_op(r, op, op->kind, 0, op_reply_cb);
+}
+
+int redis_op_start_asking(bl_backend *be, bl_op *op)
+{
+    redis_be *r = (redis_be *)be;
+    if (r->cmd.state == CONN_DOWN || !r->cmd.ac) {
+        snprintf(op->errbuf, BL_ERRMSG_MAX, "not connected to Redis: %s",
+                 r->cmd.last_err[0] ? r->cmd.last_err : "connection down");
+        return BL_ECONN;
+    }
+    /* Its reply is OK (or an error that the next reply then reflects). */
+    if (redisAsyncCommand(r->cmd.ac, NULL, NULL, "ASKING") != REDIS_OK)
+        return BL_ECONN;
     return send_op(r, op, op->kind, 0, op_reply_cb);
 }
 

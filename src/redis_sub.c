@@ -218,3 +218,23 @@ void redis_sub_watch(bl_backend *be, const char *key, size_t keylen, int on)
         LOOP(r)->timer_start(r->linger_timer, LINGER_MS);
     }
 }
+
+typedef struct visit {
+    void (*fn)(void *arg, const char *key, size_t keylen);
+    void *arg;
+} visit;
+
+static void visit_one(redis_be *r, sub_entry *e, void *arg)
+{
+    (void)r;
+    visit *v = arg;
+    if (e->wanted)
+        v->fn(v->arg, e->key, e->keylen);
+}
+
+void redis_sub_each_wanted(redis_be *r, void (*fn)(void *arg, const char *key, size_t keylen),
+                           void *arg)
+{
+    visit v = {fn, arg};
+    each(r, visit_one, &v);
+}

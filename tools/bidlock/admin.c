@@ -83,6 +83,19 @@ static void on_health(bl_manager *m, const bl_health *h, void *data)
     app *a = data;
     if (a->finishing)
         return;
+    /* Redis Cluster: one line per master (address, slots, state, RTT). */
+    for (int i = 0; i < h->nodes; i++) {
+        const bl_node_health *n = &h->node[i];
+        if (n->status == BL_OK)
+            printf("master %s: ok, %d slots, round trip %.3f ms", n->server, n->slots,
+                   n->latency_ms);
+        else
+            printf("master %s: %s, %d slots (%s)", n->server, bl_status_name(n->status),
+                   n->slots, n->errmsg ? n->errmsg : bl_strerror(n->status));
+        if (n->replicas >= 0)
+            printf(", %d replica%s connected", n->replicas, n->replicas == 1 ? "" : "s");
+        printf("\n");
+    }
     if (h->status != BL_OK) {
         say("%s", detail(h->status, h->errmsg));
         finish(a, connection_code(h->status));
