@@ -736,42 +736,36 @@ static int start_request(bl_manager *m, const bl_posting *p, size_t n, int group
     return BL_OK;
 }
 
-int bl_acquire(bl_manager *m, const char *marketplace, const char *posting,
-               const bl_acquire_opts *opts, bl_acquire_cb cb, void *data, bl_lock **lockp)
+static int acquire_as(bl_manager *m, const bl_posting *p, size_t n, int group,
+                      const bl_acquire_opts *opts, bl_acquire_cb cb, void *data, bl_lock **lockp)
 {
     if (m && !cb)
         return bl_mgr_fail(m, BL_EINVAL, "callback is NULL");
     bl_lock *lock;
-    bl_posting p = {marketplace, posting};
-    int rc = start_request(m, &p, 1, 0, opts, &lock);
+    int rc = start_request(m, p, n, group, opts, &lock);
     if (rc)
         return rc;
     lock->acb = cb;
     lock->adata = data;
     m->stats.requests++;
+    m->stats.groups += group;
     if (lockp)
         *lockp = lock;
     attempt(lock);
     return BL_OK;
 }
 
+int bl_acquire(bl_manager *m, const char *marketplace, const char *posting,
+               const bl_acquire_opts *opts, bl_acquire_cb cb, void *data, bl_lock **lockp)
+{
+    bl_posting p = {marketplace, posting};
+    return acquire_as(m, &p, 1, 0, opts, cb, data, lockp);
+}
+
 int bl_acquire_many(bl_manager *m, const bl_posting *postings, size_t n,
                     const bl_acquire_opts *opts, bl_acquire_cb cb, void *data, bl_lock **lockp)
 {
-    if (m && !cb)
-        return bl_mgr_fail(m, BL_EINVAL, "callback is NULL");
-    bl_lock *lock;
-    int rc = start_request(m, postings, n, 1, opts, &lock);
-    if (rc)
-        return rc;
-    lock->acb = cb;
-    lock->adata = data;
-    m->stats.requests++;
-    m->stats.groups++;
-    if (lockp)
-        *lockp = lock;
-    attempt(lock);
-    return BL_OK;
+    return acquire_as(m, postings, n, 1, opts, cb, data, lockp);
 }
 
 int bl_with_lock(bl_manager *m, const char *marketplace, const char *posting,

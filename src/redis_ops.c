@@ -126,6 +126,20 @@ static int script_of(enum bl_op_kind kind, size_t nkeys)
 static int send_group(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
                       redisCallbackFn *cb);
 
+/* "EVALSHA sha" (or "EVAL body" when by_body or not cached) into argv[0..2):
+ * returns 2. */
+static int script_head(const redis_be *r, int s, int by_body, const char **argv, size_t *lens)
+{
+    if (by_body || !r->sha_ok[s]) {
+        argv[0] = "EVAL", lens[0] = 4;
+        argv[1] = r->body[s], lens[1] = strlen(r->body[s]);
+    } else {
+        argv[0] = "EVALSHA", lens[0] = 7;
+        argv[1] = r->sha[s], lens[1] = 40;
+    }
+    return 2;
+}
+
 /* The script call for kind on op's keys; its reply goes to cb(op), or
  * nowhere when cb is NULL. */
 static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
@@ -143,13 +157,7 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
 #define ARG(p, n) (argv[argc] = (p), lens[argc++] = (n))
 #define NUM(buf, v) ARG(buf, bl_u64_dec(buf, (v)))
 #define KEY(i) ARG(k->k[i], k->len[i])
-    if (by_body || !r->sha_ok[s]) {
-        ARG("EVAL", 4);
-        ARG(r->body[s], strlen(r->body[s]));
-    } else {
-        ARG("EVALSHA", 7);
-        ARG(r->sha[s], 40);
-    }
+    argc = script_head(r, s, by_body, argv, lens);
     switch (kind) {
     case BL_OP_ACQUIRE:
         ARG(r->legacy_keys ? "6" : "4", 1);
@@ -239,13 +247,7 @@ static int send_group(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
         return BL_EINVAL;
 #define ARG(p, n) (argv[argc] = (p), lens[argc++] = (n))
 #define NUM(buf, v) ARG(buf, bl_u64_dec(buf, (v)))
-    if (by_body || !r->sha_ok[s]) {
-        ARG("EVAL", 4);
-        ARG(r->body[s], strlen(r->body[s]));
-    } else {
-        ARG("EVALSHA", 7);
-        ARG(r->sha[s], 40);
-    }
+    argc = script_head(r, s, by_body, argv, lens);
     NUM(nk, (uint64_t)op->nkeys * (uint64_t)stride);
     for (size_t i = 0; i < op->nkeys; i++)
         for (int j = 0; j < stride; j++)
