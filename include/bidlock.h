@@ -455,8 +455,11 @@ typedef struct bl_posting {
  * own fencing token (bl_lock_token_at). Returns BL_EINVAL without sending
  * anything for n == 0 or n > BL_GROUP_MAX, an invalid id ("posting 3:
  * marketplace contains ':'") or a posting given twice. In a Redis Cluster
- * every posting of a group must hash to one slot (else BL_EREDIS,
- * CROSSSLOT). */
+ * postings in different slots cannot share a script: they are taken one
+ * at a time in one fixed order (their keys, bytewise), and the first that
+ * is taken or done gives back what the group took; a release or renewal
+ * goes to each; so a group is held whole or not at all once its callback
+ * says so, though another client may see part of it held for a moment. */
 BL_API int bl_acquire_many(bl_manager *m, const bl_posting *postings, size_t n,
                            const bl_acquire_opts *opts, bl_acquire_cb cb, void *data,
                            bl_lock **lockp);

@@ -513,20 +513,215 @@ static void sub_done(bl_op *op, const bl_op_result *r)
     finish(q, r);
 }
 
+/* ---- groups across slots ---------------------------------------------------------
+ * A group (bl_acquire_many) whose postings share a slot runs as one script
+ * on its master. Across slots no script can: the postings are taken one at
+ * a time, in one fixed order (their lock keys, bytewise: two groups that
+ * overlap meet in the same order), each by the single-posting acquire
+ * without a queue entry; the first that is taken or done gives back what
+ * this one took and ends the group with that posting's answer, so a group
+ * never holds part of itself while it waits (the engine retries it on its
+ * timer). Release, release-done and renewal go to every posting at once. */
+
+typedef struct cgroup cgroup;
+typedef struct cpart {
+    bl_op op; /* first: its done gets back here */
+    cgroup *g;
+    size_t i; /* the posting, in the caller's order */
+} cpart;
+
+enum { CG_ACQUIRE, CG_ROLLBACK, CG_ALL };
+
+struct cgroup {
+    cluster *cl;
+    bl_op *orig;
+    size_t n, next, pending;
+    int phase;
+    size_t order[BL_GROUP_MAX];
+    int taken[BL_GROUP_MAX];
+    cpart part[BL_GROUP_MAX];
+    bl_op_result res; /* the group's answer once decided (errmsg -> err) */
+    char err[BL_ERRMSG_MAX], errbuf[BL_ERRMSG_MAX];
+};
+
+static int cl_start(bl_backend *be, bl_op *op);
+static void cg_done(bl_op *op, const bl_op_result *r);
+
+/* Never called inside cl_start for the group's own op (the engine's rule:
+ * done comes later): group_start answers a failure it meets before
+ * anything was sent by its return value instead. */
+static void cg_finish(cgroup *g)
+{
+    bl_op *orig = g->orig;
+    bl_op_result r = g->res;
+    char msg[BL_ERRMSG_MAX];
+    snprintf(msg, sizeof msg, "%s", g->err);
+    r.errmsg = r.status == BL_OK || r.status == BL_EBUSY || r.status == BL_EDONE ||
+                       r.status == BL_ENOTHELD
+                   ? NULL
+                   : msg;
+    if (r.status == BL_OK && orig->kind == BL_OP_ACQUIRE)
+        r.token = orig->tokens[0];
+    free(g);
+    orig->done(orig, &r);
+}
+
+/* Keep the first error of the group (a connection or server error wins
+ * over "not held"). */
+static void cg_note(cgroup *g, const bl_op_result *r, size_t i)
+{
+    int serious = r->status != BL_OK && r->status != BL_ENOTHELD;
+    int had = g->res.status != BL_OK && g->res.status != BL_ENOTHELD;
+    if (r->status == BL_OK || had || (!serious && g->res.status == BL_ENOTHELD))
+        return;
+    g->res.status = r->status;
+    g->res.index = (int)i;
+    snprintf(g->err, sizeof g->err, "%s", r->errmsg ? r->errmsg : "");
+}
+
+static int cg_send(cgroup *g, size_t i, enum bl_op_kind kind)
+{
+    cpart *p = &g->part[i];
+    bl_op *o = g->orig;
+    p->op = (bl_op){.kind = kind, .keys = &o->keys[i], .ttl_ms = o->ttl_ms,
+                    .errbuf = g->errbuf, .done = NULL};
+    p->g = g;
+    p->i = i;
+    p->op.done = cg_done;
+    g->errbuf[0] = '\0';
+    return cl_start(&g->cl->base, &p->op);
+}
+
+static void cg_rollback(cgroup *g);
+
+/* Take the next posting, in order; all taken: the group holds. */
+static void cg_next(cgroup *g)
+{
+    while (g->next < g->n) {
+        size_t i = g->order[g->next];
+        int rc = cg_send(g, i, BL_OP_ACQUIRE);
+        if (rc == 0)
+            return; /* cg_done goes on */
+        bl_op_result r = {rc, 0, 0, g->errbuf, 0, 0};
+        cg_note(g, &r, i);
+        cg_rollback(g);
+        return;
+    }
+    cg_finish(g);
+}
+
+/* Give back every posting this acquire took, then answer. */
+static void cg_rollback(cgroup *g)
+{
+    g->phase = CG_ROLLBACK;
+    g->pending = 1; /* this loop's own hold: no answer inside it finishes */
+    for (size_t k = 0; k < g->n; k++)
+        if (g->taken[k]) {
+            g->taken[k] = 0;
+            if (cg_send(g, k, BL_OP_RELEASE) == 0)
+                g->pending++;
+        }
+    if (--g->pending == 0)
+        cg_finish(g);
+}
+
+static void cg_done(bl_op *op, const bl_op_result *r)
+{
+    cpart *p = (cpart *)op;
+    cgroup *g = p->g;
+    switch (g->phase) {
+    case CG_ACQUIRE:
+        if (r->status == BL_OK) {
+            g->taken[p->i] = 1;
+            g->orig->tokens[p->i] = r->token;
+            g->next++;
+            cg_next(g);
+            return;
+        }
+        /* taken (by anyone, our own id too: a group never reclaims), done,
+         * or an error: this answer is the group's */
+        g->res = (bl_op_result){r->status, 0, 0, NULL, 0, (int)p->i};
+        snprintf(g->err, sizeof g->err, "%s", r->errmsg ? r->errmsg : "");
+        cg_rollback(g);
+        return;
+    case CG_ROLLBACK:
+        if (--g->pending == 0)
+            cg_finish(g);
+        return;
+    default:
+        if (r->handed_off)
+            g->res.handed_off = 1;
+        cg_note(g, r, p->i);
+        if (--g->pending == 0)
+            cg_finish(g);
+        return;
+    }
+}
+
+static int cmp_keys(const void *a, const void *b, void *ks)
+{
+    const bl_keys *k = ks;
+    const bl_keys *x = &k[*(const size_t *)a], *y = &k[*(const size_t *)b];
+    size_t n = x->len[BL_KEY_LOCK] < y->len[BL_KEY_LOCK] ? x->len[BL_KEY_LOCK] : y->len[BL_KEY_LOCK];
+    int c = memcmp(x->k[BL_KEY_LOCK], y->k[BL_KEY_LOCK], n);
+    return c ? c : (x->len[BL_KEY_LOCK] > y->len[BL_KEY_LOCK]) - (x->len[BL_KEY_LOCK] < y->len[BL_KEY_LOCK]);
+}
+
+static int group_start(cluster *cl, bl_op *op)
+{
+    if (op->kind != BL_OP_ACQUIRE && op->kind != BL_OP_RELEASE &&
+        op->kind != BL_OP_RELEASE_DONE && op->kind != BL_OP_EXTEND) {
+        snprintf(op->errbuf, BL_ERRMSG_MAX, "a group cannot do that");
+        return BL_EINVAL;
+    }
+    cgroup *g = calloc(1, sizeof *g);
+    if (!g) {
+        snprintf(op->errbuf, BL_ERRMSG_MAX, "out of memory");
+        return BL_ENOMEM;
+    }
+    g->cl = cl;
+    g->orig = op;
+    g->n = op->nkeys;
+    g->res = (bl_op_result){BL_OK, 0, 0, NULL, 0, 0};
+    for (size_t i = 0; i < g->n; i++)
+        g->order[i] = i;
+    qsort_r(g->order, g->n, sizeof g->order[0], cmp_keys, (void *)op->keys);
+    int rc = 0;
+    if (op->kind == BL_OP_ACQUIRE) {
+        g->phase = CG_ACQUIRE;
+        rc = cg_send(g, g->order[0], BL_OP_ACQUIRE); /* cg_done takes the next */
+    } else {
+        g->phase = CG_ALL;
+        int first = 0;
+        for (size_t k = 0; k < g->n; k++) {
+            size_t i = g->order[k];
+            int r1 = cg_send(g, i, op->kind);
+            if (r1 == 0) {
+                g->pending++; /* answers never come inside cl_start */
+                continue;
+            }
+            bl_op_result r = {r1, 0, 0, g->errbuf, 0, 0};
+            cg_note(g, &r, i);
+            first = first ? first : r1;
+        }
+        rc = g->pending ? 0 : first;
+    }
+    if (rc) { /* nothing went out */
+        snprintf(op->errbuf, BL_ERRMSG_MAX, "%s", g->errbuf[0] ? g->errbuf : g->err);
+        free(g);
+    }
+    return rc;
+}
+
 static int cl_start(bl_backend *be, bl_op *op)
 {
     cluster *cl = (cluster *)be;
-    /* A group runs as one script on one node: its postings must share a
-     * slot (groups across slots are not built yet). */
+    /* A group on one slot is one script on its master; across slots it
+     * is taken posting by posting (above). */
     for (size_t i = 1; i < op->nkeys; i++)
         if (bl_key_slot(op->keys[i].k[BL_KEY_LOCK], op->keys[i].len[BL_KEY_LOCK]) !=
-            bl_key_slot(op->keys[0].k[BL_KEY_LOCK], op->keys[0].len[BL_KEY_LOCK])) {
-            snprintf(op->errbuf, BL_ERRMSG_MAX,
-                     "CROSSSLOT the postings of a group are in different Redis Cluster slots "
-                     "(%s and %s); bidlock takes a group on one slot only",
-                     op->keys[0].k[BL_KEY_LOCK], op->keys[i].k[BL_KEY_LOCK]);
-            return BL_EREDIS;
-        }
+            bl_key_slot(op->keys[0].k[BL_KEY_LOCK], op->keys[0].len[BL_KEY_LOCK]))
+            return group_start(cl, op);
     creq *q = calloc(1, sizeof *q);
     if (!q) {
         snprintf(op->errbuf, BL_ERRMSG_MAX, "out of memory");

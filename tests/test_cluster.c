@@ -501,6 +501,79 @@ static void cli_health(const char *url)
     cr_assert_eq(ok, 1);
 }
 
+/* A group (bl_acquire_many) across slots: taken posting by posting in
+ * one order, given back at the first taken or done one, never part held. */
+typedef struct grec {
+    int n, status, done_index;
+    bl_lock *lock;
+    uint64_t tokens[3];
+} grec;
+
+static void on_group(bl_lock *lock, int status, void *data)
+{
+    grec *g = data;
+    g->n++;
+    g->status = status;
+    g->done_index = bl_lock_done_index(lock);
+    g->lock = status == BL_OK ? lock : NULL;
+    for (size_t i = 0; i < 3; i++)
+        g->tokens[i] = bl_lock_token_at(lock, i);
+}
+
+static grec group3(bl_manager *m, const bl_posting *p, int64_t wait_ms)
+{
+    grec g = {0};
+    bl_acquire_opts o = acq_opts(wait_ms, 60000);
+    cr_assert_eq(bl_acquire_many(m, p, 3, &o, on_group, &g, NULL), BL_OK, "%s",
+                 bl_manager_errmsg(m));
+    cr_assert(tl_wait(T, &g.n, 1, 30000), "groups: the callback came");
+    return g;
+}
+
+static void groups_across_slots(const char *url)
+{
+    bl_config c = cluster_cfg(url);
+    bl_manager *g = mk(&c), *x = mk(&c);
+    const bl_posting ps[] = {{"ebay", "ga"}, {"ebay", "gb"}, {"ebay", "gc"}};
+    cr_assert(slot_of("ga") != slot_of("gb") && slot_of("gb") != slot_of("gc") &&
+              slot_of("ga") != slot_of("gc"), "groups: three slots");
+    rec b = acq(x, "gb", 0, 60000);
+    cr_assert_eq(b.status, BL_OK);
+    grec busy = group3(g, ps, 0);
+    cr_assert_eq(busy.status, BL_EBUSY, "groups: %s", bl_status_name(busy.status));
+    cr_assert(!inspect(x, "ga").held && !inspect(x, "gc").held,
+              "groups: a busy group holds none of its postings");
+    /* Waiting: gb is freed while the group retries on its timer. */
+    grec w = {0};
+    bl_acquire_opts o = acq_opts(20000, 60000);
+    cr_assert_eq(bl_acquire_many(g, ps, 3, &o, on_group, &w, NULL), BL_OK);
+    tl_run_for(T, 100);
+    cr_assert_eq(w.n, 0);
+    cr_assert_eq(rel(b.lock), BL_OK);
+    cr_assert(tl_wait(T, &w.n, 1, 30000));
+    cr_assert_eq(w.status, BL_OK, "groups: %s", bl_status_name(w.status));
+    for (int i = 0; i < 3; i++) {
+        irec r = inspect(x, ps[i].posting);
+        cr_assert(r.held, "groups: %s held", ps[i].posting);
+        cr_assert_str_eq(r.holder, bl_manager_holder(g));
+        cr_assert_eq(r.token, w.tokens[i], "groups: %s's own token", ps[i].posting);
+    }
+    cr_assert_gt(w.tokens[1], b.token);
+    cr_assert_eq(rel_done(w.lock), BL_OK, "groups: one release for all");
+    for (int i = 0; i < 3; i++) {
+        irec r = inspect(x, ps[i].posting);
+        cr_assert(!r.held && r.done, "groups: %s released and done", ps[i].posting);
+    }
+    const bl_posting ps2[] = {{"ebay", "gd"}, {"ebay", "ge"}, {"ebay", "gc"}};
+    grec d = group3(g, ps2, 0);
+    cr_assert_eq(d.status, BL_EDONE, "groups: %s", bl_status_name(d.status));
+    cr_assert_eq(d.done_index, 2, "groups: gc (posting 2) was done");
+    cr_assert(!inspect(x, "gd").held && !inspect(x, "ge").held, "groups: given back");
+    assert_counters(g);
+    close_manager(T, g);
+    close_manager(T, x);
+}
+
 Test(cluster, routing_safety_and_resharding)
 {
     start_bed();
@@ -510,6 +583,7 @@ Test(cluster, routing_safety_and_resharding)
     bl_manager *m = mk(&c);
     routing(m);
     close_manager(T, m);
+    groups_across_slots(url);
     cli_health(url);
     safety_while_resharding(url);
     waiter_on_a_migrated_lock(url);
