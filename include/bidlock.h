@@ -593,6 +593,32 @@ typedef void (*bl_cleanup_cb)(bl_manager *m, int status, uint64_t removed, void 
  * cb (the server's message, e.g. an ACL refusal; also logged). */
 BL_API int bl_cleanup(bl_manager *m, int mine_only, bl_cleanup_cb cb, void *data);
 
+/* One held lock of the fleet, as the server has it. */
+typedef struct bl_held_lock {
+    const char *key;    /* "<prefix>:<marketplace>:<posting>" */
+    const char *holder; /* its holder id ("~<id>" while a release hands it to <id>) */
+    uint64_t held_ms;   /* since it was granted (or handed on), by the server's clock;
+                         * 0 when token is 0 (a lock no bidlock of this layout took) */
+    int64_t pttl_ms;    /* TTL left */
+    uint64_t token;     /* its fencing token */
+} bl_held_lock;
+
+/* locks[0..n): the longest held first; total: how many locks are held in
+ * all (n <= max). Valid inside the callback. On an error, n == 0 and
+ * bl_manager_errmsg(m) says why inside cb. */
+typedef void (*bl_locks_cb)(bl_manager *m, int status, const bl_held_lock *locks, size_t n,
+                            size_t total, void *data);
+
+/* Every lock held under this manager's prefix, by any holder (fleet-wide),
+ * longest held first, at most max of them (0 = all), with SCAN (never
+ * KEYS) and one read per lock; on a Redis Cluster, every master. How long
+ * a lock has been held comes from its fencing token, which is the server's
+ * time in microseconds when it was granted (or later if tokens ran ahead
+ * of the clock, which only a clock that stepped back causes), so it needs
+ * no extra key and is exact across holders and processes. Same
+ * synchronous errors as bl_cleanup. */
+BL_API int bl_list_locks(bl_manager *m, size_t max, bl_locks_cb cb, void *data);
+
 /* Latency histogram: counts[i] is the number of samples <= bounds_ms[i];
  * the last bucket (+Inf) holds the rest. */
 #define BL_HIST_BUCKETS 14

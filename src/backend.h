@@ -18,6 +18,8 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common.h"
 #include "keyspace.h"
@@ -71,7 +73,15 @@ typedef struct bl_op {
 } bl_op;
 
 /* Admin operations (health, inspect, cleanup). */
-enum bl_aop_kind { BL_AOP_PING, BL_AOP_INSPECT, BL_AOP_CLEANUP };
+enum bl_aop_kind { BL_AOP_PING, BL_AOP_INSPECT, BL_AOP_CLEANUP, BL_AOP_LOCKS };
+
+/* A held lock found by BL_AOP_LOCKS; key and holder are malloc'd, freed
+ * with the op (bl_aop_locks_free). */
+typedef struct bl_aop_lock {
+    char *key, *holder;
+    int64_t pttl_ms;
+    uint64_t token, held_ms;
+} bl_aop_lock;
 typedef struct bl_aop {
     enum bl_aop_kind kind;
     bl_keys *keys;      /* inspect: the posting's names */
@@ -101,12 +111,51 @@ typedef struct bl_aop {
     bl_timer *timer;     /* bounds the wait for an answer; freed by release */
     int orphaned;        /* delivered already; release it on the late answer */
     int inflight;        /* cleanup on a cluster node: script calls out (one key each) */
+    bl_aop_lock *locks;  /* BL_AOP_LOCKS: what was found (the backend appends) */
+    size_t nlocks, caplocks;
 } bl_aop;
 
 static inline void bl_aop_done(bl_aop *op)
 {
     op->deliver(op);
     op->release(op);
+}
+
+/* BL_AOP_LOCKS: append one held lock (copies key and holder). 0 or BL_ENOMEM. */
+static inline int bl_aop_add_lock(bl_aop *op, const char *key, size_t klen, const char *holder,
+                                  size_t hlen, int64_t pttl_ms, uint64_t token, uint64_t held_ms)
+{
+    if (op->nlocks == op->caplocks) {
+        size_t cap = op->caplocks ? 2 * op->caplocks : 64;
+        bl_aop_lock *l = (bl_aop_lock *)realloc(op->locks, cap * sizeof *l);
+        if (!l)
+            return BL_ENOMEM;
+        op->locks = l;
+        op->caplocks = cap;
+    }
+    char *k = (char *)malloc(klen + 1), *h = (char *)malloc(hlen + 1);
+    if (!k || !h) {
+        free(k);
+        free(h);
+        return BL_ENOMEM;
+    }
+    memcpy(k, key, klen);
+    k[klen] = '\0';
+    memcpy(h, holder, hlen);
+    h[hlen] = '\0';
+    op->locks[op->nlocks++] = (bl_aop_lock){k, h, pttl_ms, token, held_ms};
+    return 0;
+}
+
+static inline void bl_aop_locks_free(bl_aop *op)
+{
+    for (size_t i = 0; i < op->nlocks; i++) {
+        free(op->locks[i].key);
+        free(op->locks[i].holder);
+    }
+    free(op->locks);
+    op->locks = NULL;
+    op->nlocks = op->caplocks = 0;
 }
 
 /* What a backend tells the engine without being asked. */

@@ -1138,6 +1138,7 @@ static void kid_release(bl_aop *op)
     if (op->timer)
         CL_LOOP(ca->cl)->timer_free(op->timer);
     free(op->holder_buf);
+    bl_aop_locks_free(op);
     free(k);
     ca->released++;
     cadmin_free_if_done(ca);
@@ -1203,6 +1204,25 @@ static void kid_deliver(bl_aop *op)
     }
     if (o->kind == BL_AOP_CLEANUP)
         o->removed += op->removed;
+    if (o->kind == BL_AOP_LOCKS && op->status == BL_OK && op->nlocks) {
+        /* every master's locks in one list: moved, not copied */
+        size_t need = o->nlocks + op->nlocks;
+        bl_aop_lock *l = need > o->caplocks ? realloc(o->locks, need * sizeof *l) : o->locks;
+        if (!l) {
+            if (o->status == BL_OK) {
+                o->status = BL_ENOMEM;
+                snprintf(o->errmsg, sizeof o->errmsg, "out of memory");
+            }
+        } else {
+            o->locks = l;
+            o->caplocks = need > o->caplocks ? need : o->caplocks;
+            memcpy(o->locks + o->nlocks, op->locks, op->nlocks * sizeof *l);
+            o->nlocks = need;
+            free(op->locks);
+            op->locks = NULL;
+            op->nlocks = op->caplocks = 0;
+        }
+    }
     if (o->kind == BL_AOP_PING && op->latency_ms > o->latency_ms)
         o->latency_ms = op->latency_ms;
     if (ca->delivered < ca->kids)

@@ -309,6 +309,23 @@ static void run_admin(mem_be *b, bl_aop *op)
             op->info.last_token = e->last_token;
             maybe_drop(e);
         }
+    } else if (op->kind == BL_AOP_LOCKS) {
+        const char *prefix = b->h.prefix;
+        size_t plen = strlen(prefix);
+        uint64_t now_us = bl_now_us(); /* tokens are this clock's microseconds */
+        for (int i = 0; i < MEM_BUCKETS && op->status == BL_OK; i++)
+            for (mem_entry *e = store.buckets[i]; e && op->status == BL_OK; e = e->next) {
+                settle(e, now);
+                if (!e->holder || !bl_keys_is_lock_key(e->key, e->keylen, prefix, plen))
+                    continue;
+                uint64_t held =
+                    e->last_token && now_us > e->last_token ? (now_us - e->last_token) / 1000 : 0;
+                if (bl_aop_add_lock(op, e->key, e->keylen, e->holder, strlen(e->holder),
+                                    (int64_t)(e->expires_ms - now), e->last_token, held)) {
+                    op->status = BL_ENOMEM;
+                    snprintf(op->errmsg, sizeof op->errmsg, "out of memory");
+                }
+            }
     } else if (op->kind == BL_AOP_CLEANUP) {
         const char *prefix = b->h.prefix, *holder = b->h.holder;
         size_t plen = strlen(prefix);

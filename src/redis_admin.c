@@ -159,6 +159,73 @@ static void cleanup_key_cb(redisAsyncContext *ac, void *reply_, void *priv)
     }
 }
 
+/* bl_list_locks: one lock_info script per lock key of a SCAN batch (its
+ * fence counter in the same slot), pipelined; the last answer goes on
+ * with the scan. */
+static void locks_key_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    const char *key, *holder;
+    size_t klen, hlen;
+    int64_t pttl;
+    uint64_t token, held;
+    int got = reply && reply->type != REDIS_REPLY_ERROR
+                  ? bl_redis_lock_info_reply(reply, &key, &klen, &holder, &hlen, &pttl, &token,
+                                             &held)
+                  : -1;
+    if (got < 0 && op->status == BL_OK) {
+        op->status = reply ? BL_EREDIS : BL_ECONN;
+        snprintf(op->errmsg, sizeof op->errmsg, "%s",
+                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str
+                 : reply                                   ? "unexpected reply"
+                                                           : redis_conn_errmsg(ac->data, ac));
+    } else if (got > 0 && op->status == BL_OK) {
+        if (bl_aop_add_lock(op, key, klen, holder, hlen, pttl, token, held)) {
+            op->status = BL_ENOMEM;
+            snprintf(op->errmsg, sizeof op->errmsg, "out of memory");
+        }
+    }
+    if (--op->inflight > 0)
+        return;
+    if (!aop_answered(op))
+        return;
+    conn *c = ac->data;
+    if (op->status != BL_OK || strcmp(op->cursor, "0") == 0) {
+        bl_aop_done(op);
+    } else if (!c || scan_step(c->r, op) != 0) {
+        op->status = BL_ECONN;
+        snprintf(op->errmsg, sizeof op->errmsg, "connection to Redis is closing");
+        bl_aop_done(op);
+    }
+}
+
+static int locks_per_key(redis_be *r, redisAsyncContext *ac, bl_aop *op, const char **keys,
+                         const size_t *lens, long nkeys)
+{
+    op->inflight = 0;
+    int failed = 0;
+    for (long i = 0; i < nkeys && !failed; i++) {
+        char fence[BL_PREFIX_MAX + 2 * BL_ID_MAX + 16];
+        size_t flen = bl_keys_fence_of(fence, sizeof fence, keys[i], lens[i]);
+        if (!flen)
+            continue; /* longer than any name bidlock makes: not one of ours */
+        const char *argv[5] = {"EVAL", r->body[BL_SCRIPT_LOCK_INFO], "2", keys[i], fence};
+        size_t alen[5] = {4, strlen(argv[1]), 1, lens[i], flen};
+        failed = redisAsyncCommandArgv(ac, locks_key_cb, op, 5, argv, alen) != REDIS_OK;
+        op->inflight += !failed;
+    }
+    aop_arm(r, op);
+    if (op->inflight) /* the last answer goes on */
+        return REDIS_OK;
+    if (failed)
+        return REDIS_ERR;
+    if (strcmp(op->cursor, "0") != 0)
+        return scan_step(r, op);
+    bl_aop_done(op);
+    return REDIS_OK;
+}
+
 static int cleanup_per_key(redis_be *r, redisAsyncContext *ac, bl_aop *op, const char **keys,
                            const size_t *lens, long nkeys, long nlocks)
 {
@@ -229,6 +296,16 @@ static void scan_cb(redisAsyncContext *ac, void *reply_, void *priv)
         return;
     }
     long nlocks = nkeys;
+    if (op->kind == BL_AOP_LOCKS) {
+        int rc = nkeys > 0                     ? locks_per_key(r, ac, op, argv + 3, lens + 3, nkeys)
+                 : strcmp(op->cursor, "0") != 0 ? scan_step(r, op)
+                                                : (op->status = BL_OK, bl_aop_done(op), REDIS_OK);
+        free(argv);
+        free(lens);
+        if (rc != REDIS_OK)
+            admin_fail(op, ac, NULL, NULL, -1);
+        return;
+    }
     if (!op->mine_only) /* and the wait queues of the 0.1 layout */
         for (size_t i = 0; i < room; i++) {
             const redisReply *k = reply->element[1]->element[i];

@@ -137,6 +137,53 @@ void bl_redis_interpret_group(enum bl_op_kind kind, size_t n, const redisReply *
     }
 }
 
+/* Decimal digits s[0..n) (1..20 of them, no sign) as a number; -1 if not. */
+static int dec_u64(const char *s, size_t n, uint64_t *out)
+{
+    if (n == 0 || n > 20)
+        return -1;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+int bl_redis_lock_info_reply(const redisReply *reply, const char **key, size_t *klen,
+                             const char **holder, size_t *hlen, int64_t *pttl_ms, uint64_t *token,
+                             uint64_t *held_ms)
+{
+    if (reply->type != REDIS_REPLY_ARRAY)
+        return -1;
+    if (reply->elements == 0)
+        return 0;
+    if (reply->elements != 6 || reply->element[0]->type != REDIS_REPLY_STRING)
+        return -1;
+    *key = reply->element[0]->str;
+    *klen = reply->element[0]->len;
+    redisReply *const *e = reply->element + 1;
+    uint64_t tok, sec, usec;
+    if (e[0]->type != REDIS_REPLY_STRING || e[1]->type != REDIS_REPLY_INTEGER ||
+        e[2]->type != REDIS_REPLY_STRING || e[3]->type != REDIS_REPLY_STRING ||
+        e[4]->type != REDIS_REPLY_STRING || dec_u64(e[2]->str, e[2]->len, &tok) ||
+        dec_u64(e[3]->str, e[3]->len, &sec) || dec_u64(e[4]->str, e[4]->len, &usec) ||
+        sec > UINT64_MAX / 2000000 || usec >= 1000000)
+        return -1;
+    uint64_t now = sec * 1000000 + usec;
+    *holder = e[0]->str;
+    *hlen = e[0]->len;
+    *pttl_ms = e[1]->integer;
+    *token = tok;
+    *held_ms = tok && now > tok ? (now - tok) / 1000 : 0; /* no token: not known */
+    return 1;
+}
+
 /* The inspect script's reply as lock info. Pure, so it can be fuzzed.
  * BL_OK: info's held, pttl_ms, done, last_token are set, and info->holder
  * points at a malloc'd copy stored in *holder_buf (the caller frees it).

@@ -23,6 +23,12 @@ void bl_redis_interpret(enum bl_op_kind kind, const struct redisReply *reply, bl
  * BL_EBUSY / BL_EDONE, res->index says which posting. Pure. */
 void bl_redis_interpret_group(enum bl_op_kind kind, size_t n, const struct redisReply *reply,
                               bl_op_result *res, uint64_t *tokens);
+/* The lock_info script's reply (bl_list_locks): 1 held (key[0..*klen) and
+ * holder[0..*hlen) point into reply; *held_ms from the token and the
+ * server's TIME), 0 not held any more, -1 not such an answer. Pure. */
+int bl_redis_lock_info_reply(const struct redisReply *reply, const char **key, size_t *klen,
+                             const char **holder, size_t *hlen, int64_t *pttl_ms, uint64_t *token,
+                             uint64_t *held_ms);
 /* The inspect script's reply as lock info. BL_OK: info's held, pttl_ms,
  * done, last_token are set, and info->holder points at a malloc'd copy
  * stored in *holder_buf (the caller frees it). BL_EREDIS: not an inspect

@@ -223,4 +223,15 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "end\n"
         "redis.call('PUBLISH', '{' .. KEYS[1] .. '}|' .. ARGV[2], '')\n"
         "return tok\n"},
+    /* KEYS: lock fence -> {} not held (or not a lock) |
+     *   {lock key, holder, pttl, last token ('0' if none), time s, time us}
+     * For bl_list_locks: the token is the server's microseconds at the
+     * grant, so TIME minus it is how long the lock has been held. */
+    [BL_SCRIPT_LOCK_INFO] = {"lock_info",
+        "local v = redis.pcall('GET', KEYS[1])\n"
+        "if type(v) ~= 'string' then return {} end\n"
+        "local f = redis.pcall('GET', KEYS[2])\n"
+        "if type(f) ~= 'string' then f = '0' end\n"
+        "local t = redis.call('TIME')\n"
+        "return {KEYS[1], v, redis.call('PTTL', KEYS[1]), f, t[1], t[2]}\n"},
 };

@@ -837,6 +837,43 @@ Test(cli, cleanup_removes_every_lock_under_the_prefix)
     result_free(&r);
 }
 
+Test(cli, locks_lists_every_held_lock_longest_first)
+{
+    set_key("bid_lock:ebay:old", "someone-else", 60000);
+    /* the held time comes from the fencing token: the server's microseconds */
+    redisReply *t = rs_cmd(&srv, "TIME");
+    cr_assert(t && t->type == REDIS_REPLY_ARRAY && t->elements == 2);
+    unsigned long long now_us = strtoull(t->element[0]->str, NULL, 10) * 1000000ULL +
+                                strtoull(t->element[1]->str, NULL, 10);
+    freeReplyObject(t);
+    char tok[32];
+    snprintf(tok, sizeof tok, "%llu", now_us - 5000000ULL); /* granted 5 s ago */
+    freeReplyObject(rs_cmd(&srv, "SET {bid_lock:ebay:old}:fence %s", tok));
+    set_key("bid_lock:etsy:new", "another-one", 30000);
+    result r = CLI(NULL, "locks", "--url", url);
+    cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
+    char *first = strstr(r.out, "bid_lock:ebay:old"), *second = strstr(r.out, "bid_lock:etsy:new");
+    cr_assert(first && second && first < second, "longest held first:\n%s", r.out);
+    cr_assert(strstr(r.out, "someone-else") && strstr(r.out, "another-one"), "%s", r.out);
+    cr_assert(strstr(r.out, "2 locks held under prefix bid_lock"), "%s", r.out);
+    result_free(&r);
+    r = CLI(NULL, "locks", "--url", url, "--json", "--longest", "1");
+    cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
+    cr_assert(strstr(r.out, "{\"prefix\":\"bid_lock\",\"total\":2,\"locks\":[{\"key\":"
+                            "\"bid_lock:ebay:old\",\"holder\":\"someone-else\",\"held_ms\":"),
+              "%s", r.out);
+    const char *held = strstr(r.out, "\"held_ms\":");
+    cr_assert(held);
+    long ms = atol(held + 10);
+    cr_assert(ms >= 5000, "held about 5 s by the server's clock: %ld ms", ms);
+    cr_assert_null(strstr(r.out, "etsy"), "--longest 1: one lock");
+    result_free(&r);
+    r = CLI(NULL, "locks", "--url", url, "--longest", "many");
+    cr_assert_eq(r.code, 64);
+    assert_one_error_line(&r);
+    result_free(&r);
+}
+
 Test(cli, health_prints_the_round_trip)
 {
     result r = CLI(NULL, "health", "--url", url);

@@ -520,6 +520,24 @@ static void on_group(bl_lock *lock, int status, void *data)
         g->tokens[i] = bl_lock_token_at(lock, i);
 }
 
+typedef struct lrec {
+    int n, status;
+    size_t total;
+    uint64_t tok[3];
+} lrec;
+
+static void on_locks(bl_manager *m, int status, const bl_held_lock *l, size_t n, size_t total,
+                     void *data)
+{
+    (void)m;
+    lrec *r = data;
+    r->n++;
+    r->status = status;
+    r->total = total;
+    for (size_t i = 0; i < n && i < 3; i++)
+        r->tok[i] = l[i].token;
+}
+
 static grec group3(bl_manager *m, const bl_posting *p, int64_t wait_ms)
 {
     grec g = {0};
@@ -559,6 +577,13 @@ static void groups_across_slots(const char *url)
         cr_assert_eq(r.token, w.tokens[i], "groups: %s's own token", ps[i].posting);
     }
     cr_assert_gt(w.tokens[1], b.token);
+    /* bl_list_locks asks every master: the group's three, longest first */
+    lrec l = {0};
+    cr_assert_eq(bl_list_locks(x, 0, on_locks, &l), BL_OK);
+    cr_assert(tl_wait(T, &l.n, 1, 20000));
+    cr_assert_eq(l.status, BL_OK, "locks: %s", bl_status_name(l.status));
+    cr_assert_eq(l.total, 3, "locks: every master's (%zu)", l.total);
+    cr_assert(l.tok[0] <= l.tok[1] && l.tok[1] <= l.tok[2], "locks: the longest held first");
     cr_assert_eq(rel_done(w.lock), BL_OK, "groups: one release for all");
     for (int i = 0; i < 3; i++) {
         irec r = inspect(x, ps[i].posting);

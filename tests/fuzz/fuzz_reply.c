@@ -136,6 +136,29 @@ static void check_group(const redisReply *reply)
         }
 }
 
+/* bl_list_locks' per-lock answer. */
+static void check_lock_info(const redisReply *reply)
+{
+    const char *key = NULL, *holder = NULL;
+    size_t klen = 0, hlen = 0;
+    int64_t pttl = 0;
+    uint64_t token = 0, held = 0;
+    int got = bl_redis_lock_info_reply(reply, &key, &klen, &holder, &hlen, &pttl, &token, &held);
+    CHECK(got == -1 || got == 0 || got == 1);
+    if (got == 0)
+        CHECK(reply->type == REDIS_REPLY_ARRAY && reply->elements == 0);
+    if (got == 1) {
+        CHECK(reply->type == REDIS_REPLY_ARRAY && reply->elements == 6);
+        CHECK(key == reply->element[0]->str && klen == reply->element[0]->len);
+        CHECK(holder == reply->element[1]->str && hlen == reply->element[1]->len);
+        CHECK(token || held == 0);
+        if (klen)
+            (void)key[klen - 1];
+        if (hlen)
+            (void)holder[hlen - 1];
+    }
+}
+
 static void check_inspect(const redisReply *reply)
 {
     bl_lock_info info;
@@ -235,6 +258,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const redisReply *reply = out;
         check_interpret(reply);
         check_group(reply);
+        check_lock_info(reply);
         check_inspect(reply);
         check_scan(reply);
         freeReplyObject(out);

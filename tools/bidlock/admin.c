@@ -1,4 +1,4 @@
-/* admin.c - `bidlock status`, `health` and `cleanup`: one request each,
+/* admin.c - `bidlock status`, `health`, `cleanup` and `locks`: one request each,
  * printed on stdout. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -126,12 +126,58 @@ static void on_cleaned(bl_manager *m, int status, uint64_t removed, void *data)
     finish(a, 0);
 }
 
+static void on_locks(bl_manager *m, int status, const bl_held_lock *l, size_t n, size_t total,
+                     void *data)
+{
+    app *a = data;
+    if (a->finishing)
+        return;
+    if (status != BL_OK) {
+        say("cannot list the locks: %s", detail(status, bl_manager_errmsg(m)));
+        finish(a, connection_code(status));
+        return;
+    }
+    if (a->json) {
+        printf("{\"prefix\":");
+        json_string(stdout, a->prefix);
+        printf(",\"total\":%zu,\"locks\":[", total);
+        for (size_t i = 0; i < n; i++) {
+            printf(i ? ",{\"key\":" : "{\"key\":");
+            json_string(stdout, l[i].key);
+            printf(",\"holder\":");
+            json_string(stdout, l[i].holder);
+            if (l[i].token)
+                printf(",\"held_ms\":%" PRIu64, l[i].held_ms);
+            else
+                printf(",\"held_ms\":null");
+            printf(",\"pttl_ms\":%" PRId64 ",\"token\":%" PRIu64 "}", l[i].pttl_ms, l[i].token);
+        }
+        printf("]}\n");
+    } else {
+        printf("%10s %10s %-17s %-40s %s\n", "HELD", "TTL LEFT", "TOKEN", "HOLDER", "KEY");
+        for (size_t i = 0; i < n; i++) {
+            if (l[i].token)
+                printf("%8.1f s", (double)l[i].held_ms / 1000.0);
+            else
+                printf("%8s  ", "?"); /* no token: not taken by this bidlock */
+            printf(" %8.1f s %-17" PRIu64 " %-40s %s\n", (double)l[i].pttl_ms / 1000.0,
+                   l[i].token, l[i].holder, l[i].key);
+        }
+        printf("%zu lock%s held under prefix %s", total, total == 1 ? "" : "s", a->prefix);
+        if (n < total)
+            printf(" (the %zu longest held shown)", n);
+        printf("\n");
+    }
+    finish(a, 0);
+}
+
 int start_admin(app *a)
 {
     int rc;
     switch (a->sub) {
     case SUB_STATUS: rc = bl_inspect(a->m, a->mp, a->posting, on_inspected, a); break;
     case SUB_HEALTH: rc = bl_health_check(a->m, on_health, a); break;
+    case SUB_LOCKS: rc = bl_list_locks(a->m, (size_t)a->longest, on_locks, a); break;
     default: rc = bl_cleanup(a->m, 0, on_cleaned, a); break;
     }
     if (rc != BL_OK) {

@@ -13,6 +13,7 @@ static const char usage_text[] =
     "  bidlock status  [--url URL] [--prefix P] MARKETPLACE POSTING\n"
     "  bidlock health  [--url URL]\n"
     "  bidlock cleanup [--url URL] [--prefix P]\n"
+    "  bidlock locks   [--url URL] [--prefix P] [--longest N] [--json]\n"
     "  bidlock acl     [--prefix P] [--user NAME] [--readonly]\n"
     "  bidlock --help | --version\n";
 
@@ -51,6 +52,12 @@ static const char help_text[] =
     "           master, with its slots).\n"
     "  cleanup  Delete every lock under the prefix, whoever holds it (done\n"
     "           markers and fencing counters stay); print how many.\n"
+    "  locks    List the locks held under the prefix, by every holder (every\n"
+    "           master of a cluster), the longest held first: how long held,\n"
+    "           the TTL left, the token, the holder, the key; --longest N shows\n"
+    "           the N longest (default 20, 0 = all), --json one JSON object.\n"
+    "           Read with SCAN, never KEYS; held time comes from the fencing\n"
+    "           token (the server's time at the grant).\n"
     "  acl      Print the ACL SETUSER line (for redis-cli or valkey-cli) that\n"
     "           grants user NAME (--user, default bidlock, or bidlock-readonly)\n"
     "           exactly what bidlock needs under the prefix: its commands, keys\n"
@@ -163,7 +170,7 @@ static int parse_ms(const char *s, int64_t lo, int64_t hi, int64_t *out)
 int parse_args(app *a, int argc, char **argv)
 {
     if (argc < 2)
-        return usage_error("no command given: run, status, health, cleanup or acl");
+        return usage_error("no command given: run, status, health, cleanup, locks or acl");
     const char *s = argv[1];
     if (!strcmp(s, "--help") || !strcmp(s, "-h") || !strcmp(s, "help")) {
         printf("%s%s", usage_text, help_text);
@@ -182,9 +189,11 @@ int parse_args(app *a, int argc, char **argv)
         a->sub = SUB_HEALTH, npos = 0;
     else if (!strcmp(s, "cleanup"))
         a->sub = SUB_CLEANUP, npos = 0;
+    else if (!strcmp(s, "locks"))
+        a->sub = SUB_LOCKS, npos = 0;
     else
-        return usage_error("unknown command '%s': expected run, status, health, cleanup or acl",
-                           s);
+        return usage_error(
+            "unknown command '%s': expected run, status, health, cleanup, locks or acl", s);
 
     /* run takes several MARKETPLACE POSTING pairs (a group, all or
      * nothing) when "--" ends them; without "--", COMMAND starts after the
@@ -194,7 +203,8 @@ int parse_args(app *a, int argc, char **argv)
         dashes = !strcmp(argv[k], "--");
     if (a->sub == SUB_RUN && dashes)
         npos = 2 * BL_GROUP_MAX;
-    const char *pos[2 * BL_GROUP_MAX] = {NULL}, *wait = NULL, *ttl = NULL, *replicas = NULL;
+    const char *pos[2 * BL_GROUP_MAX] = {NULL}, *wait = NULL, *ttl = NULL, *replicas = NULL,
+               *longest = NULL;
     int n = 0, i = 2;
     for (; i < argc; i++) {
         const char *arg = argv[i];
@@ -211,12 +221,16 @@ int parse_args(app *a, int argc, char **argv)
                 a->done_flag = 1;
                 continue;
             }
+            if (!strcmp(arg, "--json") && a->sub == SUB_LOCKS) {
+                a->json = 1;
+                continue;
+            }
             /* --name VALUE or --name=VALUE */
             static const char *const names[] = {"--url", "--prefix", "--wait", "--ttl",
-                                                "--min-replicas"};
+                                                "--min-replicas", "--longest"};
             const char *val = NULL;
             int which = -1;
-            for (int k = 0; k < 5; k++) {
+            for (int k = 0; k < 6; k++) {
                 size_t len = strlen(names[k]);
                 if (!strncmp(arg, names[k], len) && (arg[len] == '\0' || arg[len] == '=')) {
                     which = k;
@@ -224,7 +238,8 @@ int parse_args(app *a, int argc, char **argv)
                 }
             }
             int allowed = which == 0 || (which == 1 && a->sub != SUB_HEALTH) ||
-                          (which >= 2 && a->sub == SUB_RUN);
+                          (which >= 2 && which <= 4 && a->sub == SUB_RUN) ||
+                          (which == 5 && a->sub == SUB_LOCKS);
             if (which < 0 || !allowed)
                 return usage_error("unknown option '%s' for '%s'", arg, s);
             if (!val) {
@@ -232,7 +247,7 @@ int parse_args(app *a, int argc, char **argv)
                     return usage_error("%s needs a value", names[which]);
                 val = argv[++i];
             }
-            const char **slot[] = {&a->url, &a->prefix, &wait, &ttl, &replicas};
+            const char **slot[] = {&a->url, &a->prefix, &wait, &ttl, &replicas, &longest};
             *slot[which] = val;
             continue;
         }
@@ -271,6 +286,10 @@ int parse_args(app *a, int argc, char **argv)
         return usage_error("--ttl '%s' is %s", ttl,
                            rc == -1 ? "not a whole number of milliseconds"
                                     : "out of range (3 ms .. 30 days)");
+    a->longest = 20;
+    if (longest && (rc = parse_ms(longest, 0, 1000000, &a->longest)) != 0)
+        return usage_error("--longest '%s' is %s", longest,
+                           rc == -1 ? "not a whole number" : "out of range (0 .. 1000000)");
     a->min_replicas = BL_REPLICAS_DEFAULT;
     int64_t nrep;
     if (replicas && !strcmp(replicas, "auto"))

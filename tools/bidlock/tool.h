@@ -24,7 +24,7 @@
 #define KILL_GRACE_S 10.0                     /* SIGTERM, then SIGKILL after this */
 #define ANSWER_SLACK_MS 5000                  /* on top of connect + wait: Redis is hung */
 
-enum sub { SUB_RUN, SUB_STATUS, SUB_HEALTH, SUB_CLEANUP };
+enum sub { SUB_RUN, SUB_STATUS, SUB_HEALTH, SUB_CLEANUP, SUB_LOCKS };
 
 typedef struct app {
     struct ev_loop *loop;
@@ -35,6 +35,8 @@ typedef struct app {
     int64_t wait_ms, ttl_ms;
     int min_replicas; /* BL_REPLICAS_DEFAULT unless --min-replicas */
     int done_flag;
+    int json;        /* locks: --json */
+    int64_t longest; /* locks: --longest N (0 = all) */
     const char *mp, *posting; /* the first (or only) pair */
     bl_posting pairs[BL_GROUP_MAX]; /* run: every MARKETPLACE POSTING pair */
     size_t npairs;
