@@ -277,7 +277,12 @@ BL_API void bl_config_init(bl_config *cfg);
  *     sentinel_password (only with a redis-sentinel:// url, from REDIS_URL
  *     or from code; a username needs a password);
  *   BIDLOCK_MIN_REPLICAS -> min_replicas: 0..64 or "auto" (any case);
- *   BIDLOCK_REPLICA_TIMEOUT_MS -> replica_timeout_ms: 1..60000.
+ *   BIDLOCK_REPLICA_TIMEOUT_MS -> replica_timeout_ms: 1..60000;
+ *   REDIS_TLS (true/false/1/0/yes/no/on/off) -> tls (false with a rediss://
+ *     url is refused), REDIS_TLS_CA_FILE, REDIS_TLS_CA_DIR,
+ *     REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE, REDIS_TLS_SERVER_NAME ->
+ *     tls_ca_file .. tls_server_name, REDIS_TLS_INSECURE_SKIP_VERIFY
+ *     (boolean) -> tls_insecure_skip_verify.
  * USE_REDIS_LOCKS
  * (true/false/1/0/yes/no/on/off, any case) and BIDLOCK_ENV, else ENV, choose
  * the backend. Deployment spellings, any case: production, prod, staging;

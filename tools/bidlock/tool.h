@@ -34,6 +34,10 @@ typedef struct app {
     int64_t wait_ms, ttl_ms;
     int min_replicas; /* BL_REPLICAS_DEFAULT unless --min-replicas */
     int done_flag;
+    /* TLS, as redis-cli spells it: --tls --cacert --cacertdir --cert --key
+     * --sni --insecure */
+    int tls, insecure;
+    const char *cacert, *cacertdir, *cert, *key, *sni;
     const char *mp, *posting;
     char **command;
     uint32_t connect_timeout_ms;
