@@ -594,3 +594,80 @@ Test(tls, the_url_parser_takes_rediss)
     cr_assert_eq(u.tls, 0);
     bl_url_free(&u);
 }
+
+/* ---- Sentinel over TLS ----------------------------------------------------------- */
+
+/* One redis-sentinel with a plaintext port (for the launcher's PING) and a
+ * TLS port, monitoring the master on its TLS port (tls-replication yes: the
+ * sentinel itself talks TLS to the master). */
+static pid_t start_sentinel_tls(const redis_srv *master, int *port, int *tls_port, char *dir,
+                                size_t dirlen)
+{
+    cr_assert_eq(rsrv_tmpdir(dir, dirlen, "tls-sentinel"), 0);
+    *port = rsrv_free_port();
+    do
+        *tls_port = rsrv_free_port();
+    while (*tls_port == *port);
+    char conf[256];
+    snprintf(conf, sizeof conf, "%s/sentinel.conf", dir);
+    FILE *f = fopen(conf, "w");
+    cr_assert(f);
+    fprintf(f,
+            "bind 127.0.0.1\ndaemonize no\ndir %s\nsentinel resolve-hostnames no\n"
+            "tls-port %d\ntls-cert-file %s/server.crt\ntls-key-file %s/server.key\n"
+            "tls-ca-cert-file %s/ca.crt\ntls-auth-clients no\ntls-replication yes\n"
+            "sentinel monitor m 127.0.0.1 %d 1\n",
+            dir, *tls_port, certs, certs, certs, master->tls_port);
+    cr_assert_eq(fclose(f), 0);
+    pid_t pid = rsrv_launch("redis-sentinel", conf, *port, NULL, NULL);
+    cr_assert_gt(pid, 0);
+    cr_assert_eq(rsrv_wait_ping(*port, pid, NULL, 10000), RSRV_OK, "redis-sentinel did not start");
+    return pid;
+}
+
+Test(tls, sentinel_discovery_and_the_master_connections_over_tls)
+{
+    redis_srv s;
+    start_tls(&s, NULL);
+    char dir[96];
+    int sport, stls;
+    pid_t sp = start_sentinel_tls(&s, &sport, &stls, dir, sizeof dir);
+    char url[96];
+    bl_config c = quick_cfg(0);
+    snprintf(url, sizeof url, "redis-sentinel://127.0.0.1:%d#m", stls);
+    c.url = url;
+    c.tls = 1;
+    c.tls_ca_file = P(0, "ca.crt");
+    c.log = on_log;
+    c.min_replicas = 0;
+    bl_manager *m = mk(&c);
+    rec r = acq(m, "s1", 0, 0);
+    cr_assert_eq(r.status, BL_OK, "%s\nlog:\n%s", r.errmsg, logbuf);
+    hrec h = health(m);
+    cr_assert_eq(h.status, BL_OK, "%s", h.errmsg);
+    cr_assert(rs_exists(&s, "bid_lock:ebay:s1"));
+    cr_assert_eq(rel(r.lock), BL_OK);
+    close_manager(T, m);
+    /* the same sentinel asked in plaintext on its TLS port: refused, not
+     * answered */
+    c.tls = 0;
+    c.tls_ca_file = NULL;
+    c.connect_timeout_ms = 1500;
+    m = mk(&c);
+    r = acq(m, "s2", 0, 0);
+    cr_assert_eq(r.status, BL_ECONN, "%s", bl_status_name(r.status));
+    close_manager(T, m);
+    /* TLS to a sentinel whose certificate we do not trust: refused, and
+     * the log says why */
+    logbuf[0] = '\0';
+    c.tls = 1;
+    c.tls_ca_file = P(0, "other-ca.crt");
+    m = mk(&c);
+    r = acq(m, "s3", 0, 0);
+    cr_assert_eq(r.status, BL_ECONN, "%s", bl_status_name(r.status));
+    cr_assert(strstr(logbuf, "certificate verify failed"), "log: %s", logbuf);
+    close_manager(T, m);
+    rsrv_kill_pid(sp);
+    rsrv_rmdir(dir);
+    rs_stop(&s);
+}
