@@ -417,6 +417,22 @@ Test(tls, server_stopped_mid_handshake_then_killed_fails_by_the_deadline_and_rec
     rs_stop(&s);
 }
 
+typedef struct sub_seen {
+    const redis_srv *s;
+    bl_manager *m;
+} sub_seen;
+
+/* m's subscriber connection listens on bid_lock:ebay:busy, and m has waiters. */
+static int subscribed(void *arg)
+{
+    sub_seen *x = arg;
+    bl_stats st;
+    bl_manager_stats(x->m, &st);
+    char channel[600];
+    snprintf(channel, sizeof channel, "bid_lock:ebay:busy|%s", bl_manager_holder(x->m));
+    return st.waiting >= 1 && rs_subscribers(x->s, channel) >= 1;
+}
+
 Test(tls, client_kill_drops_tls_connections_with_requests_in_flight_exactly_once)
 {
     redis_srv s;
@@ -429,8 +445,11 @@ Test(tls, client_kill_drops_tls_connections_with_requests_in_flight_exactly_once
     enum { N = 40 };
     static rec r[N];
     for (int i = 0; i < N; i++)
-        acq_start(m, "busy", 20000, 0, &r[i]); /* waiting: the subscriber is up too */
-    cr_assert(wait_queued(&s, m, "busy", 20000));
+        acq_start(m, "busy", 10000, 0, &r[i]); /* waiting: the subscriber is up too */
+    /* (not wait_queued: with 40 waiters retrying, "no attempt in flight"
+     * may never be seen on a slow machine) */
+    sub_seen x = {&s, m};
+    cr_assert(tl_wait_for(T, subscribed, &x, 30000), "the waiters never subscribed");
     long long killed = rs_int(&s, "CLIENT KILL TYPE pubsub");
     cr_assert_geq(killed, 1);
     cr_assert_eq(rel(held.lock), BL_OK);
