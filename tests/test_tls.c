@@ -95,6 +95,27 @@ static rec refused(bl_manager *m, const char *posting)
     return r;
 }
 
+typedef struct sub_seen {
+    const redis_srv *s;
+    bl_manager *m;
+    const char *posting;
+} sub_seen;
+
+/* m's subscriber connection listens on bid_lock:ebay:<posting>, m has a
+ * waiter, and no attempt of m is in flight (the retry the subscription's
+ * confirmation asks for has been answered too). */
+static int subscribed(void *arg)
+{
+    sub_seen *x = arg;
+    bl_stats st;
+    bl_manager_stats(x->m, &st);
+    char channel[600];
+    snprintf(channel, sizeof channel, "bid_lock:ebay:%s|%s", x->posting, bl_manager_holder(x->m));
+    return st.waiting >= 1 &&
+           st.attempts == st.acquired + st.done + st.abandoned + st.conflicts + st.errors_attempt &&
+           rs_subscribers(x->s, channel) >= 1;
+}
+
 /* ---- the engine, features and faults over TLS --------------------------- */
 
 Test(tls, locks_waiters_inspect_cleanup_and_health_over_rediss)
@@ -113,18 +134,27 @@ Test(tls, locks_waiters_inspect_cleanup_and_health_over_rediss)
     cr_assert_eq(i.status, BL_OK);
     cr_assert_eq(i.held, 1);
     cr_assert_str_eq(i.holder, bl_manager_holder(a));
-    /* a waiter on b is woken through b's subscriber connection (TLS too) */
+    /* a waiter on w is woken through w's subscriber connection (TLS too):
+     * its backoff is a minute, so without the wake-up it would not look
+     * again within this test's bound */
+    bl_config cw = c;
+    cw.backoff_initial_ms = cw.backoff_max_ms = 60000;
+    bl_manager *w = mk(&cw);
     rec wb = {0};
-    acq_start(b, "p1", 20000, 0, &wb);
-    cr_assert(wait_queued(&s, b, "p1", 20000), "waiter never queued");
+    acq_start(w, "p1", 120000, 0, &wb);
+    sub_seen x = {&s, w, "p1"};
+    cr_assert(tl_wait_for(T, subscribed, &x, 30000), "the waiter never subscribed; log:\n%s",
+              logbuf);
     cr_assert_eq(rel(ra.lock), BL_OK);
-    cr_assert(tl_wait(T, &wb.n, 1, 20000));
+    cr_assert(tl_wait(T, &wb.n, 1, 25000), "the waiter was not woken; log:\n%s", logbuf);
     cr_assert_eq(wb.status, BL_OK, "%s", wb.errmsg);
     cr_assert_gt(wb.token, ra.token, "fencing tokens increase");
     cr_assert_eq(rel(wb.lock), BL_OK);
     bl_stats st;
-    bl_manager_stats(b, &st);
+    bl_manager_stats(w, &st);
     cr_assert_geq(st.wakeups, 1, "woken by pub/sub, not found by polling");
+    cr_assert_leq(st.attempts, 3, "attempts %llu: it polled", (unsigned long long)st.attempts);
+    close_manager(T, w);
     /* done markers and cleanup */
     rec d = acq(a, "p2", 0, 0);
     cr_assert_eq(d.status, BL_OK);
@@ -417,38 +447,22 @@ Test(tls, server_stopped_mid_handshake_then_killed_fails_by_the_deadline_and_rec
     rs_stop(&s);
 }
 
-typedef struct sub_seen {
-    const redis_srv *s;
-    bl_manager *m;
-} sub_seen;
-
-/* m's subscriber connection listens on bid_lock:ebay:busy, and m has waiters. */
-static int subscribed(void *arg)
-{
-    sub_seen *x = arg;
-    bl_stats st;
-    bl_manager_stats(x->m, &st);
-    char channel[600];
-    snprintf(channel, sizeof channel, "bid_lock:ebay:busy|%s", bl_manager_holder(x->m));
-    return st.waiting >= 1 && rs_subscribers(x->s, channel) >= 1;
-}
-
 Test(tls, client_kill_drops_tls_connections_with_requests_in_flight_exactly_once)
 {
     redis_srv s;
     start_tls(&s, NULL);
     char url[64];
     bl_config c = tls_cfg(&s, url, sizeof url);
-    bl_manager *m = mk(&c), *h = mk(&c);
+    bl_manager *h = mk(&c);
+    c.backoff_initial_ms = c.backoff_max_ms = 60000; /* the waiters do not poll */
+    bl_manager *m = mk(&c);
     rec held = acq(h, "busy", 0, 60000);
     cr_assert_eq(held.status, BL_OK);
     enum { N = 40 };
     static rec r[N];
     for (int i = 0; i < N; i++)
         acq_start(m, "busy", 10000, 0, &r[i]); /* waiting: the subscriber is up too */
-    /* (not wait_queued: with 40 waiters retrying, "no attempt in flight"
-     * may never be seen on a slow machine) */
-    sub_seen x = {&s, m};
+    sub_seen x = {&s, m, "busy"};
     cr_assert(tl_wait_for(T, subscribed, &x, 30000), "the waiters never subscribed");
     long long killed = rs_int(&s, "CLIENT KILL TYPE pubsub");
     cr_assert_geq(killed, 1);
