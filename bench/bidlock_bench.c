@@ -546,9 +546,10 @@ static int run_w8(const opts *o)
                            bench_redis_benchmark_x(s.port, n, 16, "", set),
                            bench_redis_benchmark_x(s.tls_port, n, 16, tls_args, set)};
             bad += v[0] <= 0 || v[1] <= 0 || v[2] <= 0 || v[3] <= 0;
+            /* plain first, then tls: emit_figs nests by common prefix */
             fig(&f, "limit.plain.set_P1_rps", v[0]);
-            fig(&f, "limit.tls.set_P1_rps", v[1]);
             fig(&f, "limit.plain.set_P16_rps", v[2]);
+            fig(&f, "limit.tls.set_P1_rps", v[1]);
             fig(&f, "limit.tls.set_P16_rps", v[3]);
             fprintf(stderr, "W8 limit run %d/%d: SET P1 %.0f/s (TLS %.0f), P16 %.0f/s (TLS %.0f)\n",
                     r + 1, o->runs, v[0], v[1], v[2], v[3]);
