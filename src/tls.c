@@ -177,6 +177,10 @@ int bl_tls_ctx_new(const bl_config *c, bl_tls_ctx **out, char *why, size_t len)
     /* The relay may hand SSL_write a buffer that moved (memmove after a
      * partial write) and takes partial writes. */
     SSL_CTX_set_mode(ctx->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* Read what the socket has, not one record header and body at a time:
+     * one read() for a burst of replies instead of two per record (the
+     * relay asks SSL_has_pending before it waits for the socket again). */
+    SSL_CTX_set_read_ahead(ctx->ssl, 1);
     ctx->insecure = c->tls_insecure_skip_verify;
     SSL_CTX_set_verify(ctx->ssl, ctx->insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
     int bad = 0;
