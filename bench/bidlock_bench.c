@@ -1,6 +1,6 @@
-/* bidlock-bench - the W1-W4 workloads of shared/BENCH.md.
+/* bidlock-bench - the W1-W4 and W8 workloads of shared/BENCH.md.
  *
- *   bidlock-bench [--workload W1|W2|W3|W4|all] [--runs N] [--tuned]
+ *   bidlock-bench [--workload W1|W2|W3|W4|W8|all] [--runs N] [--tuned]
  *                 [--quick] [--no-lock] [--no-limit] [--port P]
  *
  * Starts its own redis-server on a free 127.0.0.1 port (unless --port),
@@ -17,6 +17,11 @@
  *   --port P    use a redis-server already listening on 127.0.0.1:P
  *   --cycles N  W1/W2 size (profiling runs); not BENCH.md's workloads
  *   --procs N   W3/W4 processes (analysis runs); not BENCH.md's workloads
+ *
+ * W8 (not in "all": it starts a server of its own, with a TLS port beside
+ * the plaintext one and certificates made with the openssl command) runs
+ * W1 and W2 in plaintext and over TLS, taking turns within each run, and
+ * redis-benchmark with and without --tls as the limit.
  *
  * Exit status 0 when every workload ran cleanly and W4 passed. */
 #include <signal.h>
