@@ -62,6 +62,8 @@ typedef struct conn {
     int awaiting;     /* Sentinel: connects once discovery names the master */
     struct bl_tls *tls; /* TLS: the relay under ac (tls.h), NULL for plaintext */
     int hi_up;          /* TLS: hiredis's connect callback came; up once the relay is ready too */
+    int answered;       /* command connection: ROLE (asked at connect) has answered */
+    char msgbuf[BL_ERRMSG_MAX]; /* redis_conn_errmsg's, when it adds a hint */
     char last_err[224]; /* fits "not connected to Redis: " + it in BL_ERRMSG_MAX */
 } conn;
 

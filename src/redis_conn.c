@@ -18,13 +18,25 @@
 #include "sentinel.h"
 #include "tls.h"
 
+/* A plaintext TCP connection the server dropped before answering anything
+ * (ROLE is asked at every connect) is what a TLS port does to a plaintext
+ * client: say so. */
+static const char *tls_hint(conn *c, const char *msg)
+{
+    if (c->tls || c->is_sub || c->answered || c->r->unix_path || c->state != CONN_UP)
+        return msg;
+    snprintf(c->msgbuf, sizeof c->msgbuf,
+             "%s (before Redis answered anything: if that port speaks TLS, use rediss://)", msg);
+    return c->msgbuf;
+}
+
 const char *redis_conn_errmsg(conn *c, const redisAsyncContext *ac)
 {
     /* TLS: hiredis only saw its unix socket close; the relay knows why. */
     if (c->tls && bl_tls_error(c->tls)[0])
         return bl_tls_error(c->tls);
     if (ac && ac->c.errstr[0])
-        return ac->c.errstr;
+        return tls_hint(c, ac->c.errstr);
     if (c->last_err[0])
         return c->last_err;
     return "connection to Redis lost";
@@ -100,7 +112,7 @@ static const char *down_msg(conn *c, const redisAsyncContext *ac, const char *df
 {
     if (c->tls && bl_tls_error(c->tls)[0])
         return bl_tls_error(c->tls);
-    return ac->c.errstr[0] ? ac->c.errstr : dflt;
+    return ac->c.errstr[0] ? tls_hint(c, ac->c.errstr) : dflt;
 }
 
 /* Connected: for TLS, once both hiredis's unix connect and the relay's
@@ -253,6 +265,7 @@ void redis_connect(conn *c)
         return;
     }
     c->hi_up = 0;
+    c->answered = 0;
     c->ac = ac;
     c->state = CONN_CONNECTING;
     c->role = TR_CONNECT_DEADLINE;

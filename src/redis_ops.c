@@ -208,6 +208,7 @@ static void role_cb(redisAsyncContext *ac, void *reply_, void *priv)
     redis_be *r = priv;
     if (!reply || r->cmd.ac != ac)
         return;
+    r->cmd.answered = 1;
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
         reply->element[0]->type == REDIS_REPLY_STRING) {
         snprintf(r->role, sizeof r->role, "%s",

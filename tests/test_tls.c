@@ -371,7 +371,8 @@ Test(tls, plaintext_to_the_tls_port_and_tls_to_a_plaintext_port_fail_clearly)
     bl_manager *q = mk(&p);
     r = acq(q, "k2", 0, 0);
     cr_assert(r.status == BL_ECONN, "%s: %s", bl_status_name(r.status), r.errmsg);
-    cr_assert(r.errmsg[0], "with a message");
+    cr_assert(strstr(r.errmsg, "if that port speaks TLS, use rediss://"), "says why: %s",
+              r.errmsg);
     close_manager(T, q);
     cr_assert(!rs_exists(&s, "bid_lock:ebay:k1") && !rs_exists(&s, "bid_lock:ebay:k2"));
     rs_stop(&s);
