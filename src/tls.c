@@ -559,7 +559,7 @@ static redisAsyncContext *unix_pair(int *pfd, char *why, size_t len)
     if (!tmp || !*tmp || strlen(tmp) > 60)
         tmp = "/tmp";
     char dir[80], path[96];
-    snprintf(dir, sizeof dir, "%s/bidlock-tls-XXXXXX", tmp);
+    snprintf(dir, sizeof dir, "%s/bidlock-relay-XXXXXX", tmp);
     if (!mkdtemp(dir)) { /* 0700 */
         snprintf(why, len, "TLS relay: mkdtemp in %s: %s", tmp, strerror(errno));
         return NULL;
