@@ -111,6 +111,8 @@ int bench_w1(const bl_config *cfg, int cycles, int chunk, w1_result *out, raw_re
 typedef struct w2_result {
     int cycles, errors;
     double cycles_per_s, cycle_us_p50, cycle_us_p99;
+    uint64_t redirects, map_refreshes; /* the manager's (W7, Redis Cluster) */
+    double client_cpu_s;               /* this process, user + system, while it ran */
 } w2_result;
 /* W2 uncontended-concurrent: `inflight` cycles at once, `cycles` in all,
  * over distinct keys job_0 .. job_<cycles-1>. */

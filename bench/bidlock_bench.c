@@ -1,6 +1,6 @@
 /* bidlock-bench - the W1-W4 and W8 workloads of shared/BENCH.md.
  *
- *   bidlock-bench [--workload W1|W2|W3|W4|W8|all] [--runs N] [--tuned]
+ *   bidlock-bench [--workload W1|W2|W3|W4|W7|W8|all] [--runs N] [--tuned]
  *                 [--quick] [--no-lock] [--no-limit] [--port P]
  *
  * Starts its own redis-server on a free 127.0.0.1 port (unless --port),
@@ -18,6 +18,9 @@
  *   --cycles N  W1/W2 size (profiling runs); not BENCH.md's workloads
  *   --procs N   W3/W4 processes (analysis runs); not BENCH.md's workloads
  *
+ * W7 (W2 on a 3 masters + 3 replicas Redis Cluster it starts itself, and
+ * on the one node above, in the same run) runs only when asked for: "all"
+ * is W1-W4.
  * W8 (not in "all": it starts a server of its own, with a TLS port beside
  * the plaintext one and certificates made with the openssl command) runs
  * W1 and W2 in plaintext and over TLS, taking turns within each run, and
@@ -33,6 +36,7 @@
 #include <hiredis/hiredis.h>
 #include <openssl/crypto.h>
 
+#include "bed_cluster.h"
 #include "bench.h"
 #include "bench_loop.h"
 #include "scripts.h"
@@ -133,14 +137,14 @@ static void emit_figs(FILE *o, const figset *f)
 /* ---- options --------------------------------------------------------------- */
 
 typedef struct opts {
-    int w[9]; /* w[1..4], w[8] */
+    int w[9]; /* w[1..4], w[7], w[8] */
     int runs, tuned, quick, no_lock, no_limit, port, cycles, procs;
 } opts;
 
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: bidlock-bench [--workload W1|W2|W3|W4|W8|all] [--runs N] [--tuned]\n"
+            "usage: bidlock-bench [--workload W1|W2|W3|W4|W7|W8|all] [--runs N] [--tuned]\n"
             "                     [--quick] [--no-lock] [--no-limit] [--port P] [--cycles N]\n"
             "                     [--procs N]\n");
 }
@@ -156,8 +160,8 @@ static int parse(int argc, char **argv, opts *o)
             const char *w = argv[++i];
             if (strcmp(w, "all") == 0)
                 o->w[1] = o->w[2] = o->w[3] = o->w[4] = 1;
-            else if ((w[0] == 'W' || w[0] == 'w') && ((w[1] >= '1' && w[1] <= '4') || w[1] == '8') &&
-                     !w[2])
+            else if ((w[0] == 'W' || w[0] == 'w') &&
+                     ((w[1] >= '1' && w[1] <= '4') || w[1] == '7' || w[1] == '8') && !w[2])
                 o->w[w[1] - '0'] = 1;
             else
                 return -1;
@@ -218,7 +222,7 @@ static int run_limit(const opts *o, int port, limit *L)
      * it compares and returns 0 (one GET inside Lua). */
     char evalsha[256];
     snprintf(evalsha, sizeof evalsha,
-             "EVALSHA %s 3 bid_lock:bench:hot bid_lock::done:bench:hot bid_lock::q:bench:hot "
+             "EVALSHA %s 3 bid_lock:bench:hot {bid_lock:bench:hot}:done {bid_lock:bench:hot}:q "
              "bench-limit 0 250",
              sha);
     const char *set = "SET bench:__rand_int__ v NX PX 30000";
@@ -252,7 +256,7 @@ static int run_limit(const opts *o, int port, limit *L)
     L->cycle_p16 = cycle(L->set_p16, L->evalsha_p16);
     printf("{\"workload\":\"limit\",\"name\":\"redis-benchmark\",\"runs\":%d,"
            "\"command\":{\"set\":\"%s\",\"evalsha\":\"EVALSHA <release sha> 3 "
-           "bid_lock:bench:hot bid_lock::done:bench:hot bid_lock::q:bench:hot bench-limit 0 "
+           "bid_lock:bench:hot {bid_lock:bench:hot}:done {bid_lock:bench:hot}:q bench-limit 0 "
            "250\"},\"n\":%d,\"c\":1,\"r\":100000000",
            o->runs, set, n);
     emit_figs(stdout, &f);
@@ -372,6 +376,124 @@ static int run_w2(const opts *o, int port, const limit *L)
         ratio(stdout, &first, "cycles_per_s_over_cycle_P1", med(&f, "cycles_per_s"), L->cycle_p1);
     }
     printf("}}\n");
+    fflush(stdout);
+    return bad;
+}
+
+/* INFO cpu of a server: used_cpu_sys + used_cpu_user, seconds; -1 if it
+ * does not answer. */
+static double server_cpu(int port)
+{
+    redisReply *r = cb_cmd(port, "INFO cpu");
+    double v = -1;
+    if (r && r->type == REDIS_REPLY_STRING) {
+        const char *s = strstr(r->str, "used_cpu_sys:"), *u = strstr(r->str, "used_cpu_user:");
+        if (s && u)
+            v = atof(s + 13) + atof(u + 14);
+    }
+    if (r)
+        freeReplyObject(r);
+    return v;
+}
+
+/* INFO cpu summed over the cluster's masters (masters = 1) or replicas. */
+static double cluster_cpu(const cb_bed *b, int masters)
+{
+    double sum = 0;
+    for (int i = 0; i < CB_NODES; i++) {
+        redisReply *r = cb_cmd(b->node[i].port, "ROLE");
+        int is_master = r && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                        r->element[0]->type == REDIS_REPLY_STRING &&
+                        strcmp(r->element[0]->str, "master") == 0;
+        if (r)
+            freeReplyObject(r);
+        if (is_master == masters)
+            sum += server_cpu(b->node[i].port);
+    }
+    return sum;
+}
+
+static void flush_cluster(const cb_bed *b)
+{
+    for (int i = 0; i < CB_NODES; i++)
+        freeReplyObject(cb_cmd(b->node[i].port, "FLUSHALL"));
+}
+
+/* W7: W2 (100 in flight, distinct keys) against one node and against a 3
+ * masters + 3 replicas Redis Cluster on this machine, taking turns in the
+ * same run: cycles/s, redirections seen, client CPU per cycle (this
+ * process) and server CPU per cycle (INFO cpu deltas, every server of the
+ * target, and split into masters and replicas). The cluster
+ * runs twice: with its default (min_replicas auto: a WAIT per batch of
+ * grants, as for Sentinel) and with min_replicas 0 (what one node does). */
+static int run_w7(const opts *o, int port)
+{
+    int cycles = o->cycles ? o->cycles : o->quick ? 2000 : 50000, inflight = 100, bad = 0;
+    cb_bed bed;
+    fprintf(stderr, "W7: starting a 3 masters + 3 replicas cluster...\n");
+    if (cb_start(&bed) != 0) {
+        fprintf(stderr, "W7: cluster bed: %s\n", bed.err);
+        return 1;
+    }
+    fprintf(stderr, "W7: cluster up in %.0f ms\n", bed.up_ms);
+    char url[128];
+    snprintf(url, sizeof url, "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", bed.node[0].port,
+             bed.node[1].port);
+    enum { ONE, CL_AUTO, CL_ZERO, TARGETS };
+    static const char *const names[TARGETS] = {"one_node", "cluster", "cluster_min_replicas_0"};
+    figset f[TARGETS];
+    memset(f, 0, sizeof f);
+    for (int r = 0; r < o->runs; r++) {
+        for (int t = 0; t < TARGETS; t++) {
+            bl_config cfg;
+            bench_config(&cfg, port, BENCH_DEFAULT);
+            if (t != ONE) {
+                cfg.url = url;
+                if (t == CL_ZERO)
+                    cfg.min_replicas = 0;
+                flush_cluster(&bed);
+            } else {
+                bench_reset(port);
+            }
+            double m0 = t == ONE ? server_cpu(port) : cluster_cpu(&bed, 1);
+            double r0 = t == ONE ? 0 : cluster_cpu(&bed, 0);
+            w2_result w;
+            bad += bench_w2(&cfg, cycles, inflight, &w) != 0;
+            double m1 = t == ONE ? server_cpu(port) : cluster_cpu(&bed, 1);
+            double r1 = t == ONE ? 0 : cluster_cpu(&bed, 0);
+            double s0 = m0 + r0, s1 = m1 + r1;
+            double n = w.cycles > 0 ? w.cycles : 1;
+            fig(&f[t], "cycles", w.cycles);
+            fig(&f[t], "errors", w.errors);
+            fig(&f[t], "cycles_per_s", w.cycles_per_s);
+            fig(&f[t], "cycle_us.p50", w.cycle_us_p50);
+            fig(&f[t], "cycle_us.p99", w.cycle_us_p99);
+            fig(&f[t], "redirects", (double)w.redirects);
+            fig(&f[t], "map_refreshes", (double)w.map_refreshes);
+            fig(&f[t], "client_cpu_us_per_cycle", w.client_cpu_s * 1e6 / n);
+            fig(&f[t], "server_cpu_us_per_cycle", (s1 - s0) * 1e6 / n);
+            fig(&f[t], "master_cpu_us_per_cycle", (m1 - m0) * 1e6 / n);
+            fig(&f[t], "replica_cpu_us_per_cycle", (r1 - r0) * 1e6 / n);
+            fprintf(stderr,
+                    "W7 run %d/%d %s: %.0f cycles/s, p50 %.0f us, %llu redirections, client "
+                    "%.1f us/cycle, servers %.1f us/cycle%s\n",
+                    r + 1, o->runs, names[t], w.cycles_per_s, w.cycle_us_p50,
+                    (unsigned long long)w.redirects, w.client_cpu_s * 1e6 / n,
+                    (s1 - s0) * 1e6 / n, w.errors ? " ERRORS" : "");
+        }
+    }
+    cb_stop(&bed);
+    header("W7", "cluster-concurrent", "default", o->runs, bad);
+    printf(",\"processes\":1,\"in_flight\":%d,\"cycles_requested\":%d,"
+           "\"key\":\"bid_lock:bench:job_<i>\",\"ttl_ms\":%d,\"cluster\":\"3 masters + 3 "
+           "replicas on this machine\",\"cores\":%ld",
+           inflight, cycles, BENCH_TTL_MS, sysconf(_SC_NPROCESSORS_ONLN));
+    for (int t = 0; t < TARGETS; t++) {
+        printf(",\"%s\":{\"url_kind\":\"%s\"", names[t], t == ONE ? "redis" : "redis-cluster");
+        emit_figs(stdout, &f[t]);
+        printf("}");
+    }
+    printf("}\n");
     fflush(stdout);
     return bad;
 }
@@ -651,6 +773,8 @@ int main(int argc, char **argv)
     }
     if (o.w[4])
         bad |= run_w4(&o, port);
+    if (o.w[7])
+        bad |= run_w7(&o, port);
     if (o.w[8])
         bad |= run_w8(&o);
     if (srv.pid)

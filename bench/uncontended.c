@@ -7,6 +7,8 @@
 
 #include <ev.h>
 #include <hiredis/adapters/libev.h>
+#include <sys/resource.h>
+
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
@@ -181,6 +183,14 @@ static void w2_start(w2_slot *s)
     }
 }
 
+static double cpu_s(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + (double)u.ru_utime.tv_usec / 1e6 +
+           (double)u.ru_stime.tv_sec + (double)u.ru_stime.tv_usec / 1e6;
+}
+
 int bench_w2(const bl_config *cfg, int cycles, int inflight, w2_result *out)
 {
     memset(out, 0, sizeof *out);
@@ -193,12 +203,18 @@ int bench_w2(const bl_config *cfg, int cycles, int inflight, w2_result *out)
     int rc = -1;
     if (c.m) {
         uint64_t t0 = bench_now_us();
+        double cpu0 = cpu_s();
         for (int i = 0; i < inflight; i++) {
             slots[i].c = &c;
             w2_start(&slots[i]);
         }
         bench_run_until(loop, &c.done, 600.0);
         double s = (double)(bench_now_us() - t0) / 1e6;
+        bl_stats st;
+        bl_manager_stats(c.m, &st);
+        out->redirects = st.redirects;
+        out->map_refreshes = st.map_refreshes;
+        out->client_cpu_s = cpu_s() - cpu0;
         out->cycles = c.ncycle;
         out->errors = c.errors + (c.completed < c.n);
         out->cycles_per_s = c.ncycle / s;
@@ -225,17 +241,17 @@ typedef struct raw_ctx {
     enum raw_mode mode;
     char acq_sha[41], rel_sha[41];
     char holder[64];
-    char key[64], fence[64], done_key[64], queue[64];
+    char key[64], fence[80], done_key[80], queue[80];
     int n, i, stop, done, aborted, errors, ok, connected;
 } raw_ctx;
 
 static void raw_keys(raw_ctx *c, int i)
 {
+    /* The names of keyspace.h: the lock key, and the others tagged with it. */
     snprintf(c->key, sizeof c->key, "bid_lock:" BENCH_MARKETPLACE ":" BENCH_JOB_FMT, i);
-    snprintf(c->fence, sizeof c->fence, "bid_lock::fence:" BENCH_MARKETPLACE ":" BENCH_JOB_FMT, i);
-    snprintf(c->done_key, sizeof c->done_key, "bid_lock::done:" BENCH_MARKETPLACE ":" BENCH_JOB_FMT,
-             i);
-    snprintf(c->queue, sizeof c->queue, "bid_lock::q:" BENCH_MARKETPLACE ":" BENCH_JOB_FMT, i);
+    snprintf(c->fence, sizeof c->fence, "{%s}:fence", c->key);
+    snprintf(c->done_key, sizeof c->done_key, "{%s}:done", c->key);
+    snprintf(c->queue, sizeof c->queue, "{%s}:q", c->key);
 }
 
 static void raw_next(raw_ctx *c);

@@ -17,14 +17,23 @@
  *   scanner [--port P | --unix PATH | --memory] [--instances K] [--name NAME]
  *           [--postings N] [--inflight F] [--think-ms T] [--wait-ms W] [--poll-ms P]
  *           [--marketplace MP] [--seed S] [--no-lock] [--quiet]
+ *           [--metrics-port PORT [--metrics-addr ADDR] [--linger]]
  *
  * At the end each instance prints one JSON line of counts on stdout;
  * progress goes to stderr. --memory runs the K instances in this process on
  * the in-memory backend, with an in-process bid store, and adds a line that
  * audits that store. Exit status 0, or 1 if an operation failed.
+ *
+ * --metrics-port serves GET /metrics (bl_metrics_prometheus, summed over
+ * the K instances) on ADDR (default 127.0.0.1; loopback only, ::1 too) from
+ * the same loop, through metrics_http.c; PORT 0 takes a free port. The
+ * address is printed on stderr as "scanner: metrics on http://ADDR:PORT/metrics".
+ * --linger keeps serving the final figures after the feed is done, until
+ * SIGINT or SIGTERM (then exit as usual).
  */
 #include <inttypes.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,9 +46,13 @@
 #include <hiredis/adapters/libev.h>
 #include <hiredis/async.h>
 
+#include "metrics_http.h"
+
 typedef struct options {
     int port, memory, instances, postings, inflight, think_ms, wait_ms, poll_ms, no_lock, quiet;
     const char *unix_path, *name, *mp;
+    int metrics_port, linger; /* metrics_port -1: no endpoint */
+    const char *metrics_addr;
     uint64_t seed;
 } options;
 
@@ -67,10 +80,12 @@ struct inst {
     uint64_t rng;
     counts c;
     bl_stats stats;
+    bl_metrics final; /* the manager's last metrics, kept when it closes */
     ev_timer poll;
 };
 
-static options opt = {6379, 0, 1, 200, 4, 3, 5000, 10, 0, 0, NULL, NULL, "demo", 0};
+static options opt = {6379, 0, 1, 200, 4, 3, 5000, 10, 0, 0, NULL, NULL, "demo", -1, 0,
+                      "127.0.0.1", 0};
 static struct ev_loop *loop;
 static inst *insts;
 static int live; /* instances not yet closed */
@@ -78,6 +93,8 @@ static ev_timer progress;
 static int *mem_bids;      /* memory bid store: bids per posting */
 static int *mem_by;        /* ...and bids per instance */
 static int failed;
+static mh_server *metrics;
+static ev_signal stop_signals[2]; /* --linger: SIGINT, SIGTERM */
 
 /* ---- the feed ------------------------------------------------------------ */
 
@@ -284,6 +301,7 @@ static void on_manager_closed(bl_manager *m, void *data)
 {
     inst *in = data;
     bl_manager_stats(m, &in->stats);
+    bl_manager_metrics(m, &in->final); /* for /metrics after the close */
     in->m = NULL;
     if (--live == 0)
         all_closed();
@@ -379,6 +397,102 @@ static int inst_start(inst *in, int k, const bl_loop *bl)
     return 0;
 }
 
+/* ---- /metrics ------------------------------------------------------------------ */
+
+static void hist_add(bl_histogram *to, const bl_histogram *h)
+{
+    for (int i = 0; i <= BL_HIST_BUCKETS; i++)
+        to->counts[i] += h->counts[i];
+    to->count += h->count;
+    to->sum_ms += h->sum_ms;
+}
+
+/* bl_stats is uint64_t counters and gauges only, and bl_metrics ends with
+ * its histograms (acquire, release, and any a later version adds): both
+ * add up member by member, whatever their number. */
+#define STATS_N (sizeof(bl_stats) / sizeof(uint64_t))
+#define HIST_AT offsetof(bl_metrics, acquire_ms)
+#define HIST_N ((sizeof(bl_metrics) - HIST_AT) / sizeof(bl_histogram))
+_Static_assert(sizeof(bl_stats) % sizeof(uint64_t) == 0, "bl_stats is uint64_t only");
+_Static_assert((sizeof(bl_metrics) - HIST_AT) % sizeof(bl_histogram) == 0,
+               "bl_metrics ends with histograms");
+
+static void metrics_add(bl_metrics *sum, const bl_metrics *one)
+{
+    uint64_t to[STATS_N], from[STATS_N];
+    memcpy(to, &sum->stats, sizeof to);
+    memcpy(from, &one->stats, sizeof from);
+    for (size_t i = 0; i < STATS_N; i++)
+        to[i] += from[i];
+    memcpy(&sum->stats, to, sizeof to);
+    bl_histogram hto[HIST_N], hfrom[HIST_N];
+    memcpy(hto, (char *)sum + HIST_AT, sizeof hto);
+    memcpy(hfrom, (const char *)one + HIST_AT, sizeof hfrom);
+    for (size_t i = 0; i < HIST_N; i++)
+        hist_add(&hto[i], &hfrom[i]);
+    memcpy((char *)sum + HIST_AT, hto, sizeof hto);
+    if (one->conn_state != BL_CONN_UP)
+        sum->conn_state = one->conn_state;
+}
+
+/* The process's figures: every instance's, summed (one scrape target). The
+ * connection is "up" only while every instance's is. */
+static size_t render_metrics(char *buf, size_t len, void *data)
+{
+    (void)data;
+    bl_metrics sum;
+    memset(&sum, 0, sizeof sum);
+    sum.conn_state = BL_CONN_UP;
+    for (int k = 0; k < opt.instances; k++) {
+        bl_metrics one;
+        if (insts[k].m)
+            bl_manager_metrics(insts[k].m, &one);
+        else
+            one = insts[k].final;
+        metrics_add(&sum, &one);
+    }
+    return bl_metrics_prometheus(&sum, buf, len);
+}
+
+static void stop_metrics(void)
+{
+    mh_stop(metrics);
+    metrics = NULL;
+    for (int i = 0; i < 2; i++)
+        ev_signal_stop(loop, &stop_signals[i]);
+}
+
+static void on_stop_signal(struct ev_loop *l, ev_signal *w, int revents)
+{
+    (void)l;
+    (void)revents;
+    if (!opt.quiet)
+        fprintf(stderr, "scanner: signal %d: metrics endpoint closed\n", w->signum);
+    stop_metrics(); /* with the instances closed, nothing is left: ev_run returns */
+}
+
+static int start_metrics(void)
+{
+    char err[256];
+    metrics = mh_start(loop, opt.metrics_addr, opt.metrics_port, render_metrics, NULL, err,
+                       sizeof err);
+    if (!metrics) {
+        fprintf(stderr, "scanner: --metrics-port: %s\n", err);
+        return -1;
+    }
+    int v6 = strchr(opt.metrics_addr, ':') != NULL;
+    fprintf(stderr, "scanner: metrics on http://%s%s%s:%d/metrics\n", v6 ? "[" : "",
+            opt.metrics_addr, v6 ? "]" : "", mh_port(metrics));
+    if (opt.linger) {
+        int sigs[2] = {SIGINT, SIGTERM};
+        for (int i = 0; i < 2; i++) {
+            ev_signal_init(&stop_signals[i], on_stop_signal, sigs[i]);
+            ev_signal_start(loop, &stop_signals[i]);
+        }
+    }
+    return 0;
+}
+
 /* ---- reporting --------------------------------------------------------------- */
 
 static void print_progress(void)
@@ -404,6 +518,8 @@ static void on_progress(struct ev_loop *l, ev_timer *w, int revents)
 static void all_closed(void)
 {
     ev_timer_stop(loop, &progress);
+    if (!opt.linger)
+        stop_metrics(); /* else it serves the final figures until a signal */
     print_progress();
     for (int k = 0; k < opt.instances; k++) {
         inst *in = &insts[k];
@@ -464,6 +580,9 @@ static void parse(int argc, char **argv)
         else if (!strcmp(a, "--wait-ms")) opt.wait_ms = arg_int(a, v, 0, 600000), i++;
         else if (!strcmp(a, "--poll-ms")) opt.poll_ms = arg_int(a, v, 1, 10000), i++;
         else if (!strcmp(a, "--seed")) opt.seed = (uint64_t)arg_int(a, v, 0, 1 << 30), i++;
+        else if (!strcmp(a, "--metrics-port")) opt.metrics_port = arg_int(a, v, 0, 65535), i++;
+        else if (!strcmp(a, "--metrics-addr") && v) opt.metrics_addr = v, i++;
+        else if (!strcmp(a, "--linger")) opt.linger = 1;
         else {
             fprintf(stderr, "scanner: unknown argument '%s' (see the comment atop scanner.c)\n", a);
             exit(64);
@@ -478,6 +597,10 @@ int main(int argc, char **argv)
     opt.name = name;
     opt.seed = (uint64_t)getpid() ^ (uint64_t)time(NULL);
     parse(argc, argv);
+    if (opt.linger && opt.metrics_port < 0) {
+        fprintf(stderr, "scanner: --linger needs --metrics-port\n");
+        return 64;
+    }
     signal(SIGPIPE, SIG_IGN); /* a dropped connection is an error reply, not death */
     loop = EV_DEFAULT;
     bl_loop bl;
@@ -487,6 +610,8 @@ int main(int argc, char **argv)
     mem_by = calloc((size_t)opt.instances, sizeof *mem_by);
     if (!insts || !mem_bids || !mem_by)
         return 1;
+    if (opt.metrics_port >= 0 && start_metrics() != 0)
+        return 64;
     if (opt.memory)
         fprintf(stderr, "scanner: in-memory backend: %d instances share this process's locks "
                         "and bid store; nothing is shared with other processes\n",

@@ -112,14 +112,20 @@ enum bl_backend_kind {
 
 /* bl_config.min_replicas: see there. */
 #define BL_REPLICAS_AUTO (-1)    /* the replicas connected to the master now */
-#define BL_REPLICAS_DEFAULT (-2) /* AUTO for a redis-sentinel:// url, else 0 */
+#define BL_REPLICAS_DEFAULT (-2) /* AUTO for a Sentinel or Cluster url, else 0 */
 
 typedef struct bl_config {
     /* Where Redis is. A url, when set, wins over the fields below it:
      *   redis://[[user]:password@]host[:port][/db]
      *   unix:///path/to/socket[?db=N]
      *   redis-sentinel://[[user]:password@]host[:port][,host[:port]...][/db]#NAME
+     *   redis-cluster://[[user]:password@]host[:port][,host[:port]...]
      * (port 6379, db 0 when left out; IPv6 in brackets: redis://[::1]:6380/2).
+     * redis-cluster:// names 1..16 seed nodes of a Redis (or Valkey)
+     * Cluster: the slot map is read from any that answers, and every lock
+     * goes to the master of its key's slot (README, "Redis Cluster"); the
+     * credentials are every node's; no db. Seed host names are resolved once
+     * in bl_manager_new; the nodes the map names must be numeric addresses.
      * redis-sentinel:// names 1..16 Sentinels (port 26379 when left out) that
      * are asked where the master called NAME is; NAME is required (1..256
      * printable bytes, no space; percent-decoded, so a '@' is %40). Its
@@ -164,7 +170,8 @@ typedef struct bl_config {
      * many; BL_REPLICAS_AUTO = as many as are connected to the master (read
      * with ROLE at every (re)connect and after a shortfall; none connected:
      * no WAIT, and a warning in the log); BL_REPLICAS_DEFAULT = AUTO for a
-     * redis-sentinel:// url, 0 for redis:// and unix:// (bidlock then
+     * redis-sentinel:// or redis-cluster:// url (per master), 0 for
+     * redis:// and unix:// (bidlock then
      * talks to one fixed server and follows no failover, and WAIT costs up
      * to a third of the throughput - set it if something else, a virtual IP
      * or a proxy, can move that address to a replica).
@@ -193,8 +200,10 @@ typedef struct bl_config {
      * down gives BL_ECONN (fail closed), not a local lock. */
     int backend;
     /* First part of every key. Default "bid_lock". No whitespace or control
-     * characters, 1..64 bytes; may not end with ':' or contain "::" (that
-     * would collide with the "<prefix>::..." fence, queue and done keys). */
+     * characters, 1..64 bytes; may not end with ':' or contain "::" (the
+     * names of the 0.1 layout), contain '}' or start with '{' (the
+     * other keys of a lock are "{<lock key>}:q", ":fence", ":done", so
+     * that all of a lock's keys share one Redis Cluster slot). */
     const char *key_prefix;
     /* Connect deadline, enforced with a loop timer. Default 5000 ms. */
     uint32_t connect_timeout_ms;
@@ -372,9 +381,16 @@ typedef struct bl_stats {
     uint64_t reverified;     /* held leases re-checked at once after a failover */
     uint64_t reclaims;       /* acquires that took back a lock held under this
                               * manager's id by none of its requests (a grant
-                              * whose reply was lost with the connection) */
+                              * whose reply was lost with the connection, or a
+                              * lock transferred to this manager) */
+    uint64_t transfers;      /* held locks handed to another holder (bl_transfer) */
+    uint64_t groups;         /* of requests: bl_acquire_many calls that started */
     uint64_t held;           /* gauge: locks held right now */
     uint64_t waiting;        /* gauge: requests between attempts right now */
+    /* (added at the end: the fields above keep their offsets) */
+    uint64_t redirects;      /* Redis Cluster: MOVED/ASK answers followed (never seen
+                              * by the caller) */
+    uint64_t map_refreshes;  /* Redis Cluster: slot maps read (CLUSTER SLOTS) */
 } bl_stats;
 
 BL_API void bl_manager_stats(const bl_manager *m, bl_stats *out);
@@ -415,7 +431,9 @@ typedef void (*bl_acquire_cb)(bl_lock *lock, int status, void *data);
 
 /* Start acquiring the lock for (marketplace, posting).
  * Ids: 1..256 bytes, no whitespace or control characters; the marketplace
- * may not contain ':' (else "a:b"+"c" and "a"+"b:c" would be one key).
+ * may not contain ':' (else "a:b"+"c" and "a"+"b:c" would be one key);
+ * neither may contain '}' (it would end the hash tag "{<lock key>}" that
+ * keeps a lock's keys in one Redis Cluster slot).
  * opts may be NULL for the defaults. Strings are copied.
  * Returns BL_OK (cb will be called once; *lockp, if lockp is not NULL, is
  * the handle, e.g. for bl_cancel), or BL_EINVAL / BL_ECLOSED / BL_ENOMEM
@@ -444,6 +462,67 @@ BL_API int bl_release(bl_lock *lock, bl_release_cb cb, void *data);
  * ends with BL_EDONE without taking the lock. Only the holder can mark. */
 BL_API int bl_release_done(bl_lock *lock, bl_release_cb cb, void *data);
 
+/* ---- Groups: several postings, all or nothing ----------------------------- */
+
+typedef struct bl_posting {
+    const char *marketplace;
+    const char *posting;
+} bl_posting;
+
+#define BL_GROUP_MAX 32
+
+/* Acquire every posting of postings[0..n) or none: a bundle bid, or one job
+ * posted on two marketplaces. The same options, outcomes and exactly-once
+ * rule as bl_acquire, and one handle for the group: bl_release /
+ * bl_release_done release (mark) every posting in one script, auto_extend
+ * renews all of them in one script and calls on_lost if any one is lost,
+ * bl_cancel cancels it. On one Redis one script checks and takes all the
+ * keys, so a group is never partly held. A group that finds one of them
+ * taken waits on its timer (backoff and jitter, up to wait_ms) and tries
+ * all again; it never holds some while waiting for others (two groups
+ * that overlap cannot deadlock), and it joins no wait queue, so it is not
+ * woken by releases and a busy posting's queued waiters go first. BL_EDONE
+ * when a posting is marked done (bl_lock_done_index() says which: the
+ * callback's handle is valid during the callback). Each posting keeps its
+ * own fencing token (bl_lock_token_at). Returns BL_EINVAL without sending
+ * anything for n == 0 or n > BL_GROUP_MAX, an invalid id ("posting 3:
+ * marketplace contains ':'") or a posting given twice. In a Redis Cluster
+ * postings in different slots cannot share a script: they are taken one
+ * at a time in one fixed order (their keys, bytewise), and the first that
+ * is taken or done gives back what the group took; a release or renewal
+ * goes to each; so a group is held whole or not at all once its callback
+ * says so, though another client may see part of it held for a moment. */
+BL_API int bl_acquire_many(bl_manager *m, const bl_posting *postings, size_t n,
+                           const bl_acquire_opts *opts, bl_acquire_cb cb, void *data,
+                           bl_lock **lockp);
+/* A group's size (1 for bl_acquire), the lock key and the fencing token of
+ * its i-th posting (in the caller's order; NULL / 0 out of range or
+ * before it is held), and after BL_EDONE which posting was done (-1
+ * otherwise; 0 for bl_acquire). */
+BL_API size_t bl_lock_postings(const bl_lock *lock);
+BL_API const char *bl_lock_key_at(const bl_lock *lock, size_t i);
+BL_API uint64_t bl_lock_token_at(const bl_lock *lock, size_t i);
+BL_API int bl_lock_done_index(const bl_lock *lock);
+
+/* Hand a held lock to another manager, named by its holder id (what
+ * bl_manager_holder() says there), in one script: the lock is never free
+ * in between, so no third instance can take it. It then belongs to
+ * `holder` for lease_ms (0 = 5 s), with a new, higher fencing token. The
+ * receiving manager takes it over with a plain bl_acquire of the same
+ * posting: an acquire that finds the lock held under its own id by none
+ * of its requests takes it (bl_stats.reclaims), with its own TTL, renewal
+ * and a token higher still. A receiver already waiting on the posting is
+ * woken at once. If it never comes, the lease runs out and the lock is free.
+ * cb gets BL_OK (transferred: this handle is done, as after a release),
+ * BL_ENOTHELD (the lock had expired or was taken over: nothing changed on
+ * the server), BL_ECONN (maybe transferred, maybe not: either way the lock
+ * is no longer this handle's), BL_EREDIS. Returns BL_OK, or without
+ * sending anything BL_EINVAL (not held, inside bl_with_lock, holder NULL,
+ * empty, with whitespace, starting with '~', 320 bytes or more, or this
+ * manager's own id; lease_ms < 0 or over 30 days) or BL_ECLOSED. */
+BL_API int bl_transfer(bl_lock *lock, const char *holder, int64_t lease_ms, bl_release_cb cb,
+                       void *data);
+
 /* Stop an acquire that has not ended yet: its callback is called with
  * BL_ECANCELED (later, from the loop). If the server granted the lock in
  * the meantime, bidlock releases it. Returns BL_OK, or BL_EINVAL when the
@@ -467,6 +546,14 @@ BL_API bl_manager *bl_lock_manager(const bl_lock *lock);
  * one it accepted: that stops a holder that was paused past its TTL.
  * 0 before the lock is held. */
 BL_API uint64_t bl_lock_token(const bl_lock *lock);
+/* How long this manager has held the lock, in ms (loop clock); 0 when it
+ * is not held. */
+BL_API uint64_t bl_lock_held_ms(const bl_lock *lock);
+/* The locks this manager holds now, longest held first: fills out[0..n)
+ * and returns how many it filled (at most n; 0 when out is NULL or n is
+ * 0). The handles stay owned by the manager, valid as held handles are
+ * (until their release callback). One pass over the manager's requests. */
+BL_API size_t bl_manager_longest_held(const bl_manager *m, bl_lock **out, size_t n);
 
 /* ---- Operations: health, inspection, cleanup, metrics ------------------ */
 
@@ -487,7 +574,23 @@ typedef struct bl_health {
     const char *role;
     int replicas;
     const char *server;
+    /* Redis Cluster (redis-cluster:// url): one entry per master of the slot
+     * map, the fields above then summing them up (status: the first
+     * failure; latency: the slowest; server: the first master). 0 and NULL
+     * otherwise. Valid inside the callback. */
+    int nodes;
+    const struct bl_node_health *node;
 } bl_health;
+
+typedef struct bl_node_health {
+    const char *server;  /* "ip:port" */
+    int slots;           /* hash slots it serves */
+    int status;          /* BL_OK, BL_ECONN, BL_EREDIS */
+    int state;           /* enum bl_conn_state of its lock connection */
+    double latency_ms;   /* PING round trip */
+    int replicas;        /* replicas connected to it (ROLE), -1 unknown */
+    const char *errmsg;  /* for failures */
+} bl_node_health;
 
 typedef void (*bl_health_cb)(bl_manager *m, const bl_health *h, void *data);
 
@@ -518,8 +621,35 @@ typedef void (*bl_cleanup_cb)(bl_manager *m, int status, uint64_t removed, void 
  * the ones held by this manager's holder id (mine_only = 1), with
  * SCAN + UNLINK (never KEYS). Fencing counters and done markers stay.
  * Keys outside the prefix are never touched. cb gets how many locks it
- * removed. */
+ * removed; when status is not BL_OK, bl_manager_errmsg(m) says why inside
+ * cb (the server's message, e.g. an ACL refusal; also logged). */
 BL_API int bl_cleanup(bl_manager *m, int mine_only, bl_cleanup_cb cb, void *data);
+
+/* One held lock of the fleet, as the server has it. */
+typedef struct bl_held_lock {
+    const char *key;    /* "<prefix>:<marketplace>:<posting>" */
+    const char *holder; /* its holder id ("~<id>" while a release hands it to <id>) */
+    uint64_t held_ms;   /* since it was granted (or handed on), by the server's clock;
+                         * 0 when token is 0 (a lock no bidlock of this layout took) */
+    int64_t pttl_ms;    /* TTL left */
+    uint64_t token;     /* its fencing token */
+} bl_held_lock;
+
+/* locks[0..n): the longest held first; total: how many locks are held in
+ * all (n <= max). Valid inside the callback. On an error, n == 0 and
+ * bl_manager_errmsg(m) says why inside cb. */
+typedef void (*bl_locks_cb)(bl_manager *m, int status, const bl_held_lock *locks, size_t n,
+                            size_t total, void *data);
+
+/* Every lock held under this manager's prefix, by any holder (fleet-wide),
+ * longest held first, at most max of them (0 = all), with SCAN (never
+ * KEYS) and one read per lock; on a Redis Cluster, every master. How long
+ * a lock has been held comes from its fencing token, which is the server's
+ * time in microseconds when it was granted (or later if tokens ran ahead
+ * of the clock, which only a clock that stepped back causes), so it needs
+ * no extra key and is exact across holders and processes. Same
+ * synchronous errors as bl_cleanup. */
+BL_API int bl_list_locks(bl_manager *m, size_t max, bl_locks_cb cb, void *data);
 
 /* Latency histogram: counts[i] is the number of samples <= bounds_ms[i];
  * the last bucket (+Inf) holds the rest. */
@@ -530,12 +660,18 @@ typedef struct bl_histogram {
     double sum_ms;
 } bl_histogram;
 BL_API extern const double bl_hist_bounds_ms[BL_HIST_BUCKETS];
+/* The hold-time histogram's bounds: 1 ms .. 30 min (holds are longer
+ * than round trips). */
+BL_API extern const double bl_hold_bounds_ms[BL_HIST_BUCKETS];
 
 typedef struct bl_metrics {
     bl_stats stats;
     int conn_state;
     bl_histogram acquire_ms; /* bl_acquire -> acquired callback (successes) */
     bl_histogram release_ms; /* bl_release -> release callback */
+    bl_histogram hold_ms;    /* acquired -> bl_release/bl_section_end or close
+                              * (a lost lock counts until then); bounds
+                              * bl_hold_bounds_ms */
 } bl_metrics;
 
 BL_API void bl_manager_metrics(const bl_manager *m, bl_metrics *out);

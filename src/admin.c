@@ -14,9 +14,43 @@ typedef struct admin_req {
         bl_health_cb health;
         bl_inspect_cb inspect;
         bl_cleanup_cb cleanup;
+        bl_locks_cb locks;
     } cb;
+    size_t max; /* locks: how many to report */
     void *data;
 } admin_req;
+
+static int longest_first(const void *a, const void *b)
+{
+    const bl_aop_lock *x = a, *y = b;
+    if (x->held_ms != y->held_ms)
+        return x->held_ms < y->held_ms ? 1 : -1;
+    return strcmp(x->key, y->key);
+}
+
+static void deliver_locks(admin_req *r)
+{
+    bl_aop *op = &r->op;
+    bl_manager *m = r->m;
+    size_t n = op->status == BL_OK ? op->nlocks : 0;
+    if (n > 1)
+        qsort(op->locks, n, sizeof op->locks[0], longest_first);
+    size_t show = r->max && r->max < n ? r->max : n;
+    bl_held_lock *out = show ? calloc(show, sizeof *out) : NULL;
+    int status = op->status;
+    if (show && !out) {
+        status = BL_ENOMEM, show = n = 0;
+        snprintf(m->errmsg, sizeof m->errmsg, "out of memory");
+    } else if (status != BL_OK) {
+        snprintf(m->errmsg, sizeof m->errmsg, "%s", op->errmsg);
+        bl_log(m, BL_LOG_WARN, "bidlock: listing locks failed: %s", op->errmsg);
+    }
+    for (size_t i = 0; i < show; i++)
+        out[i] = (bl_held_lock){op->locks[i].key, op->locks[i].holder, op->locks[i].held_ms,
+                                op->locks[i].pttl_ms, op->locks[i].token};
+    r->cb.locks(m, status, out, show, n, r->data);
+    free(out);
+}
 
 static void deliver(bl_aop *op)
 {
@@ -27,7 +61,8 @@ static void deliver(bl_aop *op)
     case BL_AOP_PING: {
         bl_health h = {op->status, m->be->vt->conn_state(m->be), op->latency_ms,
                        m->be->vt->name, op->errmsg, op->role[0] ? op->role : NULL,
-                       op->replicas, op->server[0] ? op->server : NULL};
+                       op->replicas, op->server[0] ? op->server : NULL,
+                       op->nnodes, op->nodes};
         r->cb.health(m, &h, r->data);
         break;
     }
@@ -37,7 +72,16 @@ static void deliver(bl_aop *op)
         r->cb.inspect(m, &op->info, r->data);
         break;
     case BL_AOP_CLEANUP:
+        /* The callback has no message argument: say why through
+         * bl_manager_errmsg (valid inside the callback) and the log. */
+        if (op->status != BL_OK) {
+            snprintf(m->errmsg, sizeof m->errmsg, "%s", op->errmsg);
+            bl_log(m, BL_LOG_WARN, "bidlock: cleanup failed: %s", op->errmsg);
+        }
         r->cb.cleanup(m, op->status, op->removed, r->data);
+        break;
+    case BL_AOP_LOCKS:
+        deliver_locks(r);
         break;
     }
     bl_mgr_check_close(m);
@@ -50,6 +94,7 @@ static void release(bl_aop *op)
         r->m->loop.timer_free(op->timer);
     free(op->keys);
     free(op->holder_buf);
+    bl_aop_locks_free(op);
     free(r);
 }
 
@@ -134,5 +179,18 @@ int bl_cleanup(bl_manager *m, int mine_only, bl_cleanup_cb cb, void *data)
         return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
     r->cb.cleanup = cb;
     r->op.mine_only = mine_only != 0;
+    return req_start(m, r);
+}
+
+int bl_list_locks(bl_manager *m, size_t max, bl_locks_cb cb, void *data)
+{
+    int rc = refuse(m, !cb);
+    if (rc)
+        return rc;
+    admin_req *r = req_new(m, BL_AOP_LOCKS, data);
+    if (!r)
+        return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
+    r->cb.locks = cb;
+    r->max = max;
     return req_start(m, r);
 }

@@ -18,6 +18,8 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common.h"
 #include "keyspace.h"
@@ -29,7 +31,8 @@ enum bl_op_kind {
     BL_OP_ACQUIRE,      /* join the wait queue unless try-once */
     BL_OP_RELEASE,
     BL_OP_RELEASE_DONE, /* release and mark the posting done */
-    BL_OP_EXTEND
+    BL_OP_EXTEND,
+    BL_OP_TRANSFER      /* hand the lock to op->target for op->ttl_ms (a new token) */
 };
 
 /* The outcome of one lock operation. status: BL_OK, BL_EBUSY (acquire
@@ -42,6 +45,7 @@ typedef struct bl_op_result {
     int handed_off;
     const char *errmsg;
     int ours; /* acquire, BL_EBUSY: the lock is held under our own holder id */
+    int index; /* group acquire, BL_EBUSY/BL_EDONE: which posting (0-based) */
 } bl_op_result;
 
 /* One lock operation: what to do, on which names, and how to finish. The
@@ -49,7 +53,11 @@ typedef struct bl_op_result {
  * done has been called. */
 typedef struct bl_op {
     enum bl_op_kind kind;
-    const bl_keys *keys;
+    const bl_keys *keys;   /* nkeys names for a group, else one */
+    size_t nkeys;          /* a group (bl_acquire_many): acquire, release, extend all of
+                            * keys[0..nkeys) in one script; 0 = one posting */
+    uint64_t *tokens;      /* group acquire: the backend writes each posting's token here
+                            * before done(BL_OK), and sets result.token = tokens[0] */
     uint64_t ttl_ms;       /* acquire, extend: the lease */
     uint64_t queue_ttl_ms; /* acquire: lifetime of our wait-queue entry; 0 = try once */
     int queued;            /* acquire: an earlier attempt of this request queued us */
@@ -58,12 +66,22 @@ typedef struct bl_op {
     int reclaim;           /* acquire: take the lock if it is held under our own
                             * holder id (no request of ours holds or is getting it:
                             * it is a grant whose reply was lost) */
+    const char *target;    /* transfer: the receiving holder id (target_len bytes) */
+    size_t target_len;
     char *errbuf;          /* BL_ERRMSG_MAX bytes: why a start failed synchronously */
     void (*done)(struct bl_op *op, const bl_op_result *r);
 } bl_op;
 
 /* Admin operations (health, inspect, cleanup). */
-enum bl_aop_kind { BL_AOP_PING, BL_AOP_INSPECT, BL_AOP_CLEANUP };
+enum bl_aop_kind { BL_AOP_PING, BL_AOP_INSPECT, BL_AOP_CLEANUP, BL_AOP_LOCKS };
+
+/* A held lock found by BL_AOP_LOCKS; key and holder are malloc'd, freed
+ * with the op (bl_aop_locks_free). */
+typedef struct bl_aop_lock {
+    char *key, *holder;
+    int64_t pttl_ms;
+    uint64_t token, held_ms;
+} bl_aop_lock;
 typedef struct bl_aop {
     enum bl_aop_kind kind;
     bl_keys *keys;      /* inspect: the posting's names */
@@ -79,6 +97,8 @@ typedef struct bl_aop {
     char role[16];      /* ping: "master"/"replica", "" unknown */
     int replicas;       /* ping: -1 unknown */
     char server[64];    /* ping: "ip:port", "" unknown */
+    int nnodes;         /* ping, Redis Cluster: entries in nodes (the backend's) */
+    const struct bl_node_health *nodes;
     /* engine hooks: deliver runs the user's callback (once); release frees
      * the op (and its timer). An answer that did not come in time is
      * delivered at once and released when the late answer, or the
@@ -90,6 +110,9 @@ typedef struct bl_aop {
     struct bl_aop *next;
     bl_timer *timer;     /* bounds the wait for an answer; freed by release */
     int orphaned;        /* delivered already; release it on the late answer */
+    int inflight;        /* cleanup on a cluster node: script calls out (one key each) */
+    bl_aop_lock *locks;  /* BL_AOP_LOCKS: what was found (the backend appends) */
+    size_t nlocks, caplocks;
 } bl_aop;
 
 static inline void bl_aop_done(bl_aop *op)
@@ -98,11 +121,50 @@ static inline void bl_aop_done(bl_aop *op)
     op->release(op);
 }
 
+/* BL_AOP_LOCKS: append one held lock (copies key and holder). 0 or BL_ENOMEM. */
+static inline int bl_aop_add_lock(bl_aop *op, const char *key, size_t klen, const char *holder,
+                                  size_t hlen, int64_t pttl_ms, uint64_t token, uint64_t held_ms)
+{
+    if (op->nlocks == op->caplocks) {
+        size_t cap = op->caplocks ? 2 * op->caplocks : 64;
+        bl_aop_lock *l = (bl_aop_lock *)realloc(op->locks, cap * sizeof *l);
+        if (!l)
+            return BL_ENOMEM;
+        op->locks = l;
+        op->caplocks = cap;
+    }
+    char *k = (char *)malloc(klen + 1), *h = (char *)malloc(hlen + 1);
+    if (!k || !h) {
+        free(k);
+        free(h);
+        return BL_ENOMEM;
+    }
+    memcpy(k, key, klen);
+    k[klen] = '\0';
+    memcpy(h, holder, hlen);
+    h[hlen] = '\0';
+    op->locks[op->nlocks++] = (bl_aop_lock){k, h, pttl_ms, token, held_ms};
+    return 0;
+}
+
+static inline void bl_aop_locks_free(bl_aop *op)
+{
+    for (size_t i = 0; i < op->nlocks; i++) {
+        free(op->locks[i].key);
+        free(op->locks[i].holder);
+    }
+    free(op->locks);
+    op->locks = NULL;
+    op->nlocks = op->caplocks = 0;
+}
+
 /* What a backend tells the engine without being asked. */
 enum bl_be_event {
     BL_BE_RECONNECTED,    /* the connection came back after a loss */
     BL_BE_WAIT_SHORT,     /* a grant or renewal was not acknowledged by enough replicas */
     BL_BE_MASTER_CHANGED, /* now on another master (failover): re-verify held leases */
+    BL_BE_REDIRECTED,     /* Redis Cluster: a MOVED or ASK answer was followed */
+    BL_BE_MAP_REFRESHED,  /* Redis Cluster: the slot map was read */
 };
 
 /* What a backend is given at creation. Copied by the backend; every

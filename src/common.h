@@ -10,6 +10,9 @@
 #define BL_ID_MAX 256
 #define BL_PREFIX_MAX 64
 #define BL_HOLDER_MAX 320
+/* bl_transfer's lease when the caller passes 0: long enough for the
+ * receiver to take it over, short enough that a dead receiver costs little. */
+#define BL_TRANSFER_DEFAULT_MS 5000
 #define BL_ERRMSG_MAX 256
 #define BL_MAX_MS (30ULL * 24 * 3600 * 1000) /* 30 days */
 

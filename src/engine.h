@@ -34,7 +34,11 @@ struct bl_lock {
     enum lock_state state;
     bl_op op;               /* the backend operation; op.kind != NONE while in flight */
     int abandoned;          /* user no longer waits for this grant/lock: give it back */
-    bl_keys keys;
+    bl_keys keys;           /* the posting's names (a group's first posting) */
+    size_t nkeys;           /* bl_acquire_many: postings in gkeys; 0 = one, in keys */
+    bl_keys *gkeys;         /* a group's names, in the same block */
+    uint64_t *gtokens;      /* a group's tokens once held */
+    int done_index;         /* after BL_EDONE: which posting was done; else -1 */
     uint64_t ttl_ms;
     uint64_t started;       /* loop clock, bl_acquire */
     uint64_t started_us;
@@ -43,11 +47,13 @@ struct bl_lock {
     int queued;             /* joined the server's wait queue */
     int reclaim;            /* the next attempt may take a lock held under our id */
     int reverify;           /* renew at once after the renewal now in flight */
+    int wake_pending;       /* a release came while an attempt was out: 1 any, 2 directed */
     double step;            /* backoff state */
     bl_timer *timer;        /* backoff, deferred completion, lease renewal */
     int pending_status;
     enum bl_op_kind pending_kind; /* which callback ENDING fires */
     uint64_t token;
+    uint64_t held_since;    /* loop clock when granted; 0 when not held */
     /* lease */
     int auto_extend, lost;
     uint64_t lease_until;   /* loop clock: the lease surely ends by then */
@@ -55,6 +61,8 @@ struct bl_lock {
     void (*on_lost)(bl_lock *, int, void *);
     void *on_lost_data;
     enum bl_op_kind release_after; /* a release asked for while extending */
+    char *transfer_to;      /* bl_transfer: the receiving holder id (malloc'd) */
+    uint64_t transfer_ms;   /* ...and its lease */
     /* callbacks */
     bl_acquire_cb acb;
     void *adata;
@@ -87,7 +95,7 @@ struct bl_manager {
     bl_lock *locks;
     bl_wq *wq[BL_WQ_BUCKETS];
     bl_stats stats;
-    bl_histogram acquire_hist, release_hist;
+    bl_histogram acquire_hist, release_hist, hold_hist;
     bl_backoff backoff;
     int wait_on;   /* min_replicas resolves to non-zero: grants wait for WAIT */
     uint64_t rng;
@@ -96,6 +104,7 @@ struct bl_manager {
     bl_timer *close_timer; /* close deadline */
     enum mgr_kick kick;
     int closing, shutdown_started, backend_closed;
+    bl_lock *close_scan; /* close: the first request that may still be busy */
     bl_close_cb close_cb;
     void *close_data;
 };
@@ -119,6 +128,9 @@ void bl_log(const bl_manager *m, int level, const char *fmt, ...)
 void bl_mgr_count_error(bl_manager *m, int status);
 /* metrics.c */
 void bl_hist_add(bl_histogram *h, double ms);
+void bl_hist_add_to(bl_histogram *h, const double *bounds, double ms);
+/* The lock stops being held (released, given back, lost): count the hold. */
+void bl_lock_end_hold(bl_lock *lock);
 /* waitq.c: the engine's wait queues */
 void bl_wq_join(bl_lock *lock);
 void bl_wq_leave(bl_lock *lock);

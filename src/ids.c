@@ -44,6 +44,10 @@ int bl_validate_id(const char *id, int is_marketplace, char *why, size_t why_len
             return bl_einval(why, why_len, "%s contains whitespace or a control character", what);
         if (is_marketplace && c == ':')
             return bl_einval(why, why_len, "%s contains ':'", what);
+        if (c == '}')
+            return bl_einval(why, why_len,
+                             "%s contains '}', which would end the Redis Cluster hash tag "
+                             "{<lock key>} of the lock's other keys early", what);
     }
     return 0;
 }
@@ -55,10 +59,21 @@ int bl_validate_prefix(const char *prefix, char *why, size_t why_len)
     size_t n = strnlen(prefix, BL_PREFIX_MAX + 1);
     if (n > BL_PREFIX_MAX)
         return bl_einval(why, why_len, "%s is longer than 64 bytes", "key_prefix");
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         if (bad_byte((unsigned char)prefix[i]))
             return bl_einval(why, why_len, "%s contains whitespace or a control character",
                         "key_prefix");
+        if (prefix[i] == '}')
+            return bl_einval(why, why_len,
+                             "%s contains '}', which would end the Redis Cluster hash tag "
+                             "{<lock key>} of the lock's other keys early", "key_prefix");
+    }
+    /* Names that start with '{' are the tagged ones ("{<lock key>}:q"):
+     * a lock key never does, so the two kinds cannot be mistaken. */
+    if (prefix[0] == '{')
+        return bl_einval(why, why_len,
+                         "%s may not start with '{' (bidlock's hash-tagged key names "
+                         "start with it)", "key_prefix");
     /* "<prefix>::..." names the fence/queue/done keys; keep them apart. */
     if (prefix[n - 1] == ':' || strstr(prefix, "::"))
         return bl_einval(why, why_len, "%s may not end with ':' or contain '::'", "key_prefix");
@@ -108,4 +123,19 @@ uint64_t bl_now_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+int bl_validate_holder(const char *holder, char *why, size_t why_len)
+{
+    size_t n = strnlen(holder, BL_HOLDER_MAX);
+    if (n == 0)
+        return bl_einval(why, why_len, "holder is empty");
+    if (n >= BL_HOLDER_MAX)
+        return bl_einval(why, why_len, "holder is longer than %d bytes", BL_HOLDER_MAX - 1);
+    if (holder[0] == '~')
+        return bl_einval(why, why_len, "holder starts with '~' (the mark of a reserved lock)");
+    for (size_t i = 0; i < n; i++)
+        if (bad_byte((unsigned char)holder[i]))
+            return bl_einval(why, why_len, "holder contains whitespace or a control character");
+    return 0;
 }

@@ -13,6 +13,9 @@ int bl_einval(char *why, size_t why_len, const char *fmt, ...)
  * BL_EINVAL with a sentence in why[0..why_len). */
 int bl_validate_id(const char *id, int is_marketplace, char *why, size_t why_len);
 int bl_validate_prefix(const char *prefix, char *why, size_t why_len);
+/* 0 if holder (not NULL) could be a manager's holder id: 1..319 bytes, no
+ * whitespace or control character, not starting with '~'. */
+int bl_validate_holder(const char *holder, char *why, size_t why_len);
 /* "<prefix>:<mp>:<posting>" into a fresh malloc'd string; NULL on OOM. */
 char *bl_make_key(const char *prefix, const char *mp, const char *posting, size_t *len);
 /* "<hostname>:<pid>:<uuid4>" into buf (BL_HOLDER_MAX). 0 or BL_ENOMEM. */

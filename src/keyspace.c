@@ -5,13 +5,31 @@
 #include "common.h"
 #include "keyspace.h"
 
-/* The part after "<prefix>:" for each name; NULL for the lock itself. */
-static const char *const kinds[BL_KEY_COUNT] = {NULL, "q", "fence", "done"};
+/* How each name is made from the lock key L = "P:M:X". */
+enum form { F_LOCK, F_TAGGED, F_OLD };
+static const struct {
+    enum form form;
+    const char *kind;
+} names[BL_KEY_COUNT] = {
+    [BL_KEY_LOCK] = {F_LOCK, ""},
+    [BL_KEY_QUEUE] = {F_TAGGED, "q"},        /* {L}:q */
+    [BL_KEY_FENCE] = {F_TAGGED, "fence"},    /* {L}:fence */
+    [BL_KEY_DONE] = {F_TAGGED, "done"},      /* {L}:done */
+    [BL_KEY_OLD_DONE] = {F_OLD, "done"},     /* P::done:M:X */
+    [BL_KEY_OLD_FENCE] = {F_OLD, "fence"},   /* P::fence:M:X */
+};
 
 static size_t name_len(int i, size_t plen, size_t mlen, size_t xlen)
 {
     size_t n = plen + 1 + mlen + 1 + xlen;
-    return kinds[i] ? n + 1 + strlen(kinds[i]) + 1 : n;
+    switch (names[i].form) {
+    case F_TAGGED:
+        return n + 3 + strlen(names[i].kind); /* "{" "}:" */
+    case F_OLD:
+        return n + 2 + strlen(names[i].kind); /* ":" kind ":" */
+    default:
+        return n;
+    }
 }
 
 size_t bl_keys_size(size_t plen, size_t mlen, size_t xlen)
@@ -34,16 +52,24 @@ void bl_keys_build(bl_keys *out, char *block, const char *prefix, size_t plen, c
     char *p = block;
     for (int i = 0; i < BL_KEY_COUNT; i++) {
         char *start = p;
+        const char *kind = names[i].kind;
+        if (names[i].form == F_TAGGED)
+            *p++ = '{';
         p = put(p, prefix, plen);
         *p++ = ':';
-        if (kinds[i]) {
+        if (names[i].form == F_OLD) {
             *p++ = ':';
-            p = put(p, kinds[i], strlen(kinds[i]));
+            p = put(p, kind, strlen(kind));
             *p++ = ':';
         }
         p = put(p, mp, mlen);
         *p++ = ':';
         p = put(p, posting, xlen);
+        if (names[i].form == F_TAGGED) {
+            *p++ = '}';
+            *p++ = ':';
+            p = put(p, kind, strlen(kind));
+        }
         *p++ = '\0';
         out->k[i] = start;
         out->len[i] = (size_t)(p - start - 1);
@@ -77,6 +103,11 @@ int bl_keys_is_lock_key(const char *k, size_t n, const char *prefix, size_t plen
     return c && c + 1 < k + n;
 }
 
+int bl_keys_is_old_queue(const char *k, size_t n, const char *prefix, size_t plen)
+{
+    return n > plen + 4 && memcmp(k, prefix, plen) == 0 && memcmp(k + plen, "::q:", 4) == 0;
+}
+
 void bl_keys_scan_pattern(char *dst, const char *prefix)
 {
     char *p = dst;
@@ -93,20 +124,59 @@ void bl_keys_scan_pattern(char *dst, const char *prefix)
 size_t bl_keys_channel(char *dst, size_t cap, const char *key, size_t keylen, const char *holder,
                        size_t hlen)
 {
-    if (keylen + 1 + hlen + 1 > cap)
+    if (keylen + 3 + hlen + 1 > cap)
         return 0;
-    char *p = put(dst, key, keylen);
+    char *p = dst;
+    *p++ = '{';
+    p = put(p, key, keylen);
+    *p++ = '}';
     *p++ = '|';
     p = put(p, holder, hlen);
     *p = '\0';
-    return keylen + 1 + hlen;
+    return keylen + 3 + hlen;
 }
 
 const char *bl_keys_channel_key(const char *ch, size_t n, const char *holder, size_t hlen,
                                 size_t *keylen)
 {
-    if (n < hlen + 2 || ch[n - hlen - 1] != '|' || memcmp(ch + n - hlen, holder, hlen) != 0)
+    if (n < hlen + 5 || ch[0] != '{' || ch[n - hlen - 1] != '|' || ch[n - hlen - 2] != '}' ||
+        memcmp(ch + n - hlen, holder, hlen) != 0)
         return NULL;
-    *keylen = n - hlen - 1;
-    return ch;
+    *keylen = n - hlen - 3;
+    return ch + 1;
+}
+
+uint16_t bl_crc16(const char *s, size_t n)
+{
+    uint16_t crc = 0;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= (uint16_t)((unsigned char)s[i] << 8);
+        for (int b = 0; b < 8; b++)
+            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+    }
+    return crc;
+}
+
+unsigned bl_key_slot(const char *key, size_t n)
+{
+    const char *open = memchr(key, '{', n);
+    if (open) {
+        const char *from = open + 1;
+        const char *close = memchr(from, '}', (size_t)(key + n - from));
+        if (close && close > from)
+            return bl_crc16(from, (size_t)(close - from)) & (BL_CLUSTER_SLOTS - 1);
+    }
+    return bl_crc16(key, n) & (BL_CLUSTER_SLOTS - 1);
+}
+
+size_t bl_keys_fence_of(char *dst, size_t cap, const char *key, size_t n)
+{
+    static const char tail[] = "}:fence";
+    size_t len = 1 + n + sizeof tail - 1;
+    if (len + 1 > cap)
+        return 0;
+    dst[0] = '{';
+    memcpy(dst + 1, key, n);
+    memcpy(dst + 1 + n, tail, sizeof tail); /* with its NUL */
+    return len;
 }

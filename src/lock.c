@@ -36,6 +36,7 @@ void bl_lock_free(bl_lock *lock)
     if (lock->next)
         lock->next->prev = lock->prev;
     m->loop.timer_free(lock->timer);
+    free(lock->transfer_to);
     free(lock);
 }
 
@@ -81,13 +82,21 @@ static void op_done(bl_op *op, const bl_op_result *r);
  * ended BL_ECONN) only if no other request of this manager holds it, is
  * getting or giving it back, or has anything in flight on it. Rare: a walk
  * of the manager's requests is fine. */
+static int has_key(const bl_lock *l, const char *key, size_t n)
+{
+    const bl_keys *k = l->nkeys ? l->gkeys : &l->keys;
+    for (size_t i = 0; i < (l->nkeys ? l->nkeys : 1); i++)
+        if (k[i].len[BL_KEY_LOCK] == n && memcmp(k[i].k[BL_KEY_LOCK], key, n) == 0)
+            return 1;
+    return 0;
+}
+
 static int may_reclaim(const bl_lock *lock)
 {
     const char *key = lock->keys.k[BL_KEY_LOCK];
     size_t n = lock->keys.len[BL_KEY_LOCK];
     for (const bl_lock *l = lock->m->locks; l; l = l->next)
-        if (l != lock && l->keys.len[BL_KEY_LOCK] == n &&
-            memcmp(l->keys.k[BL_KEY_LOCK], key, n) == 0 &&
+        if (l != lock && has_key(l, key, n) &&
             (l->op.kind != BL_OP_NONE || l->state == LS_HELD || l->state == LS_RELEASING))
             return 0;
     return 1;
@@ -97,9 +106,17 @@ static int start_op(bl_lock *lock, enum bl_op_kind kind)
 {
     bl_manager *m = lock->m;
     lock->op_sent = bl_mgr_now(m);
-    lock->op = (bl_op){.kind = kind, .keys = &lock->keys, .ttl_ms = lock->ttl_ms,
+    lock->op = (bl_op){.kind = kind, .keys = lock->nkeys ? lock->gkeys : &lock->keys,
+                       .nkeys = lock->nkeys, .tokens = lock->gtokens, .ttl_ms = lock->ttl_ms,
                        .errbuf = lock->errmsg, .done = op_done};
-    if (kind == BL_OP_ACQUIRE) {
+    if (kind == BL_OP_TRANSFER) {
+        lock->op.ttl_ms = lock->transfer_ms;
+        lock->op.target = lock->transfer_to;
+        lock->op.target_len = strlen(lock->transfer_to);
+    }
+    if (kind == BL_OP_ACQUIRE && !lock->nkeys) {
+        /* (A group joins no queue: it retries on its timer; a queue entry
+         * per posting would reserve locks it cannot take all at once.) */
         lock->op.queue_ttl_ms = queue_ttl(lock);
         lock->op.queued = lock->queued;
         /* Our holder id in the server's queue speaks for every request of
@@ -172,6 +189,7 @@ static void fire_acquire(bl_lock *lock, int status)
     leave_queue(lock, (status != BL_OK && status != BL_EDONE) || lock->op.keep_queued);
     if (status == BL_OK) {
         lock->state = LS_HELD;
+        lock->held_since = bl_mgr_now(m);
         m->stats.held++;
         bl_hist_add(&m->acquire_hist, (double)(bl_now_us() - lock->started_us) / 1000.0);
         lock->lease_until = lock->op_sent + lock->ttl_ms;
@@ -197,7 +215,7 @@ static void fire_release(bl_lock *lock, int status)
 {
     bl_manager *m = lock->m;
     switch (status) {
-    case BL_OK: m->stats.releases++; break;
+    case BL_OK: lock->transfer_to ? m->stats.transfers++ : m->stats.releases++; break;
     case BL_ENOTHELD: m->stats.not_held++; break;
     case BL_ECANCELED: break;
     default: m->stats.release_errors++; break;
@@ -212,6 +230,44 @@ static void fire_release(bl_lock *lock, int status)
         lock->rcb(lock, status, lock->rdata);
     }
     maybe_free(lock);
+}
+
+void bl_lock_end_hold(bl_lock *lock)
+{
+    bl_manager *m = lock->m;
+    m->stats.held--;
+    bl_hist_add_to(&m->hold_hist, bl_hold_bounds_ms, (double)(bl_mgr_now(m) - lock->held_since));
+    lock->held_since = 0;
+}
+
+uint64_t bl_lock_held_ms(const bl_lock *lock)
+{
+    if (!lock || lock->state != LS_HELD)
+        return 0;
+    uint64_t now = bl_mgr_now(lock->m);
+    return now > lock->held_since ? now - lock->held_since : 0;
+}
+
+size_t bl_manager_longest_held(const bl_manager *m, bl_lock **out, size_t n)
+{
+    size_t k = 0;
+    if (!m || !out || n == 0)
+        return 0;
+    /* Keep out[0..k) sorted, oldest grant first: an insertion per held
+     * lock, n is small (a top-N). */
+    for (bl_lock *l = m->locks; l; l = l->next) {
+        if (l->state != LS_HELD)
+            continue;
+        size_t i = k < n ? k++ : n;
+        while (i > 0 && out[i - 1]->held_since > l->held_since) {
+            if (i < n)
+                out[i] = out[i - 1];
+            i--;
+        }
+        if (i < n)
+            out[i] = l;
+    }
+    return k;
 }
 
 static void lose(bl_lock *lock)
@@ -248,6 +304,7 @@ static void attempt(bl_lock *lock)
 {
     bl_manager *m = lock->m;
     lock->state = LS_ACQUIRING;
+    lock->wake_pending = 0; /* this attempt sees every release before it */
     lock->errmsg[0] = '\0';
     m->stats.attempts++;
     int rc = start_op(lock, BL_OP_ACQUIRE);
@@ -291,11 +348,18 @@ static void wait_or_give_up(bl_lock *lock, int why)
         fire_acquire(lock, why == BL_EBUSY ? BL_ETIMEDOUT : why);
         return;
     }
-    if (!lock->wq && m->cfg.wake_on_release)
+    int queues = m->cfg.wake_on_release && !lock->nkeys;
+    if (!lock->wq && queues)
         bl_wq_join(lock);
-    lock->queued = m->cfg.wake_on_release; /* the busy attempt queued us */
+    lock->queued = queues; /* the busy attempt queued us */
     uint64_t pause =
         bl_backoff_next(&m->backoff, &lock->step, bl_rand_next(&m->rng), now, lock->deadline);
+    /* A release (maybe reserved for us) came while the attempt was out:
+     * the attempt may have run before it, so go again now, not after a
+     * full backoff while a reservation for us runs out. */
+    if (lock->wake_pending)
+        pause = lock->wake_pending == 2 ? 0 : bl_rand_next(&m->rng) % 4;
+    lock->wake_pending = 0;
     lock->state = LS_WAITING;
     m->stats.waiting++;
     m->loop.timer_start(lock->timer, pause);
@@ -396,11 +460,17 @@ static void op_done(bl_op *op, const bl_op_result *r)
     case BL_OP_ACQUIRE:
         if (r->status == BL_OK)
             lock->token = r->token;
+        if (r->status == BL_EDONE)
+            lock->done_index = lock->nkeys ? r->index : 0;
         if (r->status == BL_EBUSY && r->ours && !op->reclaim && may_reclaim(lock)) {
             m->stats.reclaims++;
             bl_log(m, BL_LOG_INFO, "lock %s is held under our id by no request: reclaiming",
                    lock->keys.k[BL_KEY_LOCK]);
             lock->reclaim = 1;
+            /* The busy answer put us in the server's queue (unless try
+             * once): the reclaiming attempt must take that entry out. */
+            if (op->queue_ttl_ms > 0)
+                lock->queued = 1;
             attempt(lock);
         } else if (r->status == BL_EBUSY || r->status == BL_ENOREPL)
             wait_or_give_up(lock, r->status);
@@ -467,7 +537,7 @@ static void lock_timer_cb(void *data)
             break;
         }
         if (start_op(lock, BL_OP_EXTEND) < 0) {
-            bl_op_result r = {BL_ECONN, 0, 0, "not connected", 0};
+            bl_op_result r = {BL_ECONN, 0, 0, "not connected", 0, 0};
             extend_done(lock, &r);
         } else {
             uint64_t now = bl_mgr_now(m);
@@ -495,9 +565,17 @@ void bl_lock_reverify(bl_lock *lock)
 void bl_lock_wake(bl_lock *lock, int directed)
 {
     bl_manager *m = lock->m;
-    if (lock->state != LS_WAITING)
+    if (lock->state != LS_WAITING && lock->state != LS_ACQUIRING)
         return;
     m->stats.wakeups++;
+    if (lock->state == LS_ACQUIRING) {
+        /* An attempt is out. If it ran before the release and comes back
+         * busy, wait_or_give_up goes again at once; if it got the lock,
+         * the wake-up is spent. */
+        if (directed || !lock->wake_pending)
+            lock->wake_pending = directed ? 2 : 1;
+        return;
+    }
     if (directed) {
         /* The lock is reserved for us: go now. */
         m->loop.timer_stop(lock->timer);
@@ -520,7 +598,7 @@ void bl_lock_close_one(bl_lock *lock)
         break;
     case LS_HELD:
         /* Best effort: give the lock back now rather than at its TTL. */
-        m->stats.held--;
+        bl_lock_end_hold(lock);
         lock->abandoned = 1;
         m->loop.timer_stop(lock->timer);
         if (lock->op.kind == BL_OP_NONE && start_op(lock, BL_OP_RELEASE) != 0)
@@ -552,7 +630,33 @@ void bl_acquire_opts_init(bl_acquire_opts *opts)
     opts->wait_ms = BL_WAIT_DEFAULT;
 }
 
-static int start_request(bl_manager *m, const char *mp, const char *posting,
+/* The postings of a group: each valid, none twice, 1..BL_GROUP_MAX. */
+static int check_group(bl_manager *m, const bl_posting *p, size_t n)
+{
+    char why[BL_ERRMSG_MAX], msg[BL_ERRMSG_MAX + 32];
+    if (!p || n == 0)
+        return bl_mgr_fail(m, BL_EINVAL, "a group needs at least one posting");
+    if (n > BL_GROUP_MAX)
+        return bl_mgr_fail(m, BL_EINVAL, "a group has at most 32 postings");
+    for (size_t i = 0; i < n; i++) {
+        if (bl_validate_id(p[i].marketplace, 1, why, sizeof why) ||
+            bl_validate_id(p[i].posting, 0, why, sizeof why)) {
+            snprintf(msg, sizeof msg, "posting %zu: %s", i, why);
+            return bl_mgr_fail(m, BL_EINVAL, msg);
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(p[i].marketplace, p[j].marketplace) == 0 &&
+                strcmp(p[i].posting, p[j].posting) == 0) {
+                snprintf(msg, sizeof msg, "postings %zu and %zu are the same", j, i);
+                return bl_mgr_fail(m, BL_EINVAL, msg);
+            }
+    }
+    return 0;
+}
+
+/* group: the request is a bl_acquire_many of p[0..n) (n == 1 for a single
+ * posting otherwise). */
+static int start_request(bl_manager *m, const bl_posting *p, size_t n, int group,
                          const bl_acquire_opts *opts, bl_lock **out)
 {
     if (!m)
@@ -560,8 +664,14 @@ static int start_request(bl_manager *m, const char *mp, const char *posting,
     if (m->closing)
         return bl_mgr_fail(m, BL_ECLOSED, "the manager is closing");
     char why[BL_ERRMSG_MAX];
-    if (bl_validate_id(mp, 1, why, sizeof why) || bl_validate_id(posting, 0, why, sizeof why))
+    if (group) {
+        int rc = check_group(m, p, n);
+        if (rc)
+            return rc;
+    } else if (bl_validate_id(p->marketplace, 1, why, sizeof why) ||
+               bl_validate_id(p->posting, 0, why, sizeof why)) {
         return bl_mgr_fail(m, BL_EINVAL, why);
+    }
     uint64_t ttl = m->cfg.default_ttl_ms, wait = m->cfg.default_wait_ms;
     if (opts) {
         if (opts->ttl_ms < 0 || (uint64_t)opts->ttl_ms > BL_MAX_MS)
@@ -577,12 +687,30 @@ static int start_request(bl_manager *m, const char *mp, const char *posting,
         if (opts->auto_extend && ttl < 3)
             return bl_mgr_fail(m, BL_EINVAL, "auto_extend needs ttl_ms >= 3");
     }
-    /* One block: the request and the posting's names. */
-    size_t plen = strlen(m->prefix), mlen = strlen(mp), xlen = strlen(posting);
-    bl_lock *lock = calloc(1, sizeof *lock + bl_keys_size(plen, mlen, xlen));
+    /* One block: the request, for a group its names and tokens, then the
+     * names' bytes. */
+    size_t plen = strlen(m->prefix), bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        bytes += bl_keys_size(plen, strlen(p[i].marketplace), strlen(p[i].posting));
+    size_t head = sizeof(bl_lock) + (group ? n * (sizeof(bl_keys) + sizeof(uint64_t)) : 0);
+    bl_lock *lock = calloc(1, head + bytes);
     if (!lock)
         return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
-    bl_keys_build(&lock->keys, (char *)(lock + 1), m->prefix, plen, mp, mlen, posting, xlen);
+    char *names = (char *)lock + head;
+    if (group) {
+        lock->nkeys = n;
+        lock->gkeys = (bl_keys *)(lock + 1);
+        lock->gtokens = (uint64_t *)(lock->gkeys + n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t mlen = strlen(p[i].marketplace), xlen = strlen(p[i].posting);
+        bl_keys_build(group ? &lock->gkeys[i] : &lock->keys, names, m->prefix, plen,
+                      p[i].marketplace, mlen, p[i].posting, xlen);
+        names += bl_keys_size(plen, mlen, xlen);
+    }
+    if (group)
+        lock->keys = lock->gkeys[0]; /* the first names the group in logs */
+    lock->done_index = -1;
     lock->m = m;
     lock->timer = m->loop.timer_new(m->loop.impl, lock_timer_cb, lock);
     if (!lock->timer) {
@@ -608,22 +736,36 @@ static int start_request(bl_manager *m, const char *mp, const char *posting,
     return BL_OK;
 }
 
-int bl_acquire(bl_manager *m, const char *marketplace, const char *posting,
-               const bl_acquire_opts *opts, bl_acquire_cb cb, void *data, bl_lock **lockp)
+static int acquire_as(bl_manager *m, const bl_posting *p, size_t n, int group,
+                      const bl_acquire_opts *opts, bl_acquire_cb cb, void *data, bl_lock **lockp)
 {
     if (m && !cb)
         return bl_mgr_fail(m, BL_EINVAL, "callback is NULL");
     bl_lock *lock;
-    int rc = start_request(m, marketplace, posting, opts, &lock);
+    int rc = start_request(m, p, n, group, opts, &lock);
     if (rc)
         return rc;
     lock->acb = cb;
     lock->adata = data;
     m->stats.requests++;
+    m->stats.groups += group;
     if (lockp)
         *lockp = lock;
     attempt(lock);
     return BL_OK;
+}
+
+int bl_acquire(bl_manager *m, const char *marketplace, const char *posting,
+               const bl_acquire_opts *opts, bl_acquire_cb cb, void *data, bl_lock **lockp)
+{
+    bl_posting p = {marketplace, posting};
+    return acquire_as(m, &p, 1, 0, opts, cb, data, lockp);
+}
+
+int bl_acquire_many(bl_manager *m, const bl_posting *postings, size_t n,
+                    const bl_acquire_opts *opts, bl_acquire_cb cb, void *data, bl_lock **lockp)
+{
+    return acquire_as(m, postings, n, 1, opts, cb, data, lockp);
 }
 
 int bl_with_lock(bl_manager *m, const char *marketplace, const char *posting,
@@ -633,7 +775,8 @@ int bl_with_lock(bl_manager *m, const char *marketplace, const char *posting,
     if (m && (!fn || !done))
         return bl_mgr_fail(m, BL_EINVAL, "section or done callback is NULL");
     bl_lock *lock;
-    int rc = start_request(m, marketplace, posting, opts, &lock);
+    bl_posting p = {marketplace, posting};
+    int rc = start_request(m, &p, 1, 0, opts, &lock);
     if (rc)
         return rc;
     lock->sfn = fn;
@@ -648,7 +791,7 @@ static int start_release(bl_lock *lock, enum bl_op_kind kind)
 {
     bl_manager *m = lock->m;
     lock->state = LS_RELEASING;
-    m->stats.held--;
+    bl_lock_end_hold(lock);
     lock->errmsg[0] = '\0';
     lock->started_us = bl_now_us();
     m->loop.timer_stop(lock->timer); /* lease renewal */
@@ -696,6 +839,34 @@ int bl_release_done(bl_lock *lock, bl_release_cb cb, void *data)
     return release_as(lock, BL_OP_RELEASE_DONE, cb, data);
 }
 
+int bl_transfer(bl_lock *lock, const char *holder, int64_t lease_ms, bl_release_cb cb,
+                void *data)
+{
+    int rc = check_releasable(lock);
+    if (rc)
+        return rc;
+    bl_manager *m = lock->m;
+    if (lock->in_section)
+        return bl_mgr_fail(m, BL_EINVAL, "a section's lock is released by bl_section_end");
+    if (lock->nkeys)
+        return bl_mgr_fail(m, BL_EINVAL, "a group (bl_acquire_many) cannot be transferred");
+    char why[BL_ERRMSG_MAX];
+    if (!holder || bl_validate_holder(holder, why, sizeof why))
+        return bl_mgr_fail(m, BL_EINVAL, holder ? why : "holder is NULL");
+    if (strcmp(holder, bl_manager_holder(m)) == 0)
+        return bl_mgr_fail(m, BL_EINVAL, "the lock is already this manager's: nothing to transfer");
+    if (lease_ms < 0 || (uint64_t)lease_ms > BL_MAX_MS)
+        return bl_mgr_fail(m, BL_EINVAL, "lease_ms must be 1 ms .. 30 days (0 = the default)");
+    char *to = strdup(holder);
+    if (!to)
+        return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
+    lock->transfer_to = to;
+    lock->transfer_ms = lease_ms ? (uint64_t)lease_ms : BL_TRANSFER_DEFAULT_MS;
+    lock->rcb = cb;
+    lock->rdata = data;
+    return start_release(lock, BL_OP_TRANSFER);
+}
+
 int bl_section_end(bl_lock *lock, int section_status)
 {
     if (!lock)
@@ -729,3 +900,20 @@ const char *bl_lock_key(const bl_lock *lock) { return lock->keys.k[BL_KEY_LOCK];
 const char *bl_lock_errmsg(const bl_lock *lock) { return lock->errmsg; }
 bl_manager *bl_lock_manager(const bl_lock *lock) { return lock->m; }
 uint64_t bl_lock_token(const bl_lock *lock) { return lock->token; }
+size_t bl_lock_postings(const bl_lock *lock) { return lock->nkeys ? lock->nkeys : 1; }
+
+const char *bl_lock_key_at(const bl_lock *lock, size_t i)
+{
+    if (i >= bl_lock_postings(lock))
+        return NULL;
+    return lock->nkeys ? lock->gkeys[i].k[BL_KEY_LOCK] : lock->keys.k[BL_KEY_LOCK];
+}
+
+uint64_t bl_lock_token_at(const bl_lock *lock, size_t i)
+{
+    if (i >= bl_lock_postings(lock) || !lock->token)
+        return 0;
+    return lock->nkeys ? lock->gtokens[i] : lock->token;
+}
+
+int bl_lock_done_index(const bl_lock *lock) { return lock->done_index; }

@@ -130,14 +130,95 @@ static void wake_all(const char *key, size_t n)
 
 /* ---- running operations ------------------------------------------------------ */
 
+/* A group (bl_acquire_many): all of op->keys[0..nkeys) or none, as the
+ * *_many scripts do on Redis. */
+static void run_group_op(mem_be *b, bl_op *op)
+{
+    const char *holder = b->h.holder;
+    uint64_t now = now_ms(b);
+    bl_op_result r = {BL_OK, 0, 0, NULL, 0, 0};
+    size_t n = op->nkeys;
+#define KEY(i) op->keys[i].k[BL_KEY_LOCK], op->keys[i].len[BL_KEY_LOCK]
+    if (op->kind == BL_OP_ACQUIRE) {
+        for (int pass = 0; pass < 2 && r.status == BL_OK; pass++)
+            for (size_t i = 0; i < n && r.status == BL_OK; i++) {
+                mem_entry *e = find(KEY(i), 0);
+                if (!e)
+                    continue;
+                settle(e, now);
+                if (pass == 0 && e->done_until)
+                    r.status = BL_EDONE, r.index = (int)i;
+                else if (pass == 1 && e->holder)
+                    r.status = BL_EBUSY, r.index = (int)i;
+                maybe_drop(e);
+            }
+        for (size_t i = 0; i < n && r.status == BL_OK; i++) {
+            mem_entry *e = find(KEY(i), 1);
+            if (!e || !(e->holder = strdup(holder))) {
+                if (e)
+                    maybe_drop(e);
+                /* Give back what this call took, so nothing is half held. */
+                for (size_t j = 0; j < i; j++) {
+                    mem_entry *x = find(KEY(j), 0);
+                    free(x->holder);
+                    x->holder = NULL;
+                    maybe_drop(x);
+                }
+                r.status = BL_ENOMEM, r.errmsg = "out of memory in the memory backend";
+                break;
+            }
+            e->expires_ms = now + op->ttl_ms;
+            op->tokens[i] = next_token(e);
+        }
+        if (r.status == BL_OK)
+            r.token = op->tokens[0];
+        op->done(op, &r);
+        return;
+    }
+    size_t mine = 0;
+    for (size_t i = 0; i < n; i++) {
+        mem_entry *e = find(KEY(i), 0);
+        if (!e)
+            continue;
+        settle(e, now);
+        if (e->holder && strcmp(e->holder, holder) == 0) {
+            mine++;
+            if (op->kind == BL_OP_EXTEND) {
+                e->expires_ms = now + op->ttl_ms;
+            } else {
+                free(e->holder);
+                e->holder = NULL;
+                if (op->kind == BL_OP_RELEASE_DONE) {
+                    free(e->done_by);
+                    e->done_by = strdup(holder);
+                    e->done_until = now + b->h.cfg->done_ttl_ms;
+                }
+            }
+        }
+        maybe_drop(e);
+    }
+    if (mine < n)
+        r.status = BL_ENOTHELD;
+    /* Wake first: completing may free the request and with it the keys. */
+    if (op->kind != BL_OP_EXTEND)
+        for (size_t i = 0; i < n; i++)
+            wake_all(KEY(i));
+#undef KEY
+    op->done(op, &r);
+}
+
 static void run_lock_op(mem_be *b, bl_op *op)
 {
+    if (op->nkeys) {
+        run_group_op(b, op);
+        return;
+    }
     enum bl_op_kind kind = op->kind;
     const char *holder = b->h.holder;
     uint64_t now = now_ms(b);
     size_t n = op->keys->len[BL_KEY_LOCK];
     const char *key = op->keys->k[BL_KEY_LOCK];
-    bl_op_result r = {BL_OK, 0, 0, NULL, 0};
+    bl_op_result r = {BL_OK, 0, 0, NULL, 0, 0};
     mem_entry *e = find(key, n, kind == BL_OP_ACQUIRE);
     if (!e && kind == BL_OP_ACQUIRE) {
         r.status = BL_ENOMEM;
@@ -169,6 +250,23 @@ static void run_lock_op(mem_be *b, bl_op *op)
         else
             r.status = BL_ENOTHELD;
         break;
+    case BL_OP_TRANSFER: {
+        if (!e || !e->holder || strcmp(e->holder, holder) != 0) {
+            r.status = BL_ENOTHELD;
+            break;
+        }
+        char *to = strndup(op->target, op->target_len);
+        if (!to) {
+            r.status = BL_ENOMEM, r.errmsg = "out of memory in the memory backend";
+            break;
+        }
+        free(e->holder);
+        e->holder = to;
+        e->expires_ms = now + op->ttl_ms;
+        r.token = next_token(e);
+        woke = 1; /* the target may wait on it */
+        break;
+    }
     default: /* release, release + done */
         if (!e || !e->holder || strcmp(e->holder, holder) != 0) {
             r.status = BL_ENOTHELD;
@@ -211,6 +309,23 @@ static void run_admin(mem_be *b, bl_aop *op)
             op->info.last_token = e->last_token;
             maybe_drop(e);
         }
+    } else if (op->kind == BL_AOP_LOCKS) {
+        const char *prefix = b->h.prefix;
+        size_t plen = strlen(prefix);
+        uint64_t now_us = bl_now_us(); /* tokens are this clock's microseconds */
+        for (int i = 0; i < MEM_BUCKETS && op->status == BL_OK; i++)
+            for (mem_entry *e = store.buckets[i]; e && op->status == BL_OK; e = e->next) {
+                settle(e, now);
+                if (!e->holder || !bl_keys_is_lock_key(e->key, e->keylen, prefix, plen))
+                    continue;
+                uint64_t held =
+                    e->last_token && now_us > e->last_token ? (now_us - e->last_token) / 1000 : 0;
+                if (bl_aop_add_lock(op, e->key, e->keylen, e->holder, strlen(e->holder),
+                                    (int64_t)(e->expires_ms - now), e->last_token, held)) {
+                    op->status = BL_ENOMEM;
+                    snprintf(op->errmsg, sizeof op->errmsg, "out of memory");
+                }
+            }
     } else if (op->kind == BL_AOP_CLEANUP) {
         const char *prefix = b->h.prefix, *holder = b->h.holder;
         size_t plen = strlen(prefix);

@@ -36,13 +36,14 @@ static void gauge(out *o, const char *name, const char *help, uint64_t v)
         name, (unsigned long long)v);
 }
 
-static void histogram(out *o, const char *name, const char *help, const bl_histogram *h)
+static void histogram(out *o, const char *name, const char *help, const bl_histogram *h,
+                      const double *bounds)
 {
     put(o, "# HELP bidlock_%s %s\n# TYPE bidlock_%s histogram\n", name, help, name);
     uint64_t cum = 0;
     for (int i = 0; i < BL_HIST_BUCKETS; i++) {
         cum += h->counts[i];
-        put(o, "bidlock_%s_bucket{le=\"%g\"} %llu\n", name, bl_hist_bounds_ms[i] / 1000.0,
+        put(o, "bidlock_%s_bucket{le=\"%g\"} %llu\n", name, bounds[i] / 1000.0,
             (unsigned long long)cum);
     }
     cum += h->counts[BL_HIST_BUCKETS];
@@ -80,17 +81,24 @@ size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len)
             "Grants or renewals fewer than min_replicas replicas acknowledged in time.",
             s->replica_shortfalls);
     counter(&o, "failovers_total", "Master changes followed.", s->failovers);
+    counter(&o, "redirects_total", "Redis Cluster MOVED/ASK answers followed.", s->redirects);
+    counter(&o, "map_refreshes_total", "Redis Cluster slot maps read.", s->map_refreshes);
     counter(&o, "reverified_total", "Held leases re-checked at once after a failover.",
             s->reverified);
     counter(&o, "reclaims_total", "Locks taken back from a grant whose reply was lost.",
             s->reclaims);
+    counter(&o, "transfers_total", "Held locks handed to another holder.", s->transfers);
+    counter(&o, "group_requests_total", "bl_acquire_many requests started.", s->groups);
     gauge(&o, "locks_held", "Locks held right now.", s->held);
     gauge(&o, "requests_waiting", "Requests waiting between attempts right now.", s->waiting);
     gauge(&o, "connection_up", "1 if the Redis connection is up.",
           mt->conn_state == BL_CONN_UP ? 1 : 0);
     histogram(&o, "acquire_seconds", "Time from bl_acquire to the lock being held.",
-              &mt->acquire_ms);
-    histogram(&o, "release_seconds", "Time from bl_release to its answer.", &mt->release_ms);
+              &mt->acquire_ms, bl_hist_bounds_ms);
+    histogram(&o, "release_seconds", "Time from bl_release to its answer.", &mt->release_ms,
+              bl_hist_bounds_ms);
+    histogram(&o, "hold_seconds", "How long locks were held (until released or lost).",
+              &mt->hold_ms, bl_hold_bounds_ms);
     return o.used;
 }
 
@@ -99,10 +107,15 @@ size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len)
 const double bl_hist_bounds_ms[BL_HIST_BUCKETS] = {0.1, 0.25, 0.5, 1,   2.5,  5,    10,
                                                    25,  50,   100, 250, 500, 1000, 2500};
 
-void bl_hist_add(bl_histogram *h, double ms)
+const double bl_hold_bounds_ms[BL_HIST_BUCKETS] = {
+    1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 30000, 60000, 300000, 600000, 1800000};
+
+void bl_hist_add(bl_histogram *h, double ms) { bl_hist_add_to(h, bl_hist_bounds_ms, ms); }
+
+void bl_hist_add_to(bl_histogram *h, const double *bounds, double ms)
 {
     int i = 0;
-    while (i < BL_HIST_BUCKETS && ms > bl_hist_bounds_ms[i])
+    while (i < BL_HIST_BUCKETS && ms > bounds[i])
         i++;
     h->counts[i]++;
     h->count++;
@@ -116,4 +129,5 @@ void bl_manager_metrics(const bl_manager *m, bl_metrics *out)
     out->conn_state = m->be->vt->conn_state(m->be);
     out->acquire_ms = m->acquire_hist;
     out->release_ms = m->release_hist;
+    out->hold_ms = m->hold_hist;
 }

@@ -3,7 +3,9 @@
  * connection, opened when the first request waits, hears releases. No lock
  * logic lives in the backend: it turns operations into script calls and
  * replies into bl_op_result. The parts: see redis.h. */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <hiredis/async.h>
 
@@ -61,6 +63,8 @@ static void be_free(bl_backend *be)
     }
     redis_sub_free(r);
     bl_url_free(&r->url);
+    for (int i = 0; i < BL_SCRIPT_COUNT; i++)
+        free(r->shebang[i]);
     free(r);
 }
 
@@ -69,24 +73,25 @@ static const bl_backend_vt redis_vt = {
     redis_admin,   be_conn_state,  be_shutdown,    be_free,
 };
 
-int bl_redis_backend_new(const bl_backend_host *host, bl_backend **out)
+static redis_be *be_alloc(const bl_backend_host *host)
 {
     redis_be *r = calloc(1, sizeof *r);
     if (!r)
-        return BL_ENOMEM;
+        return NULL;
     r->base.vt = &redis_vt;
     r->h = *host;
     r->pend_tail = &r->pend;
     r->preq_tail = &r->preq;
     r->min_replicas = bl_config_min_replicas(host->cfg);
-    int rc = redis_conn_init(r);
-    if (rc != BL_OK) {
-        redis_conn_free(r);
-        bl_url_free(&r->url);
-        free(r);
-        return rc;
-    }
-    const bl_loop *loop = host->loop;
+    for (int i = 0; i < BL_SCRIPT_COUNT; i++)
+        r->body[i] = bl_scripts[i].body;
+    return r;
+}
+
+/* The timers, then the first connect. */
+static int be_start(redis_be *r, bl_backend **out)
+{
+    const bl_loop *loop = r->h.loop;
     r->cmd.r = r->sub.r = r;
     r->sub.is_sub = 1;
     r->cmd.timer = loop->timer_new(loop->impl, redis_conn_timer_cb, &r->cmd);
@@ -100,4 +105,51 @@ int bl_redis_backend_new(const bl_backend_host *host, bl_backend **out)
     redis_connect(&r->cmd);
     *out = &r->base;
     return 0;
+}
+
+int bl_redis_backend_new(const bl_backend_host *host, bl_backend **out)
+{
+    if (host->cfg->url && bl_url_kind(host->cfg->url) == BL_URL_CLUSTER)
+        return bl_cluster_backend_new(host, out);
+    redis_be *r = be_alloc(host);
+    if (!r)
+        return BL_ENOMEM;
+    r->legacy_keys = 1;
+    int rc = redis_conn_init(r);
+    if (rc != BL_OK) {
+        redis_conn_free(r);
+        bl_url_free(&r->url);
+        free(r);
+        return rc;
+    }
+    return be_start(r, out);
+}
+
+int redis_node_new(const bl_backend_host *host, const char *ip, int port, const char *username,
+                   const char *password, bl_backend **out)
+{
+    redis_be *r = be_alloc(host);
+    if (!r)
+        return BL_ENOMEM;
+    r->cluster_node = 1;
+    snprintf(r->addrs[0], sizeof r->addrs[0], "%s", ip);
+    r->naddrs = 1;
+    r->port = port;
+    r->username = username;
+    r->password = password;
+    /* "#!lua": the server then refuses a key in another slot that was not
+     * declared, which an old-style EVAL would touch silently until the
+     * next reshard moved it away. */
+    for (int i = 0; i < BL_SCRIPT_COUNT; i++) {
+        size_t n = strlen(bl_scripts[i].body);
+        r->shebang[i] = malloc(n + 7);
+        if (!r->shebang[i]) {
+            be_free(&r->base);
+            return BL_ENOMEM;
+        }
+        memcpy(r->shebang[i], "#!lua\n", 6);
+        memcpy(r->shebang[i] + 6, bl_scripts[i].body, n + 1);
+        r->body[i] = r->shebang[i];
+    }
+    return be_start(r, out);
 }

@@ -5,6 +5,8 @@
  *   redis_sub.c    the subscriber connection's table: wake-ups, linger
  *   redis_admin.c  PING, inspect, cleanup (SCAN + script)
  *   resp.c         the pure codec (resp.h), fuzzed on its own
+ *   cluster.c      Redis Cluster: a backend of backends, one redis_be per
+ *                  master (redis_node_new), routing by slot
  *
  * hiredis 0.14.1 facts these files lean on (see DESIGN.md):
  *  - attach the loop adapter before redisAsyncSetConnectCallback;
@@ -35,7 +37,7 @@ enum timer_role { TR_NONE, TR_CONNECT_DEADLINE, TR_RECONNECT, TR_REDISCOVER };
 enum sub_state { SUB_NONE = 0, SUB_PENDING, SUB_ON, SUB_LEAVING };
 
 #define LINGER_MS 1000     /* keep a subscription this long after the last waiter */
-#define EVALSHA_SCRIPTS 3  /* acquire, release, extend run by sha */
+#define EVALSHA_SCRIPTS 6  /* acquire, release, extend and their group forms run by sha */
 #define SUB_BUCKETS 256
 #define ADDRS_MAX 4        /* addresses of one host name, tried in turn */
 
@@ -68,7 +70,7 @@ typedef struct conn {
 } conn;
 
 /* A key the subscriber connection listens on (its channel
- * "<key>|<holder>"), kept while the engine has waiters there and for
+ * "{<key>}|<holder>"), kept while the engine has waiters there and for
  * LINGER_MS after, so a busy key is not re-subscribed per request. */
 typedef struct sub_entry {
     struct sub_entry *hnext;
@@ -84,9 +86,14 @@ struct redis_be {
     bl_backend_host h;
     conn cmd, sub;
     int sub_started;
+    const char *body[BL_SCRIPT_COUNT]; /* bl_scripts; a cluster node's with "#!lua" */
+    char *shebang[BL_SCRIPT_COUNT];    /* a cluster node's bodies (malloc'd) */
     char sha[BL_SCRIPT_COUNT][41];
     int sha_ok[BL_SCRIPT_COUNT];
     int loads_pending; /* SCRIPT LOADs on the wire */
+    int legacy_keys;   /* one server: the scripts also get the names of the
+                        * 0.1 layout (keyspace.h) */
+    int cluster_node;  /* one master of a Redis Cluster (cluster.c) */
     int shutting, closed_notified;
     /* where to connect */
     bl_url url;
@@ -127,6 +134,15 @@ struct redis_be {
 
 static inline const bl_loop *LOOP(const redis_be *r) { return r->h.loop; }
 
+/* redis.c: one master of a Redis Cluster, for cluster.c: a backend on
+ * ip:port (numeric) with the cluster's credentials (strings that outlive
+ * it), no 0.1 names, "#!lua" scripts, cleanup one key per script call. */
+int redis_node_new(const bl_backend_host *host, const char *ip, int port, const char *username,
+                   const char *password, bl_backend **out);
+/* redis_ops.c: start op behind an ASKING on the same connection (an ASK
+ * redirection); as vt->start otherwise. */
+int redis_op_start_asking(bl_backend *be, bl_op *op);
+
 /* redis_conn.c */
 void redis_rediscover(redis_be *r, const char *why); /* READONLY, MASTERDOWN, not master */
 void redis_conn_free(redis_be *r);
@@ -150,6 +166,12 @@ void redis_sub_resubscribe(redis_be *r); /* the subscriber connection is new */
 void redis_sub_forget(redis_be *r);      /* ...or gone: nothing is subscribed */
 void redis_sub_free(redis_be *r);
 void redis_linger_cb(void *data);
+/* Every key the engine has waiters on (a cluster moving its subscriber
+ * to another node). fn may watch(key, 0) on r: the entry may go then. */
+void redis_sub_each_wanted(redis_be *r, void (*fn)(void *arg, const char *key, size_t keylen),
+                           void *arg);
+/* cluster.c: the redis-cluster:// backend (bl_redis_backend_new hands over). */
+int bl_cluster_backend_new(const bl_backend_host *host, bl_backend **out);
 /* redis_admin.c */
 int redis_admin(bl_backend *be, bl_aop *op);
 void redis_defer_cb(void *data);

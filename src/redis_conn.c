@@ -13,6 +13,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "acl.h"
 #include "backoff.h"
 #include "redis.h"
 #include "sentinel.h"
@@ -88,6 +89,12 @@ static void drop_tls(conn *c)
 static void went_down(conn *c, const char *why)
 {
     redis_be *r = c->r;
+    char acl[BL_ERRMSG_MAX];
+    /* hiredis drops a subscribed connection on an error reply: a refused
+     * (UN)SUBSCRIBE ends up here, and should say what the user lacks. */
+    if (bl_acl_denied(why))
+        why = bl_acl_explain(acl, sizeof acl, why, c->is_sub ? "SUBSCRIBE" : NULL, NULL, NULL,
+                             r->h.prefix);
     set_err(c, why);
     why = c->last_err; /* why may be the relay's, which goes now */
     drop_tls(c);

@@ -7,6 +7,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "acl.h"
 #include "redis.h"
 #include "resp.h"
 
@@ -17,6 +18,12 @@ static void script_load_cb(redisAsyncContext *ac, void *reply_, void *priv)
     int i = (int)(intptr_t)priv;
     if (c && c->r->loads_pending > 0)
         c->r->loads_pending--;
+    if (c && reply && reply->type == REDIS_REPLY_ERROR && bl_acl_denied(reply->str) && i == 0) {
+        char msg[BL_ERRMSG_MAX];
+        bl_host_log(&c->r->h, BL_LOG_WARN, "bidlock: %s; scripts are sent whole every call",
+                    bl_acl_explain(msg, sizeof msg, reply->str, "SCRIPT|LOAD", NULL, NULL,
+                                   c->r->h.prefix));
+    }
     if (!c || !reply || reply->type != REDIS_REPLY_STRING || reply->len != 40)
         return; /* EVAL keeps working without the cache; next connect retries */
     memcpy(c->r->sha[i], reply->str, 40);
@@ -31,12 +38,13 @@ void redis_load_scripts(redis_be *r)
         return;
     for (int i = 0; i < EVALSHA_SCRIPTS; i++)
         if (redisAsyncCommand(r->cmd.ac, script_load_cb, (void *)(intptr_t)i, "SCRIPT LOAD %s",
-                              bl_scripts[i].body) == REDIS_OK)
+                              r->body[i]) == REDIS_OK)
             r->loads_pending++;
 }
 
 static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
                    redisCallbackFn *cb);
+static int script_of(enum bl_op_kind kind, size_t nkeys);
 static int hold_for_wait(redis_be *r, redisAsyncContext *ac, bl_op *op, const bl_op_result *res);
 
 /* Give a grant back, holder-checked, without waiting for the answer. */
@@ -50,7 +58,8 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
     redisReply *reply = reply_;
     bl_op *op = priv;
     conn *c = ac->data;
-    bl_op_result res = {BL_EREDIS, 0, 0, NULL, 0};
+    bl_op_result res = {BL_EREDIS, 0, 0, NULL, 0, 0};
+    char acl_msg[BL_ERRMSG_MAX];
 
     if (!reply) {
         res.status = BL_ECONN;
@@ -81,25 +90,66 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
         res.status = BL_ECONN;
         res.errmsg = "connection to Redis lost while reloading scripts";
     } else {
-        bl_redis_interpret(op->kind, reply, &res);
+        if (op->nkeys)
+            bl_redis_interpret_group(op->kind, op->nkeys, reply, &res, op->tokens);
+        else
+            bl_redis_interpret(op->kind, reply, &res);
+        if (res.status == BL_EREDIS && reply->type == REDIS_REPLY_ERROR &&
+            bl_acl_denied(res.errmsg)) {
+            /* Name what the ACL user lacks: Redis 7.0 does not, inside a
+             * script. Valid during op->done, as res.errmsg must be. */
+            const bl_script *sc = &bl_scripts[script_of(op->kind, op->nkeys)];
+            res.errmsg = bl_acl_explain(acl_msg, sizeof acl_msg, res.errmsg, "EVALSHA", sc->name,
+                                        sc->body, c->r->h.prefix);
+        }
         if (hold_for_wait(c->r, ac, op, &res))
             return;
     }
     op->done(op, &res);
 }
 
+/* The script that runs kind (for a group of nkeys postings if nkeys). */
+static int script_of(enum bl_op_kind kind, size_t nkeys)
+{
+    if (nkeys)
+        return kind == BL_OP_ACQUIRE  ? BL_SCRIPT_ACQUIRE_MANY
+               : kind == BL_OP_EXTEND ? BL_SCRIPT_EXTEND_MANY
+                                      : BL_SCRIPT_RELEASE_MANY;
+    return kind == BL_OP_ACQUIRE    ? BL_SCRIPT_ACQUIRE
+           : kind == BL_OP_EXTEND   ? BL_SCRIPT_EXTEND
+           : kind == BL_OP_TRANSFER ? BL_SCRIPT_TRANSFER
+                                    : BL_SCRIPT_RELEASE;
+}
+
 #define RESP_STACK_MAX 2048
+
+static int send_group(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
+                      redisCallbackFn *cb);
+
+/* "EVALSHA sha" (or "EVAL body" when by_body or not cached) into argv[0..2):
+ * returns 2. */
+static int script_head(const redis_be *r, int s, int by_body, const char **argv, size_t *lens)
+{
+    if (by_body || !r->sha_ok[s]) {
+        argv[0] = "EVAL", lens[0] = 4;
+        argv[1] = r->body[s], lens[1] = strlen(r->body[s]);
+    } else {
+        argv[0] = "EVALSHA", lens[0] = 7;
+        argv[1] = r->sha[s], lens[1] = 40;
+    }
+    return 2;
+}
 
 /* The script call for kind on op's keys; its reply goes to cb(op), or
  * nowhere when cb is NULL. */
 static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
                    redisCallbackFn *cb)
 {
+    if (op->nkeys)
+        return send_group(r, op, kind, by_body, cb);
     const bl_config *cfg = r->h.cfg;
     const bl_keys *k = op->keys;
-    int s = kind == BL_OP_ACQUIRE  ? BL_SCRIPT_ACQUIRE
-            : kind == BL_OP_EXTEND ? BL_SCRIPT_EXTEND
-                                   : BL_SCRIPT_RELEASE;
+    int s = script_of(kind, 0);
     char n1[24], n2[24], n3[24];
     const char *argv[16];
     size_t lens[16];
@@ -107,20 +157,18 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
 #define ARG(p, n) (argv[argc] = (p), lens[argc++] = (n))
 #define NUM(buf, v) ARG(buf, bl_u64_dec(buf, (v)))
 #define KEY(i) ARG(k->k[i], k->len[i])
-    if (by_body || !r->sha_ok[s]) {
-        ARG("EVAL", 4);
-        ARG(bl_scripts[s].body, strlen(bl_scripts[s].body));
-    } else {
-        ARG("EVALSHA", 7);
-        ARG(r->sha[s], 40);
-    }
+    argc = script_head(r, s, by_body, argv, lens);
     switch (kind) {
     case BL_OP_ACQUIRE:
-        ARG("4", 1);
+        ARG(r->legacy_keys ? "6" : "4", 1);
         KEY(BL_KEY_LOCK);
         KEY(BL_KEY_FENCE);
         KEY(BL_KEY_DONE);
         KEY(BL_KEY_QUEUE);
+        if (r->legacy_keys) {
+            KEY(BL_KEY_OLD_DONE);
+            KEY(BL_KEY_OLD_FENCE);
+        }
         ARG(r->h.holder, r->h.holder_len);
         NUM(n1, op->ttl_ms);
         NUM(n2, BL_FENCE_TTL_MS);
@@ -135,11 +183,22 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
         ARG(r->h.holder, r->h.holder_len);
         NUM(n1, op->ttl_ms);
         break;
+    case BL_OP_TRANSFER:
+        ARG("2", 1);
+        KEY(BL_KEY_LOCK);
+        KEY(BL_KEY_FENCE);
+        ARG(r->h.holder, r->h.holder_len);
+        ARG(op->target, op->target_len);
+        NUM(n1, op->ttl_ms);
+        NUM(n2, BL_FENCE_TTL_MS);
+        break;
     default:
-        ARG("3", 1);
+        ARG(r->legacy_keys && kind == BL_OP_RELEASE_DONE ? "4" : "3", 1);
         KEY(BL_KEY_LOCK);
         KEY(BL_KEY_DONE);
         KEY(BL_KEY_QUEUE);
+        if (r->legacy_keys && kind == BL_OP_RELEASE_DONE)
+            KEY(BL_KEY_OLD_DONE);
         ARG(r->h.holder, r->h.holder_len);
         NUM(n1, kind == BL_OP_RELEASE_DONE ? cfg->done_ttl_ms : 0);
         NUM(n2, cfg->handoff_ms);
@@ -152,6 +211,62 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
     size_t n = bl_resp_format(resp, sizeof resp, argc, argv, lens);
     int rc = n ? redisAsyncFormattedCommand(r->cmd.ac, cb, cb ? op : NULL, resp, n)
                : redisAsyncCommandArgv(r->cmd.ac, cb, cb ? op : NULL, argc, argv, lens);
+    return rc == REDIS_OK ? 0 : BL_ECONN;
+}
+
+/* A group's script call (bl_acquire_many): every posting's names in KEYS,
+ * S of them per posting (ARGV[4]); the 0.1 layout's too on one server. */
+static int send_group(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
+                      redisCallbackFn *cb)
+{
+    enum { MAXARGS = 8 + 5 * BL_GROUP_MAX };
+    const char *argv[MAXARGS];
+    size_t lens[MAXARGS];
+    char nk[24], n1[24], n2[24], n3[24];
+    int argc = 0, s, stride;
+    static const int acq[] = {BL_KEY_LOCK, BL_KEY_FENCE, BL_KEY_DONE, BL_KEY_OLD_DONE,
+                              BL_KEY_OLD_FENCE};
+    static const int rel[] = {BL_KEY_LOCK, BL_KEY_DONE, BL_KEY_QUEUE, BL_KEY_OLD_DONE};
+    const int *which;
+    switch (kind) {
+    case BL_OP_ACQUIRE:
+        s = BL_SCRIPT_ACQUIRE_MANY, which = acq, stride = r->legacy_keys ? 5 : 3;
+        break;
+    case BL_OP_EXTEND:
+        s = BL_SCRIPT_EXTEND_MANY, which = acq, stride = 1;
+        break;
+    case BL_OP_RELEASE:
+    case BL_OP_RELEASE_DONE:
+        s = BL_SCRIPT_RELEASE_MANY, which = rel, stride = r->legacy_keys ? 4 : 3;
+        break;
+    default:
+        snprintf(op->errbuf, BL_ERRMSG_MAX, "a group cannot do that");
+        return BL_EINVAL;
+    }
+    if (op->nkeys > BL_GROUP_MAX)
+        return BL_EINVAL;
+#define ARG(p, n) (argv[argc] = (p), lens[argc++] = (n))
+#define NUM(buf, v) ARG(buf, bl_u64_dec(buf, (v)))
+    argc = script_head(r, s, by_body, argv, lens);
+    NUM(nk, (uint64_t)op->nkeys * (uint64_t)stride);
+    for (size_t i = 0; i < op->nkeys; i++)
+        for (int j = 0; j < stride; j++)
+            ARG(op->keys[i].k[which[j]], op->keys[i].len[which[j]]);
+    ARG(r->h.holder, r->h.holder_len);
+    if (kind == BL_OP_ACQUIRE) {
+        NUM(n1, op->ttl_ms);
+        NUM(n2, BL_FENCE_TTL_MS);
+        NUM(n3, (uint64_t)stride);
+    } else if (kind == BL_OP_EXTEND) {
+        NUM(n1, op->ttl_ms);
+    } else {
+        NUM(n1, kind == BL_OP_RELEASE_DONE ? r->h.cfg->done_ttl_ms : 0);
+        NUM(n2, r->h.cfg->handoff_ms);
+        NUM(n3, (uint64_t)stride);
+    }
+#undef ARG
+#undef NUM
+    int rc = redisAsyncCommandArgv(r->cmd.ac, cb, cb ? op : NULL, argc, argv, lens);
     return rc == REDIS_OK ? 0 : BL_ECONN;
 }
 
@@ -186,6 +301,20 @@ int redis_op_start(bl_backend *be, bl_op *op)
     return send_op(r, op, op->kind, 0, op_reply_cb);
 }
 
+int redis_op_start_asking(bl_backend *be, bl_op *op)
+{
+    redis_be *r = (redis_be *)be;
+    if (r->cmd.state == CONN_DOWN || !r->cmd.ac) {
+        snprintf(op->errbuf, BL_ERRMSG_MAX, "not connected to Redis: %s",
+                 r->cmd.last_err[0] ? r->cmd.last_err : "connection down");
+        return BL_ECONN;
+    }
+    /* Its reply is OK (or an error that the next reply then reflects). */
+    if (redisAsyncCommand(r->cmd.ac, NULL, NULL, "ASKING") != REDIS_OK)
+        return BL_ECONN;
+    return send_op(r, op, op->kind, 0, op_reply_cb);
+}
+
 void redis_op_leave(bl_backend *be, const bl_keys *keys)
 {
     redis_be *r = (redis_be *)be;
@@ -209,6 +338,12 @@ static void role_cb(redisAsyncContext *ac, void *reply_, void *priv)
     if (!reply || r->cmd.ac != ac)
         return;
     r->cmd.answered = 1;
+    if (reply->type == REDIS_REPLY_ERROR && bl_acl_denied(reply->str)) {
+        char msg[BL_ERRMSG_MAX];
+        bl_host_log(&r->h, BL_LOG_WARN, "bidlock: %s; the server's role and replicas are unknown",
+                    bl_acl_explain(msg, sizeof msg, reply->str, "ROLE", NULL, NULL, r->h.prefix));
+        return;
+    }
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
         reply->element[0]->type == REDIS_REPLY_STRING) {
         snprintf(r->role, sizeof r->role, "%s",
@@ -251,7 +386,7 @@ static void finish(wait_item *list, int acks, int need, int conn_lost, redis_be 
         bl_op *op = it->op;
         if (conn_lost) {
             bl_op_result res = {BL_ECONN, 0, 0, "connection lost before the replicas acknowledged",
-                                0};
+                                0, 0};
             op->done(op, &res);
         } else if (acks >= need) {
             op->done(op, &it->res);
@@ -264,7 +399,7 @@ static void finish(wait_item *list, int acks, int need, int conn_lost, redis_be 
             char msg[BL_ERRMSG_MAX];
             snprintf(msg, sizeof msg, "acknowledged by %d of %d replicas within %u ms", acks,
                      need, r->h.cfg->replica_timeout_ms);
-            bl_op_result res = {BL_ENOREPL, 0, 0, msg, 0};
+            bl_op_result res = {BL_ENOREPL, 0, 0, msg, 0, 0};
             op->done(op, &res);
         }
         free(it);
@@ -324,7 +459,7 @@ static int hold_for_wait(redis_be *r, redisAsyncContext *ac, bl_op *op, const bl
     if (!it) { /* it cannot be vouched for: never report it held */
         if (op->kind == BL_OP_ACQUIRE)
             send_release(r, op);
-        bl_op_result oom = {BL_ENOMEM, 0, 0, "out of memory", 0};
+        bl_op_result oom = {BL_ENOMEM, 0, 0, "out of memory", 0, 0};
         op->done(op, &oom);
         return 1;
     }
@@ -357,7 +492,7 @@ void redis_preq_flush(redis_be *r)
         wait_item *it = list;
         list = it->next;
         if (send_op(r, it->op, it->op->kind, 0, op_reply_cb) != 0) {
-            bl_op_result res = {BL_ECONN, 0, 0, "connection to Redis is closing", 0};
+            bl_op_result res = {BL_ECONN, 0, 0, "connection to Redis is closing", 0, 0};
             it->op->done(it->op, &res);
         }
         free(it);
@@ -372,7 +507,7 @@ void redis_preq_fail(redis_be *r, const char *why)
     while (list) {
         wait_item *it = list;
         list = it->next;
-        bl_op_result res = {BL_ECONN, 0, 0, why, 0};
+        bl_op_result res = {BL_ECONN, 0, 0, why, 0, 0};
         it->op->done(it->op, &res);
         free(it);
     }

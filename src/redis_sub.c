@@ -1,7 +1,7 @@
 /* redis_sub.c - wake-ups: the subscriber connection and the backend's own
  * table of what it listens on. The engine says when the first waiter of
  * this manager arrives on a key and when the last one leaves (watch); this
- * file (UN)SUBSCRIBEs the channel "<key>|<holder>" and reports releases
+ * file (UN)SUBSCRIBEs the channel "{<key>}|<holder>" and reports releases
  * heard there to the host (wake). A subscription lingers LINGER_MS after
  * the last waiter, so a hot key is not re-subscribed per request. */
 #include <stdlib.h>
@@ -68,8 +68,9 @@ static void each(redis_be *r, void (*fn)(redis_be *, sub_entry *, void *), void 
 
 static int sub_command(redis_be *r, sub_entry *e, const char *verb, redisCallbackFn *cb)
 {
-    return redisAsyncCommand(r->sub.ac, cb, r, "%s %b|%b", verb, e->key, e->keylen, r->h.holder,
-                             r->h.holder_len);
+    /* The channel of keyspace.h: "{<key>}|<holder>". */
+    return redisAsyncCommand(r->sub.ac, cb, r, "%s {%b}|%b", verb, e->key, e->keylen,
+                             r->h.holder, r->h.holder_len);
 }
 
 static void sub_cb(redisAsyncContext *ac, void *reply, void *priv);
@@ -216,4 +217,24 @@ void redis_sub_watch(bl_backend *be, const char *key, size_t keylen, int on)
         r->linger_armed = 1;
         LOOP(r)->timer_start(r->linger_timer, LINGER_MS);
     }
+}
+
+typedef struct visit {
+    void (*fn)(void *arg, const char *key, size_t keylen);
+    void *arg;
+} visit;
+
+static void visit_one(redis_be *r, sub_entry *e, void *arg)
+{
+    (void)r;
+    visit *v = arg;
+    if (e->wanted)
+        v->fn(v->arg, e->key, e->keylen);
+}
+
+void redis_sub_each_wanted(redis_be *r, void (*fn)(void *arg, const char *key, size_t keylen),
+                           void *arg)
+{
+    visit v = {fn, arg};
+    each(r, visit_one, &v);
 }

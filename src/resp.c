@@ -55,7 +55,7 @@ size_t bl_resp_format(char *buf, size_t cap, int argc, const char **argv, const 
  * anything that is not one of the documented answers is BL_EREDIS. */
 void bl_redis_interpret(enum bl_op_kind kind, const redisReply *reply, bl_op_result *res)
 {
-    *res = (bl_op_result){BL_EREDIS, 0, 0, "unexpected reply from a bidlock script", 0};
+    *res = (bl_op_result){BL_EREDIS, 0, 0, "unexpected reply from a bidlock script", 0, 0};
     if (reply->type == REDIS_REPLY_ERROR) {
         res->errmsg = reply->str && reply->str[0] ? reply->str : "Redis sent an empty error";
         return;
@@ -66,26 +66,122 @@ void bl_redis_interpret(enum bl_op_kind kind, const redisReply *reply, bl_op_res
     switch (kind) {
     case BL_OP_ACQUIRE:
         if (v > 0)
-            *res = (bl_op_result){BL_OK, (uint64_t)v, 0, NULL, 0};
+            *res = (bl_op_result){BL_OK, (uint64_t)v, 0, NULL, 0, 0};
         else if (v == BL_ACQ_BUSY)
-            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL, 0};
+            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL, 0, 0};
         else if (v == BL_ACQ_DONE)
-            *res = (bl_op_result){BL_EDONE, 0, 0, NULL, 0};
+            *res = (bl_op_result){BL_EDONE, 0, 0, NULL, 0, 0};
         else if (v == BL_ACQ_OURS)
-            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL, 1};
+            *res = (bl_op_result){BL_EBUSY, 0, 0, NULL, 1, 0};
+        break;
+    case BL_OP_TRANSFER:
+        if (v > 0)
+            *res = (bl_op_result){BL_OK, (uint64_t)v, 0, NULL, 0, 0};
+        else if (v == 0)
+            *res = (bl_op_result){BL_ENOTHELD, 0, 0, NULL, 0, 0};
         break;
     case BL_OP_EXTEND:
         if (v == 0 || v == 1)
-            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, 0, NULL, 0};
+            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, 0, NULL, 0, 0};
         break;
     case BL_OP_RELEASE:
     case BL_OP_RELEASE_DONE:
         if (v >= 0 && v <= 2)
-            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, v == BL_REL_HANDED_OFF, NULL, 0};
+            *res = (bl_op_result){v ? BL_OK : BL_ENOTHELD, 0, v == BL_REL_HANDED_OFF, NULL, 0, 0};
         break;
     default:
         break;
     }
+}
+
+void bl_redis_interpret_group(enum bl_op_kind kind, size_t n, const redisReply *reply,
+                              bl_op_result *res, uint64_t *tokens)
+{
+    *res = (bl_op_result){BL_EREDIS, 0, 0, "unexpected reply from a bidlock script", 0, 0};
+    if (reply->type == REDIS_REPLY_ERROR) {
+        res->errmsg = reply->str && reply->str[0] ? reply->str : "Redis sent an empty error";
+        return;
+    }
+    if (kind == BL_OP_EXTEND) {
+        if (reply->type == REDIS_REPLY_INTEGER && (reply->integer == 0 || reply->integer == 1))
+            *res = (bl_op_result){reply->integer ? BL_OK : BL_ENOTHELD, 0, 0, NULL, 0, 0};
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2)
+        return;
+    for (size_t i = 0; i < reply->elements; i++)
+        if (reply->element[i]->type != REDIS_REPLY_INTEGER)
+            return;
+    long long a = reply->element[0]->integer, b = reply->element[1]->integer;
+    switch (kind) {
+    case BL_OP_ACQUIRE:
+        if (a == 1 && reply->elements == n + 1) {
+            for (size_t i = 0; i < n; i++)
+                if (reply->element[i + 1]->integer <= 0)
+                    return;
+            for (size_t i = 0; i < n; i++)
+                tokens[i] = (uint64_t)reply->element[i + 1]->integer;
+            *res = (bl_op_result){BL_OK, tokens[0], 0, NULL, 0, 0};
+        } else if ((a == BL_ACQ_BUSY || a == BL_ACQ_DONE) && reply->elements == 2 && b >= 0 &&
+                   (unsigned long long)b < n) {
+            *res = (bl_op_result){a == BL_ACQ_BUSY ? BL_EBUSY : BL_EDONE, 0, 0, NULL, 0, (int)b};
+        }
+        break;
+    case BL_OP_RELEASE:
+    case BL_OP_RELEASE_DONE:
+        if (reply->elements == 2 && a >= 0 && (unsigned long long)a <= n && b >= 0 && b <= a)
+            *res = (bl_op_result){(size_t)a == n ? BL_OK : BL_ENOTHELD, 0, b > 0, NULL, 0, 0};
+        break;
+    default:
+        break;
+    }
+}
+
+/* Decimal digits s[0..n) (1..20 of them, no sign) as a number; -1 if not. */
+static int dec_u64(const char *s, size_t n, uint64_t *out)
+{
+    if (n == 0 || n > 20)
+        return -1;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+int bl_redis_lock_info_reply(const redisReply *reply, const char **key, size_t *klen,
+                             const char **holder, size_t *hlen, int64_t *pttl_ms, uint64_t *token,
+                             uint64_t *held_ms)
+{
+    if (reply->type != REDIS_REPLY_ARRAY)
+        return -1;
+    if (reply->elements == 0)
+        return 0;
+    if (reply->elements != 6 || reply->element[0]->type != REDIS_REPLY_STRING)
+        return -1;
+    *key = reply->element[0]->str;
+    *klen = reply->element[0]->len;
+    redisReply *const *e = reply->element + 1;
+    uint64_t tok, sec, usec;
+    if (e[0]->type != REDIS_REPLY_STRING || e[1]->type != REDIS_REPLY_INTEGER ||
+        e[2]->type != REDIS_REPLY_STRING || e[3]->type != REDIS_REPLY_STRING ||
+        e[4]->type != REDIS_REPLY_STRING || dec_u64(e[2]->str, e[2]->len, &tok) ||
+        dec_u64(e[3]->str, e[3]->len, &sec) || dec_u64(e[4]->str, e[4]->len, &usec) ||
+        sec > UINT64_MAX / 2000000 || usec >= 1000000)
+        return -1;
+    uint64_t now = sec * 1000000 + usec;
+    *holder = e[0]->str;
+    *hlen = e[0]->len;
+    *pttl_ms = e[1]->integer;
+    *token = tok;
+    *held_ms = tok && now > tok ? (now - tok) / 1000 : 0; /* no token: not known */
+    return 1;
 }
 
 /* The inspect script's reply as lock info. Pure, so it can be fuzzed.

@@ -18,6 +18,17 @@ size_t bl_resp_format(char *buf, size_t cap, int argc, const char **argv, const 
 /* A lock script's reply as a result. Anything that is not one of the
  * documented answers is BL_EREDIS; res->errmsg may point into reply. */
 void bl_redis_interpret(enum bl_op_kind kind, const struct redisReply *reply, bl_op_result *res);
+/* The same for a group of n postings (the *_many scripts): on an acquire's
+ * BL_OK, tokens[0..n) are written (and res->token = tokens[0]); on its
+ * BL_EBUSY / BL_EDONE, res->index says which posting. Pure. */
+void bl_redis_interpret_group(enum bl_op_kind kind, size_t n, const struct redisReply *reply,
+                              bl_op_result *res, uint64_t *tokens);
+/* The lock_info script's reply (bl_list_locks): 1 held (key[0..*klen) and
+ * holder[0..*hlen) point into reply; *held_ms from the token and the
+ * server's TIME), 0 not held any more, -1 not such an answer. Pure. */
+int bl_redis_lock_info_reply(const struct redisReply *reply, const char **key, size_t *klen,
+                             const char **holder, size_t *hlen, int64_t *pttl_ms, uint64_t *token,
+                             uint64_t *held_ms);
 /* The inspect script's reply as lock info. BL_OK: info's held, pttl_ms,
  * done, last_token are set, and info->holder points at a malloc'd copy
  * stored in *holder_buf (the caller frees it). BL_EREDIS: not an inspect

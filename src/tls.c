@@ -105,6 +105,10 @@ int bl_tls_validate(const bl_config *c, char *why, size_t len)
     if ((c->url && kind == BL_URL_UNIX) || (!c->url && c->unix_path))
         return bl_einval(why, len, "TLS is on but Redis is a unix socket (TLS is for TCP; "
                                    "drop tls or use a rediss:// url)");
+    if (c->url && kind == BL_URL_CLUSTER)
+        return bl_einval(why, len, "TLS is on, but the Redis Cluster backend does not take it "
+                                   "yet (its node connections would be plaintext): drop tls for "
+                                   "redis-cluster://");
     if (c->tls_insecure_skip_verify && (c->tls_ca_file || c->tls_ca_dir))
         return bl_einval(why, len, "tls_insecure_skip_verify turns verification off, so "
                                    "tls_ca_file/tls_ca_dir would be unused: give one or the other");

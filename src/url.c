@@ -4,6 +4,8 @@
  *   unix:///path/to/socket[?db=N]                  db 0 by default
  *   redis-sentinel://[[user]:password@]host[:port][,host[:port]...][/db]#NAME
  *                                                  sentinel port 26379, db 0
+ *   redis-cluster://[[user]:password@]host[:port][,host[:port]...]
+ *                                                  seed nodes, port 6379
  *
  * Strict on purpose: a URL that is not understood exactly is refused with a
  * sentence naming the bad part, never patched up with a default - a
@@ -30,6 +32,10 @@
  *    percent-decoded and must then be 1..256 bytes of printable ASCII
  *    without space. A '@' in it must be written %40 (the credentials end at
  *    the last '@').
+ *  - redis-cluster:// lists 1..16 seed nodes of a Redis Cluster, like the
+ *    sentinels above (any reachable one will do: the slot map is read from
+ *    it). No db (a cluster has only db 0), no query, no fragment. The
+ *    credentials are every node's.
  *  - Messages quote the bad part (escaped, cut at 40 bytes) but nothing
  *    between "://" and the last '@', no query value and no part that holds
  *    an '@': a password must never reach a log.
@@ -511,6 +517,68 @@ static int parse_sentinel(const char *r, bl_url *u, char *why, size_t why_len)
     return BL_OK;
 }
 
+static int parse_cluster(const char *r, bl_url *u, char *why, size_t why_len)
+{
+    char q[4 * QUOTE_MAX + 8];
+    const char *p;
+    int rc = take_userinfo(r, &p, u, why, why_len);
+    if (rc)
+        return rc;
+    size_t ln = strcspn(p, "/?#");
+    if (ln == 0)
+        return bl_einval(why, why_len, "seed node list is empty (write "
+                                       "redis-cluster://host:port[,host:port...])");
+    if (p[ln]) {
+        quote(q, sizeof q, p + ln, strlen(p + ln));
+        return bl_einval(why, why_len,
+                         "unexpected %s after the seed nodes (redis-cluster:// takes no db, "
+                         "query or fragment: a cluster has only db 0)",
+                         q);
+    }
+    struct {
+        const char *h;
+        size_t hn;
+        int port;
+    } ep[BL_URL_SEEDS_MAX];
+    int n = 0;
+    for (const char *s = p, *end = p + ln;;) {
+        const char *comma = memchr(s, ',', (size_t)(end - s));
+        size_t sn = comma ? (size_t)(comma - s) : (size_t)(end - s);
+        if (n == BL_URL_SEEDS_MAX)
+            return bl_einval(why, why_len, "more than %d seed nodes", BL_URL_SEEDS_MAX);
+        char what[32];
+        snprintf(what, sizeof what, "seed node %d: ", n + 1);
+        if (sn == 0)
+            return bl_einval(why, why_len, "%sis empty (a stray ',')", what);
+        rc = parse_endpoint(s, sn, 6379, what, "redis-cluster://", &ep[n].h, &ep[n].hn,
+                            &ep[n].port, why, why_len);
+        if (rc)
+            return rc;
+        for (int k = 0; k < n; k++)
+            if (ep[k].port == ep[n].port && ep[k].hn == ep[n].hn &&
+                strncasecmp(ep[k].h, ep[n].h, ep[n].hn) == 0) {
+                quote(q, sizeof q, ep[n].h, ep[n].hn);
+                return bl_einval(why, why_len, "%s%s port %d is the same as seed node %d", what,
+                                 q, ep[n].port, k + 1);
+            }
+        n++;
+        if (!comma)
+            break;
+        s = comma + 1;
+    }
+    if (!u)
+        return BL_OK;
+    u->mode = BL_URL_CLUSTER;
+    u->n_seeds = n;
+    for (int k = 0; k < n; k++) {
+        u->seeds[k].port = ep[k].port;
+        rc = take_str(ep[k].h, ep[k].hn, &u->seeds[k].host, why, why_len);
+        if (rc)
+            return rc;
+    }
+    return BL_OK;
+}
+
 static int parse_query(const char *p, int *db, char *why, size_t why_len)
 {
     char q[4 * QUOTE_MAX + 8];
@@ -622,8 +690,8 @@ int bl_url_parse(const char *url, bl_url *out, char *why, size_t why_len)
         if (!scheme_char(url[i]))
             sep = NULL;
     if (!sep || sn == 0)
-        return bl_einval(why, why_len, "URL does not start with redis://, rediss://, unix:// or "
-                   "redis-sentinel:// (e.g. redis://127.0.0.1:6379/0)");
+        return bl_einval(why, why_len, "URL does not start with redis://, rediss://, unix://, "
+                   "redis-sentinel:// or redis-cluster:// (e.g. redis://127.0.0.1:6379/0)");
     const char *rest = sep + 3;
     int rc;
     if (sn == 5 && strncasecmp(url, "redis", 5) == 0) {
@@ -632,13 +700,15 @@ int bl_url_parse(const char *url, bl_url *out, char *why, size_t why_len)
         rc = parse_unix(rest, out ? &u : NULL, why, why_len);
     } else if (sn == 14 && strncasecmp(url, "redis-sentinel", 14) == 0) {
         rc = parse_sentinel(rest, out ? &u : NULL, why, why_len);
+    } else if (sn == 13 && strncasecmp(url, "redis-cluster", 13) == 0) {
+        rc = parse_cluster(rest, out ? &u : NULL, why, why_len);
     } else if (sn == 6 && strncasecmp(url, "rediss", 6) == 0) {
         rc = parse_redis(rest, out ? &u : NULL, why, why_len);
         u.tls = 1;
     } else {
         quote(q, sizeof q, url, sn);
-        return bl_einval(why, why_len,
-                         "scheme %s is not redis://, rediss://, unix:// or redis-sentinel://",
+        return bl_einval(why, why_len, "scheme %s is not redis://, rediss://, unix://, "
+                         "redis-sentinel:// or redis-cluster://",
                          q);
     }
     if (rc) {
@@ -658,6 +728,8 @@ void bl_url_free(bl_url *u)
     free(u->unix_path);
     for (int i = 0; i < u->n_sentinels && i < BL_URL_SENTINELS_MAX; i++)
         free(u->sentinels[i].host);
+    for (int i = 0; i < u->n_seeds && i < BL_URL_SEEDS_MAX; i++)
+        free(u->seeds[i].host);
     free(u->master_name);
     free(u->username);
     if (u->password) /* do not leave the secret lying in freed memory */
@@ -672,7 +744,7 @@ int bl_url_kind(const char *url)
         const char *scheme;
         int mode;
     } k[] = {{"redis://", BL_URL_PLAIN}, {"rediss://", BL_URL_PLAIN}, {"unix://", BL_URL_UNIX},
-             {"redis-sentinel://", BL_URL_SENTINEL}};
+             {"redis-sentinel://", BL_URL_SENTINEL}, {"redis-cluster://", BL_URL_CLUSTER}};
     for (size_t i = 0; url && i < sizeof k / sizeof k[0]; i++)
         if (strncasecmp(url, k[i].scheme, strlen(k[i].scheme)) == 0)
             return k[i].mode;
@@ -683,7 +755,8 @@ int bl_config_min_replicas(const bl_config *c)
 {
     if (c->min_replicas != BL_REPLICAS_DEFAULT)
         return c->min_replicas;
-    return c->backend == BL_BACKEND_REDIS && bl_url_kind(c->url) == BL_URL_SENTINEL
+    int kind = bl_url_kind(c->url);
+    return c->backend == BL_BACKEND_REDIS && (kind == BL_URL_SENTINEL || kind == BL_URL_CLUSTER)
                ? BL_REPLICAS_AUTO
                : 0;
 }

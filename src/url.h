@@ -6,7 +6,8 @@
 
 #define BL_URL_MAX 8192
 
-enum bl_url_mode { BL_URL_PLAIN = 0, BL_URL_UNIX = 1, BL_URL_SENTINEL = 2 };
+enum bl_url_mode { BL_URL_PLAIN = 0, BL_URL_UNIX = 1, BL_URL_SENTINEL = 2, BL_URL_CLUSTER = 3 };
+#define BL_URL_SEEDS_MAX 16      /* seed nodes in one redis-cluster:// URL */
 #define BL_URL_SENTINELS_MAX 16  /* sentinels in one redis-sentinel:// URL */
 #define BL_MASTER_NAME_MAX 256   /* bytes in a Sentinel master name */
 #define BL_REPLICAS_MAX 64       /* largest min_replicas */
@@ -22,7 +23,8 @@ typedef struct bl_url_endpoint {
     int port;   /* 26379 by default */
 } bl_url_endpoint;
 /* The mode a URL's scheme asks for (nothing else is checked): BL_URL_PLAIN
- * for redis:// and rediss://, BL_URL_UNIX, BL_URL_SENTINEL; -1 for NULL or another scheme. */
+ * for redis:// and rediss://, BL_URL_UNIX, BL_URL_SENTINEL, BL_URL_CLUSTER; -1 for NULL or
+ * another scheme. */
 int bl_url_kind(const char *url);
 /* cfg->min_replicas with BL_REPLICAS_DEFAULT resolved: BL_REPLICAS_AUTO for
  * a redis-sentinel:// url (Redis backend), else 0. */
@@ -44,11 +46,15 @@ typedef struct bl_url {
     int n_sentinels;                                    /* BL_URL_SENTINEL: 1..16 */
     bl_url_endpoint sentinels[BL_URL_SENTINELS_MAX];    /* in the URL's order */
     char *master_name;                                  /* percent-decoded */
+    /* redis-cluster:// (then host, unix_path are NULL) */
+    int n_seeds;                                        /* BL_URL_CLUSTER: 1..16 */
+    bl_url_endpoint seeds[BL_URL_SEEDS_MAX];            /* in the URL's order */
 } bl_url;
 
 /* Parse redis://[[user]:password@]host[:port][/db] (rediss:// the same, tls set),
  * unix:///path/to/socket[?db=N] or
  * redis-sentinel://[[user]:password@]host[:port][,host[:port]...][/db]#NAME
+ * or redis-cluster://[[user]:password@]host[:port][,host[:port]...]
  * (grammar and decisions atop url.c).
  * Returns BL_OK and fills *out, or BL_EINVAL with a sentence naming the bad
  * part in why (never the password), or BL_ENOMEM. *out is zeroed on any

@@ -87,7 +87,7 @@ void bl_wq_wake(bl_manager *m, const char *key, size_t keylen, int directed)
         return;
     for (bl_lock *l = w->head; l;) {
         bl_lock *next = l->wnext; /* waking may end the request */
-        if (l->state == LS_WAITING) {
+        if (l->state == LS_WAITING || l->state == LS_ACQUIRING) {
             bl_lock_wake(l, directed);
             if (directed)
                 return; /* reserved for one of us: the oldest goes */

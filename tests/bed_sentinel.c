@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "bed_sentinel.h"
+#include "rsrv.h" /* rsrv_server_bin / rsrv_sentinel_bin: BIDLOCK_TEST_SERVER */
 
 #define POLL_US 20000 /* 20 ms between polls */
 
@@ -229,7 +230,7 @@ static pid_t spawn_server(const sb_bed *b, const sb_proc *n)
     snprintf(master, sizeof master, "%d", n->replica_of);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
         return -1;
-    char *argv[40] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+    char *argv[40] = {(char *)rsrv_server_bin(), "--port", port, "--bind", "127.0.0.1", "--save", "",
                       "--appendonly", "no", "--daemonize", "no", "--dir", dir, "--logfile", log,
                       "--repl-diskless-sync-delay", "0", "--enable-debug-command", "local"};
     int a = 19;
@@ -248,7 +249,7 @@ static pid_t spawn_server(const sb_bed *b, const sb_proc *n)
 static int start_proc(sb_bed *b, sb_proc *p, int is_sentinel, int new_port_ok,
                       int (*write_conf)(sb_bed *, sb_proc *))
 {
-    const char *what = is_sentinel ? "redis-sentinel" : "redis-server";
+    const char *what = is_sentinel ? rsrv_sentinel_bin() : rsrv_server_bin();
     for (int tries = 0; tries < 5; tries++) {
         if (new_port_ok && tries > 0 && (p->port = free_port()) < 0)
             return fail(b, "no free port: %s", strerror(errno));
@@ -256,7 +257,7 @@ static int start_proc(sb_bed *b, sb_proc *p, int is_sentinel, int new_port_ok,
         snprintf(conf, sizeof conf, "%s/sentinel-%d.conf", b->dir, p->port);
         if (is_sentinel && write_conf && write_conf(b, p) != 0)
             return fail(b, "cannot write %s: %s", conf, strerror(errno));
-        char *sargv[] = {"redis-sentinel", conf, NULL};
+        char *sargv[] = {(char *)rsrv_sentinel_bin(), conf, NULL};
         p->pid = is_sentinel ? spawn(sargv) : spawn_server(b, p);
         if (p->pid < 0) {
             p->pid = 0;
@@ -269,8 +270,8 @@ static int start_proc(sb_bed *b, sb_proc *p, int is_sentinel, int new_port_ok,
             if (exited(p->pid, &st)) {
                 p->pid = 0;
                 if (WIFEXITED(st) && WEXITSTATUS(st) == 127)
-                    return fail(b, "%s not found: apt-get install -y %s", what,
-                                is_sentinel ? "redis-sentinel" : "redis-server");
+                    return fail(b, "%s not found: install its package (BIDLOCK_TEST_SERVER and "
+                                "BIDLOCK_TEST_SENTINEL choose the binaries)", what);
                 break; /* port taken after all: try again */
             }
             usleep(POLL_US);

@@ -272,13 +272,13 @@ static int queued(void *arg)
     if (st.wakeups < 1 || st.attempts < 2 || st.waiting < 1 || !answered(x->m))
         return 0;
     const char *holder = bl_manager_holder(x->m);
-    redisReply *r = rs_cmd(x->s, "ZSCORE bid_lock::q:ebay:%s %s", x->key, holder);
+    redisReply *r = rs_cmd(x->s, "ZSCORE {bid_lock:ebay:%s}:q %s", x->key, holder);
     int in_queue = r->type == REDIS_REPLY_STRING;
     freeReplyObject(r);
     if (!in_queue)
         return 0;
     char channel[600];
-    snprintf(channel, sizeof channel, "bid_lock:ebay:%s|%s", x->key, holder);
+    snprintf(channel, sizeof channel, "{bid_lock:ebay:%s}|%s", x->key, holder);
     return rs_subscribers(x->s, channel) >= 1;
 }
 

@@ -83,7 +83,7 @@ Test(bench, w2_keeps_cycles_in_flight_over_distinct_keys)
     cr_assert_eq(w.errors, 0);
     cr_assert(w.cycle_us_p50 > 0 && w.cycle_us_p50 <= w.cycle_us_p99);
     /* Distinct keys: each job_<i> got its own fencing counter. */
-    redisReply *r = rs_cmd(&srv, "KEYS bid_lock::fence:bench:job_*");
+    redisReply *r = rs_cmd(&srv, "KEYS {bid_lock:bench:job_*}:fence");
     cr_assert_eq(r->elements, 1000);
     freeReplyObject(r);
     cr_assert_eq(rs_lock_count(&srv), 0);

@@ -510,6 +510,61 @@ Test(cli, command_sees_key_holder_and_token)
     result_free(&r);
 }
 
+/* Several pairs: all or none, one COMMAND, every key and token in its
+ * environment; a busy posting keeps the whole group (and COMMAND) out. */
+Test(cli, a_group_run_locks_every_posting_or_none)
+{
+    const char *cmd = sh_cmd("printf '%%s|%%s' \"$BIDLOCK_KEYS\" \"$BIDLOCK_TOKENS\"; "
+                             "redis-cli -p %d GET bid_lock:etsy:g2 >/dev/null",
+                             srv.port);
+    result r = CLI(NULL, "run", "--url", url, "ebay", "g1", "etsy", "g2", "--", "/bin/sh", "-c",
+                   cmd);
+    cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
+    char keys[256], tokens[128];
+    cr_assert_eq(sscanf(r.out, "%255[^|]|%127[^\n]", keys, tokens), 2, "output: %s", r.out);
+    cr_assert_str_eq(keys, "bid_lock:ebay:g1 bid_lock:etsy:g2");
+    unsigned long long t1 = 0, t2 = 0;
+    cr_assert_eq(sscanf(tokens, "%llu %llu", &t1, &t2), 2, "tokens: %s", tokens);
+    cr_assert(t1 > 0 && t2 > 0);
+    result_free(&r);
+    cr_assert(!rs_exists(&srv, "bid_lock:ebay:g1") && !rs_exists(&srv, "bid_lock:etsy:g2"),
+              "both released");
+
+    set_key("bid_lock:etsy:g2", "someone-else", 20000);
+    const char *ran = sh_cmd("redis-cli -p %d SET ran yes", srv.port);
+    r = CLI(NULL, "run", "--url", url, "--wait", "0", "ebay", "g1", "etsy", "g2", "--", "/bin/sh",
+            "-c", ran);
+    cr_assert_eq(r.code, 75, "exit %d: %s", r.code, r.err);
+    assert_one_error_line(&r);
+    cr_assert(strstr(r.err, "one of bid_lock:ebay:g1 and 1 more"), "%s", r.err);
+    result_free(&r);
+    cr_assert(!rs_exists(&srv, "ran"), "COMMAND never ran");
+    cr_assert(!rs_exists(&srv, "bid_lock:ebay:g1"), "the free posting was not taken");
+    freeReplyObject(rs_cmd(&srv, "DEL bid_lock:etsy:g2"));
+
+    /* --done marks both; a later group run on either says which is done. */
+    r = CLI(NULL, "run", "--url", url, "--done", "ebay", "g1", "etsy", "g2", "--", "/bin/true");
+    cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
+    result_free(&r);
+    r = CLI(NULL, "run", "--url", url, "ebay", "g0", "etsy", "g2", "--", "/bin/sh", "-c", ran);
+    cr_assert_eq(r.code, 0, "done: exit 0 without COMMAND (%s)", r.err);
+    cr_assert(strstr(r.err, "bid_lock:etsy:g2 is done"), "%s", r.err);
+    result_free(&r);
+    cr_assert(!rs_exists(&srv, "ran"));
+
+    /* Bad pairs: exit 64, one line, nothing sent. */
+    r = CLI(NULL, "run", "--url", url, "ebay", "g1", "etsy", "--", "/bin/true");
+    cr_assert_eq(r.code, 64);
+    assert_one_error_line(&r);
+    cr_assert(strstr(r.err, "'etsy' has no POSTING"), "%s", r.err);
+    result_free(&r);
+    r = CLI(NULL, "run", "--url", url, "ebay", "g1", "ebay", "g1", "--", "/bin/true");
+    cr_assert_eq(r.code, 64, "exit %d: %s", r.code, r.err);
+    assert_one_error_line(&r);
+    cr_assert(strstr(r.err, "the same"), "%s", r.err);
+    result_free(&r);
+}
+
 Test(cli, token_increases_across_runs)
 {
     unsigned long long last = 0;
@@ -641,16 +696,16 @@ Test(cli, a_signal_while_waiting_gives_up_without_running_command)
     /* Interrupt it once it waits in the queue (its first attempt has
      * answered), not while that attempt is still in flight. */
     uint64_t end = mono_ms() + 10000;
-    while (!rs_exists(&srv, "bid_lock::q:ebay:wait") && mono_ms() < end)
+    while (!rs_exists(&srv, "{bid_lock:ebay:wait}:q") && mono_ms() < end)
         usleep(5000);
-    cr_assert(rs_exists(&srv, "bid_lock::q:ebay:wait"), "it queued");
+    cr_assert(rs_exists(&srv, "{bid_lock:ebay:wait}:q"), "it queued");
     usleep(100000);
     kill(p.pid, SIGINT);
     result r = finish(&p, 10000);
     cr_assert_eq(r.code, 128 + SIGINT, "exit %d: %s", r.code, r.err);
     assert_one_error_line(&r);
     cr_assert_eq(rs_exists(&srv, "ran"), 0);
-    cr_assert_eq(rs_exists(&srv, "bid_lock::q:ebay:wait"), 0, "it left the wait queue");
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:wait}:q"), 0, "it left the wait queue");
     result_free(&r);
 }
 
@@ -710,11 +765,11 @@ Test(cli, done_is_not_marked_when_command_fails)
     result r = CLI(NULL, "run", "--url", url, "--done", "ebay", "retry", "--", "/bin/false");
     cr_assert_eq(r.code, 1);
     result_free(&r);
-    cr_assert_eq(rs_exists(&srv, "bid_lock::done:ebay:retry"), 0);
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:retry}:done"), 0);
     r = CLI(NULL, "run", "--url", url, "--done", "ebay", "retry", "--", "/bin/true");
     cr_assert_eq(r.code, 0);
     result_free(&r);
-    cr_assert_eq(rs_exists(&srv, "bid_lock::done:ebay:retry"), 1);
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:retry}:done"), 1);
 }
 
 /* ---- status, cleanup, health --------------------------------------------------------- */
@@ -763,7 +818,7 @@ Test(cli, cleanup_removes_every_lock_under_the_prefix)
     set_key("bid_lock:ebay:1", "a", 60000);
     set_key("bid_lock:ebay:2", "b", 60000);
     set_key("bid_lock:etsy:3", "c", 60000);
-    set_key("bid_lock::fence:ebay:1", "7", 60000);
+    set_key("{bid_lock:ebay:1}:fence", "7", 60000);
     set_key("other:ebay:1", "d", 60000);
     set_key("unrelated", "e", 60000);
     result r = CLI(NULL, "cleanup", "--url", url);
@@ -771,7 +826,7 @@ Test(cli, cleanup_removes_every_lock_under_the_prefix)
     cr_assert_str_eq(r.out, "removed 3 locks under prefix bid_lock\n");
     result_free(&r);
     cr_assert_eq(rs_lock_count(&srv), 0);
-    cr_assert_eq(rs_exists(&srv, "bid_lock::fence:ebay:1"), 1, "fencing counters stay");
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:1}:fence"), 1, "fencing counters stay");
     cr_assert_eq(rs_exists(&srv, "other:ebay:1"), 1);
     cr_assert_eq(rs_exists(&srv, "unrelated"), 1);
     r = CLI(NULL, "cleanup", "--url", url, "--prefix", "other");
@@ -779,6 +834,43 @@ Test(cli, cleanup_removes_every_lock_under_the_prefix)
     result_free(&r);
     r = CLI(NULL, "cleanup", "--url", url);
     cr_assert_str_eq(r.out, "removed 0 locks under prefix bid_lock\n");
+    result_free(&r);
+}
+
+Test(cli, locks_lists_every_held_lock_longest_first)
+{
+    set_key("bid_lock:ebay:old", "someone-else", 60000);
+    /* the held time comes from the fencing token: the server's microseconds */
+    redisReply *t = rs_cmd(&srv, "TIME");
+    cr_assert(t && t->type == REDIS_REPLY_ARRAY && t->elements == 2);
+    unsigned long long now_us = strtoull(t->element[0]->str, NULL, 10) * 1000000ULL +
+                                strtoull(t->element[1]->str, NULL, 10);
+    freeReplyObject(t);
+    char tok[32];
+    snprintf(tok, sizeof tok, "%llu", now_us - 5000000ULL); /* granted 5 s ago */
+    freeReplyObject(rs_cmd(&srv, "SET {bid_lock:ebay:old}:fence %s", tok));
+    set_key("bid_lock:etsy:new", "another-one", 30000);
+    result r = CLI(NULL, "locks", "--url", url);
+    cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
+    char *first = strstr(r.out, "bid_lock:ebay:old"), *second = strstr(r.out, "bid_lock:etsy:new");
+    cr_assert(first && second && first < second, "longest held first:\n%s", r.out);
+    cr_assert(strstr(r.out, "someone-else") && strstr(r.out, "another-one"), "%s", r.out);
+    cr_assert(strstr(r.out, "2 locks held under prefix bid_lock"), "%s", r.out);
+    result_free(&r);
+    r = CLI(NULL, "locks", "--url", url, "--json", "--longest", "1");
+    cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
+    cr_assert(strstr(r.out, "{\"prefix\":\"bid_lock\",\"total\":2,\"locks\":[{\"key\":"
+                            "\"bid_lock:ebay:old\",\"holder\":\"someone-else\",\"held_ms\":"),
+              "%s", r.out);
+    const char *held = strstr(r.out, "\"held_ms\":");
+    cr_assert(held);
+    long ms = atol(held + 10);
+    cr_assert(ms >= 5000, "held about 5 s by the server's clock: %ld ms", ms);
+    cr_assert_null(strstr(r.out, "etsy"), "--longest 1: one lock");
+    result_free(&r);
+    r = CLI(NULL, "locks", "--url", url, "--longest", "many");
+    cr_assert_eq(r.code, 64);
+    assert_one_error_line(&r);
     result_free(&r);
 }
 

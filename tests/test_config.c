@@ -22,6 +22,9 @@ static void assert_url_zero(const bl_url *u)
     cr_assert(u->mode == BL_URL_PLAIN && u->n_sentinels == 0 && !u->master_name);
     for (int i = 0; i < BL_URL_SENTINELS_MAX; i++)
         cr_assert(!u->sentinels[i].host && !u->sentinels[i].port);
+    cr_assert(u->n_seeds == 0);
+    for (int i = 0; i < BL_URL_SEEDS_MAX; i++)
+        cr_assert(!u->seeds[i].host && !u->seeds[i].port);
 }
 
 /* ---- valid URLs ----------------------------------------------------------- */
@@ -537,8 +540,8 @@ Test(sentinel_url, refuses_malformed_naming_the_part)
         {"redis-sentinel://@h#m", "credentials before '@' are empty"},
         {"redis-sentinel://u:@h#m", "password after ':' is empty"},
         {"redis-sentinel://:p%zz@h#m", "password has a '%'"},
-        {"redis-sentinels://h#m", "scheme 'redis-sentinels' is not redis://, rediss://, unix:// or "
-                                  "redis-sentinel://"},
+        {"redis-sentinels://h#m", "scheme 'redis-sentinels' is not redis://, rediss://, unix://, "
+                                  "redis-sentinel:// or redis-cluster://"},
         {"sentinel://h#m", "scheme 'sentinel'"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -1233,4 +1236,61 @@ Test(env, null_config)
     bl_config c;
     bl_config_init(&c);
     cr_assert_eq(bl_config_from_env(&c, NULL, 0), BL_OK, "why may be NULL");
+}
+
+/* ---- redis-cluster:// (issue 14) ----------------------------------------------- */
+
+Test(cluster_url, seeds_and_credentials)
+{
+    bl_url u;
+    cr_assert_eq(bl_url_parse("redis-cluster://bob:p%40ss@127.0.0.1:7000,[::1]:7001,node-3",
+                              &u, why, sizeof why),
+                 BL_OK, "%s", why);
+    cr_assert_eq(u.mode, BL_URL_CLUSTER);
+    cr_assert_eq(u.n_seeds, 3);
+    cr_assert_str_eq(u.seeds[0].host, "127.0.0.1");
+    cr_assert_eq(u.seeds[0].port, 7000);
+    cr_assert_str_eq(u.seeds[1].host, "::1");
+    cr_assert_eq(u.seeds[1].port, 7001);
+    cr_assert_str_eq(u.seeds[2].host, "node-3");
+    cr_assert_eq(u.seeds[2].port, 6379, "the Redis port by default");
+    cr_assert_str_eq(u.username, "bob");
+    cr_assert_str_eq(u.password, "p@ss");
+    cr_assert_null(u.host);
+    cr_assert_null(u.unix_path);
+    cr_assert_eq(u.db, 0);
+    cr_assert_eq(bl_url_kind("REDIS-CLUSTER://h"), BL_URL_CLUSTER);
+    bl_url_free(&u);
+    assert_url_zero(&u);
+    cr_assert_eq(bl_url_parse("redis-cluster://h", NULL, why, sizeof why), BL_OK, "%s", why);
+}
+
+Test(cluster_url, bad_ones_are_refused_with_a_sentence)
+{
+    struct {
+        const char *url, *reason;
+    } bad[] = {
+        {"redis-cluster://", "seed node list is empty"},
+        {"redis-cluster://h:1,,h:2", "seed node 2: is empty"},
+        {"redis-cluster://h:1,h:1", "seed node 2: 'h' port 1 is the same as seed node 1"},
+        {"redis-cluster://h:1/0", "takes no db"},
+        {"redis-cluster://h:1?db=1", "takes no db, query or fragment"},
+        {"redis-cluster://h:1#x", "unexpected '#x'"},
+        {"redis-cluster://h:0", "seed node 1: port '0' is out of range"},
+        {"redis-cluster://u:s3cret@", "seed node list is empty"},
+        {"redis-cluster://nocolon@h:1", "credentials before '@' have no ':'"},
+        {"redis-cluster://u:s3cret@h:1,h:x", "seed node 2: port 'x' is not a number"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        bl_url u;
+        cr_assert_eq(bl_url_parse(bad[i].url, &u, why, sizeof why), BL_EINVAL, "%s", bad[i].url);
+        cr_assert(strstr(why, bad[i].reason), "%s: '%s'", bad[i].url, why);
+        cr_assert_null(strstr(why, "s3cret"), "never the password");
+        assert_url_zero(&u);
+    }
+    char many[600] = "redis-cluster://";
+    for (int i = 0; i < 17; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%sh:%d", i ? "," : "", i + 1);
+    cr_assert_eq(bl_url_parse(many, NULL, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "more than 16 seed nodes"), "%s", why);
 }

@@ -9,6 +9,7 @@
 
 #include "harness.h"
 #include "helpers.h"
+#include "keyspace.h"
 
 TestSuite(features, .init = fx_redis_loop_init, .fini = fx_redis_loop_fini, .timeout = 60);
 
@@ -200,7 +201,7 @@ Test(features, tokens_increase_across_ttl_expiry_and_fence_key_loss)
     cr_assert(r2.token > r1.token);
     cr_assert_eq(rel(r2.lock), BL_OK);
     /* Even with the counter key gone (evicted, expired), tokens go up. */
-    freeReplyObject(rs_cmd(&srv, "DEL bid_lock::fence:ebay:expiry"));
+    freeReplyObject(rs_cmd(&srv, "DEL {bid_lock:ebay:expiry}:fence"));
     rec r3 = acq(a, "expiry", 0, 0);
     cr_assert_eq(r3.status, BL_OK);
     cr_assert(r3.token > r2.token, "%llu after %llu", (unsigned long long)r3.token,
@@ -247,7 +248,7 @@ Test(features, a_done_posting_is_never_acquired_again_by_any_manager)
     bl_manager *c = mk_manager(T, srv.port, NULL);
     cr_assert_eq(acq(c, "sold", 0, 0).status, BL_EDONE);
     cr_assert_eq(rs_exists(&srv, "bid_lock:ebay:sold"), 0, "no lock taken");
-    long long pttl = rs_int(&srv, "PTTL bid_lock::done:ebay:sold");
+    long long pttl = rs_int(&srv, "PTTL {bid_lock:ebay:sold}:done");
     cr_assert(pttl > 6LL * 24 * 3600 * 1000, "done marker has its own long TTL (%lld)", pttl);
     bl_stats s;
     bl_manager_stats(b, &s);
@@ -267,7 +268,7 @@ Test(features, only_the_holder_can_mark_done)
     rec rb = acq(b, "mark", 0, 0);
     cr_assert_eq(rb.status, BL_OK);
     cr_assert_eq(rel_done(ra.lock), BL_ENOTHELD);
-    cr_assert_eq(rs_exists(&srv, "bid_lock::done:ebay:mark"), 0);
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:mark}:done"), 0);
     close_manager(T, a);
     close_manager(T, b);
 }
@@ -392,7 +393,7 @@ Test(features, cleanup_removes_only_locks_under_the_prefix)
     cr_assert_eq(c.removed, 30);
     for (size_t i = 0; i < sizeof outside / sizeof outside[0]; i++)
         cr_assert_eq(rs_exists(&srv, outside[i]), 1, "%s untouched", outside[i]);
-    cr_assert(rs_exists(&srv, "bid_lock::fence:ebay:a0"), "fencing counters stay");
+    cr_assert(rs_exists(&srv, "{bid_lock:ebay:a0}:fence"), "fencing counters stay");
     close_manager(T, a);
     close_manager(T, b);
 }
@@ -453,14 +454,14 @@ Test(features, tokens_never_go_back_even_if_the_server_clock_does)
 {
     bl_manager *a = mk_manager(T, srv.port, NULL);
     /* A token from "the future" (a clock that stepped back since). */
-    freeReplyObject(rs_cmd(&srv, "SET bid_lock::fence:ebay:clock 8000000000000000"));
+    freeReplyObject(rs_cmd(&srv, "SET {bid_lock:ebay:clock}:fence 8000000000000000"));
     rec r = acq(a, "clock", 0, 0);
     cr_assert_eq(r.status, BL_OK);
     cr_assert_eq(r.token, 8000000000000001ULL, "token %llu", (unsigned long long)r.token);
     cr_assert_eq(rel(r.lock), BL_OK);
     r = acq(a, "clock", 0, 0);
     cr_assert_eq(r.token, 8000000000000002ULL);
-    redisReply *v = rs_cmd(&srv, "GET bid_lock::fence:ebay:clock");
+    redisReply *v = rs_cmd(&srv, "GET {bid_lock:ebay:clock}:fence");
     cr_assert_str_eq(v->str, "8000000000000002");
     freeReplyObject(v);
     close_manager(T, a);
@@ -486,7 +487,7 @@ Test(features, a_request_cancelled_mid_attempt_leaves_the_servers_queue)
     /* The attempt still ran on the server and queued b there; its answer
      * makes b take itself out again. */
     cr_assert(wait_answered(b, 10000), "b's attempt was answered");
-    cr_assert(wait_gone(&srv, "bid_lock::q:ebay:gone", 10000), "b left the queue");
+    cr_assert(wait_gone(&srv, "{bid_lock:ebay:gone}:q", 10000), "b left the queue");
     acq_start(w, "gone", 20000, 0, &rw);
     cr_assert(wait_queued(&srv, w, "gone", 5000), "w waits, its timer 2.5 s away");
     uint64_t t0 = mono_ms();
@@ -498,4 +499,134 @@ Test(features, a_request_cancelled_mid_attempt_leaves_the_servers_queue)
     close_manager(T, a);
     close_manager(T, b);
     close_manager(T, w);
+}
+
+/* ---- the key layout, and the 0.1 layout still honoured --------------------------- */
+
+Test(features, every_name_of_a_lock_is_tagged_with_its_lock_key)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL), *b = mk_manager(T, srv.port, NULL);
+    rec ra = acq(a, "tag", 0, 0);
+    cr_assert_eq(ra.status, BL_OK);
+    rec rb = {0};
+    acq_start(b, "tag", 20000, 0, &rb);
+    cr_assert(wait_queued(&srv, b, "tag", 5000), "b waits in {bid_lock:ebay:tag}:q");
+    cr_assert(rs_exists(&srv, "{bid_lock:ebay:tag}:fence"));
+    char ch[512];
+    snprintf(ch, sizeof ch, "{bid_lock:ebay:tag}|%s", bl_manager_holder(b));
+    cr_assert_eq(rs_subscribers(&srv, ch), 1, "b listens on %s", ch);
+    cr_assert_eq(rel_done(ra.lock), BL_OK);
+    cr_assert(tl_wait(T, &rb.n, 1, 10000));
+    cr_assert_eq(rb.status, BL_EDONE);
+    cr_assert(rs_exists(&srv, "{bid_lock:ebay:tag}:done"));
+    /* Nothing else: the lock, its three tagged keys and (for clients of the
+     * old layout still running) the old done marker. */
+    redisReply *k = rs_cmd(&srv, "KEYS *tag*");
+    cr_assert_eq(k->type, REDIS_REPLY_ARRAY);
+    for (size_t i = 0; i < k->elements; i++)
+        cr_assert(strncmp(k->element[i]->str, "{bid_lock:ebay:tag}:", 20) == 0 ||
+                      strcmp(k->element[i]->str, "bid_lock::done:ebay:tag") == 0,
+                  "unexpected key %s", k->element[i]->str);
+    freeReplyObject(k);
+    close_manager(T, a);
+    close_manager(T, b);
+}
+
+Test(features, a_posting_marked_done_under_the_old_layout_is_never_acquired)
+{
+    /* What a client before 0.2 left behind: "P::done:M:X". */
+    freeReplyObject(rs_cmd(&srv, "SET bid_lock::done:ebay:olddone someone PX 600000"));
+    bl_manager *a = mk_manager(T, srv.port, NULL);
+    cr_assert_eq(acq(a, "olddone", 0, 0).status, BL_EDONE);
+    cr_assert_eq(acq(a, "olddone", 2000, 0).status, BL_EDONE);
+    cr_assert_eq(rs_exists(&srv, "bid_lock:ebay:olddone"), 0, "no lock taken");
+    irec i = inspect(a, "olddone");
+    cr_assert_eq(i.done, 1, "inspect sees the old marker too");
+    /* And a posting marked done now is done for a client of the old layout. */
+    rec r = acq(a, "newdone", 0, 0);
+    cr_assert_eq(r.status, BL_OK);
+    cr_assert_eq(rel_done(r.lock), BL_OK);
+    cr_assert(rs_exists(&srv, "{bid_lock:ebay:newdone}:done"));
+    long long pttl = rs_int(&srv, "PTTL bid_lock::done:ebay:newdone");
+    cr_assert(pttl > 6LL * 24 * 3600 * 1000, "old marker written too, same TTL (%lld)", pttl);
+    close_manager(T, a);
+}
+
+Test(features, tokens_keep_increasing_from_the_old_layouts_counter)
+{
+    /* The old counter is ahead of the server clock (a token floor the new
+     * counter, which does not exist yet, must not fall below). */
+    freeReplyObject(rs_cmd(&srv, "SET bid_lock::fence:ebay:oldfence 8000000000000000"));
+    bl_manager *a = mk_manager(T, srv.port, NULL);
+    rec r = acq(a, "oldfence", 0, 0);
+    cr_assert_eq(r.status, BL_OK);
+    cr_assert_eq(r.token, 8000000000000001ULL, "token %llu", (unsigned long long)r.token);
+    cr_assert_eq(rel(r.lock), BL_OK);
+    rec r2 = acq(a, "oldfence", 0, 0);
+    cr_assert_eq(r2.token, 8000000000000002ULL, "the new counter goes on from there");
+    cr_assert_eq(rel(r2.lock), BL_OK);
+    /* The usual case: the old counter holds a token from the past (its
+     * server time); the new counter starts from the server-time floor,
+     * above it. */
+    freeReplyObject(rs_cmd(&srv, "SET bid_lock::fence:ebay:oldpast 1000"));
+    rec r3 = acq(a, "oldpast", 0, 0);
+    cr_assert_eq(r3.status, BL_OK);
+    cr_assert(r3.token > 1000);
+    irec i = inspect(a, "oldpast");
+    cr_assert_eq(i.token, r3.token);
+    cr_assert_eq(rel(r3.lock), BL_OK);
+    close_manager(T, a);
+}
+
+Test(features, cleanup_also_removes_the_old_layouts_wait_queues)
+{
+    freeReplyObject(rs_cmd(&srv, "ZADD bid_lock::q:ebay:oldq 1 someone"));
+    freeReplyObject(rs_cmd(&srv, "SET bid_lock::done:ebay:oldq someone"));
+    freeReplyObject(rs_cmd(&srv, "SET bid_lock::fence:ebay:oldq 5"));
+    bl_manager *a = mk_manager(T, srv.port, NULL);
+    cr_assert_eq(acq(a, "held", 0, 0).status, BL_OK);
+    crec c = {0};
+    cr_assert_eq(bl_cleanup(a, 1, on_cleanup, &c), BL_OK);
+    cr_assert(tl_wait(T, &c.n, 1, 10000));
+    cr_assert_eq(c.removed, 1);
+    cr_assert_eq(rs_exists(&srv, "bid_lock::q:ebay:oldq"), 1, "mine_only leaves queues alone");
+    c = (crec){0};
+    cr_assert_eq(acq(a, "held", 0, 0).status, BL_OK);
+    cr_assert_eq(bl_cleanup(a, 0, on_cleanup, &c), BL_OK);
+    cr_assert(tl_wait(T, &c.n, 1, 10000));
+    cr_assert_eq(c.status, BL_OK);
+    cr_assert_eq(c.removed, 1, "counts locks only");
+    cr_assert_eq(rs_exists(&srv, "bid_lock::q:ebay:oldq"), 0, "the old queue is gone");
+    cr_assert_eq(rs_exists(&srv, "bid_lock::done:ebay:oldq"), 1, "done markers stay");
+    cr_assert_eq(rs_exists(&srv, "bid_lock::fence:ebay:oldq"), 1, "fencing counters stay");
+    close_manager(T, a);
+}
+
+Test(features, our_slots_are_the_ones_a_cluster_node_computes)
+{
+    /* CLUSTER KEYSLOT answers on a cluster-enabled node with no slots yet. */
+    static const char *const extra[] = {"--cluster-enabled", "yes", "--cluster-config-file",
+                                        "nodes.conf", NULL};
+    redis_srv node = {0};
+    rs_start(&node, extra);
+    redisContext *c = rs_connect(&node);
+    char id[32];
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof id, i % 2 ? "p%d" : "%d{x", i * 7919);
+        bl_keys *k = bl_keys_new("bid_lock", i % 3 ? "ebay" : "m{", id);
+        cr_assert(k);
+        for (int n = 0; n < BL_KEY_COUNT; n++) {
+            redisReply *r = redisCommand(c, "CLUSTER KEYSLOT %b", k->k[n], k->len[n]);
+            cr_assert(r && r->type == REDIS_REPLY_INTEGER, "CLUSTER KEYSLOT %s", k->k[n]);
+            cr_assert_eq((unsigned)r->integer, bl_key_slot(k->k[n], k->len[n]), "%s", k->k[n]);
+            if (n <= BL_KEY_DONE)
+                cr_assert_eq((unsigned)r->integer,
+                             bl_key_slot(k->k[BL_KEY_LOCK], k->len[BL_KEY_LOCK]),
+                             "%s is in its lock's slot", k->k[n]);
+            freeReplyObject(r);
+        }
+        free(k);
+    }
+    redisFree(c);
+    rs_stop(&node);
 }

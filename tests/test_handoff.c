@@ -32,7 +32,7 @@ TestSuite(handoff, .init = setup, .fini = teardown, .timeout = 60);
 
 static int in_queue(const char *holder)
 {
-    redisReply *rep = rs_cmd(&srv, "ZSCORE bid_lock::q:mp:k %s", holder);
+    redisReply *rep = rs_cmd(&srv, "ZSCORE {bid_lock:mp:k}:q %s", holder);
     int there = rep && rep->type == REDIS_REPLY_STRING;
     freeReplyObject(rep);
     return there;

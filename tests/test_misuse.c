@@ -44,6 +44,10 @@ Test(misuse, bad_ids_ttls_and_waits_are_refused_before_the_server)
         {"ebay", "p\r\nSET x y", "posting contains whitespace or a control character"},
         {"ebay", "p\t", "posting contains whitespace or a control character"},
         {"ebay", "\x7f", "posting contains whitespace or a control character"},
+        {"eb}ay", "p", "marketplace contains '}', which would end the Redis Cluster hash tag "
+                       "{<lock key>} of the lock's other keys early"},
+        {"ebay", "{p}", "posting contains '}', which would end the Redis Cluster hash tag "
+                        "{<lock key>} of the lock's other keys early"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cr_assert_eq(bl_acquire(m, bad[i].mp, bad[i].posting, NULL, on_acq, &r, NULL),
@@ -308,6 +312,13 @@ Test(misuse, malformed_urls_and_configs_create_nothing)
     bl_config_init(&c);
     c.key_prefix = "a b";
     cr_assert_eq(bl_manager_new(tl_bl(T), &c, &m), BL_EINVAL);
+    const char *braced[] = {"{app", "app}", "a{b}c"};
+    for (size_t i = 0; i < sizeof braced / sizeof braced[0]; i++) {
+        c.key_prefix = braced[i];
+        cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL, "%s", braced[i]);
+        cr_assert(strstr(why, "key_prefix") && strstr(why, "{"), "%s: %s", braced[i], why);
+        cr_assert_eq(bl_manager_new(tl_bl(T), &c, &m), BL_EINVAL);
+    }
     cr_assert_eq(bl_manager_new(NULL, NULL, &m), BL_EINVAL);
     cr_assert_eq(bl_manager_new(tl_bl(T), NULL, NULL), BL_EINVAL);
     bl_loop half = *tl_bl(T);

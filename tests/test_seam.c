@@ -155,7 +155,7 @@ static int fb_make(const bl_backend_host *h, bl_backend **out)
 static void answer(int i, int status, uint64_t token)
 {
     cr_assert_lt(i, FB->nops, "no operation %d was sent", i);
-    bl_op_result r = {status, token, 0, status == BL_ECONN ? "connection lost" : NULL, 0};
+    bl_op_result r = {status, token, 0, status == BL_ECONN ? "connection lost" : NULL, 0, 0};
     FB->ops[i]->done(FB->ops[i], &r);
 }
 
@@ -430,6 +430,109 @@ Test(seam, a_directed_wake_sends_the_oldest_waiter_which_keeps_the_queue_for_the
     bl_stats s;
     bl_manager_stats(M, &s);
     cr_assert_eq(s.wakeups, 2);
+}
+
+/* A release that reserves the lock for us while our retry is on the wire:
+ * the retry may have run before the release and come back busy. Then the
+ * waiter goes again at once, not after a full backoff (by which time the
+ * reservation would have run out). */
+Test(seam, a_directed_wake_during_an_attempt_sends_the_next_attempt_at_once)
+{
+    rec a = {0};
+    bl_acquire_opts o = opts(30000, 10000);
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &a, NULL), BL_OK);
+    answer(0, BL_EBUSY, 0);
+    /* Let the backoff timer send the retry, and keep it unanswered. */
+    for (int i = 0; i < 2000 && FB->nops < 2; i++)
+        advance(1);
+    cr_assert_eq(FB->nops, 2, "the retry went out");
+    size_t n = strlen("bid_lock:mp:x");
+    FB->h.wake(FB->h.ctx, "bid_lock:mp:x", n, 1);
+    cr_assert_eq(FB->nops, 2, "no second attempt while one is out");
+    uint64_t t = fnow;
+    answer(1, BL_EBUSY, 0); /* it ran before the release */
+    advance(0);
+    advance(1);
+    cr_assert_eq(FB->nops, 3, "the next attempt goes at once after the busy answer");
+    cr_assert_leq(FB->sent_at[2], t + 1);
+    answer(2, BL_OK, 7);
+    cr_assert_eq(a.calls, 1);
+    cr_assert_eq(a.status, BL_OK);
+    /* A wake-up that came during an attempt which then got the lock is
+     * spent: the next wait starts with a normal backoff. */
+    rec b = {0};
+    cr_assert_eq(bl_acquire(M, "mp", "x", &o, on_acq, &b, NULL), BL_OK);
+    answer(3, BL_EBUSY, 0);
+    for (int i = 0; i < 2000 && FB->nops < 5; i++)
+        advance(1);
+    cr_assert_eq(FB->nops, 5);
+    FB->h.wake(FB->h.ctx, "bid_lock:mp:x", n, 0);
+    answer(4, BL_OK, 8);
+    cr_assert_eq(b.status, BL_OK);
+    cr_assert_eq(FB->nops, 5, "nothing more sent");
+    rec ra = {0}, rb = {0};
+    cr_assert_eq(bl_release(a.lock, on_rel, &ra), BL_OK);
+    cr_assert_eq(bl_release(b.lock, on_rel, &rb), BL_OK);
+    answer(5, BL_OK, 0);
+    answer(6, BL_OK, 0);
+    bl_stats s;
+    bl_manager_stats(M, &s);
+    cr_assert_eq(s.wakeups, 2);
+}
+
+Test(seam, hold_times_are_profiled_and_the_longest_held_locks_listed)
+{
+    rec a = {0}, b = {0}, c = {0};
+    bl_acquire_opts o = opts(60000, 0);
+    cr_assert_eq(bl_acquire(M, "mp", "a", &o, on_acq, &a, NULL), BL_OK);
+    answer(0, BL_OK, 1);
+    advance(700);
+    cr_assert_eq(bl_acquire(M, "mp", "b", &o, on_acq, &b, NULL), BL_OK);
+    answer(1, BL_OK, 1);
+    advance(200);
+    cr_assert_eq(bl_acquire(M, "mp", "c", &o, on_acq, &c, NULL), BL_OK);
+    answer(2, BL_OK, 1);
+    advance(100);
+    cr_assert_eq(bl_lock_held_ms(a.lock), 1000);
+    cr_assert_eq(bl_lock_held_ms(c.lock), 100);
+    bl_lock *top[2] = {NULL, NULL};
+    cr_assert_eq(bl_manager_longest_held(M, top, 2), 2);
+    cr_assert_eq(top[0], a.lock, "longest first");
+    cr_assert_eq(top[1], b.lock);
+    bl_lock *all[8];
+    cr_assert_eq(bl_manager_longest_held(M, all, 8), 3, "only as many as are held");
+    cr_assert_eq(all[2], c.lock);
+    cr_assert_eq(bl_manager_longest_held(M, NULL, 8), 0);
+    rec ra = {0}, rb = {0};
+    cr_assert_eq(bl_release(a.lock, on_rel, &ra), BL_OK);
+    cr_assert_eq(bl_lock_held_ms(a.lock), 0, "not held once released");
+    answer(3, BL_OK, 0);
+    cr_assert_eq(bl_manager_longest_held(M, top, 2), 2);
+    cr_assert_eq(top[0], b.lock, "a released: b is now the longest held");
+    cr_assert_eq(bl_release(b.lock, on_rel, &rb), BL_OK);
+    answer(4, BL_OK, 0);
+    bl_metrics mt;
+    bl_manager_metrics(M, &mt);
+    cr_assert_eq(mt.hold_ms.count, 2);
+    cr_assert_float_eq(mt.hold_ms.sum_ms, 1000.0 + 300.0, 1e-9);
+    /* 1000 ms is in the "<= 1000" bucket, 300 ms in "<= 500". */
+    size_t i1000 = 0, i500 = 0;
+    for (size_t i = 0; i < BL_HIST_BUCKETS; i++) {
+        if (bl_hold_bounds_ms[i] == 1000)
+            i1000 = i;
+        if (bl_hold_bounds_ms[i] == 500)
+            i500 = i;
+    }
+    cr_assert_eq(mt.hold_ms.counts[i1000], 1);
+    cr_assert_eq(mt.hold_ms.counts[i500], 1);
+    char text[16384];
+    size_t len = bl_metrics_prometheus(&mt, text, sizeof text);
+    cr_assert_lt(len, sizeof text);
+    cr_assert(strstr(text, "# TYPE bidlock_hold_seconds histogram\n"));
+    cr_assert(strstr(text, "bidlock_hold_seconds_bucket{le=\"1\"} 2\n"), "%s", text);
+    cr_assert(strstr(text, "bidlock_hold_seconds_bucket{le=\"0.5\"} 1\n"));
+    cr_assert(strstr(text, "bidlock_hold_seconds_count 2\n"));
+    /* c is still held: close gives it back and counts its hold too. */
 }
 
 Test(seam, close_cancels_waiters_and_gives_held_locks_back_before_calling_back)

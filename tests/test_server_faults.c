@@ -267,7 +267,7 @@ Test(server_faults, client_kill_of_the_subscriber_connection_while_waiters_wait)
     /* The subscriber comes back and subscribes again (a few ms) to its
      * channel for this lock, "<key>|<holder>". */
     char channel[512];
-    snprintf(channel, sizeof channel, "bid_lock:ebay:sub|%s", bl_manager_holder(b));
+    snprintf(channel, sizeof channel, "{bid_lock:ebay:sub}|%s", bl_manager_holder(b));
     uint64_t end = mono_ms() + 5000;
     while (mono_ms() < end && rs_subscribers(&srv, channel) == 0)
         tl_run_for(T, 10);

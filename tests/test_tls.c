@@ -536,6 +536,8 @@ Test(tls, bad_combinations_and_files_are_refused_before_anything_is_sent)
     cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_OK, "%s", why);
     c.url = "unix:///tmp/x.sock";
     why_is(&c, "unix socket");
+    c.url = "redis-cluster://127.0.0.1:7000";
+    why_is(&c, "Redis Cluster");
     c.url = NULL;
     c.unix_path = "/tmp/x.sock";
     why_is(&c, "unix socket");

@@ -249,3 +249,88 @@ Test(units, every_status_has_one_name_and_one_sentence)
     cr_assert_str_eq(bl_status_name(-13), "BL_UNKNOWN");
     cr_assert_str_eq(bl_status_name(BL_EDONE), "BL_EDONE");
 }
+
+/* ---- the key layout and Redis Cluster slots ---------------------------------- */
+
+Test(keys, crc16_and_slots_match_the_cluster_specification)
+{
+    /* The check value of CRC16/XMODEM, quoted by the Redis Cluster spec. */
+    cr_assert_eq(bl_crc16("123456789", 9), 0x31C3);
+    cr_assert_eq(bl_crc16("", 0), 0);
+    /* Hash tags, the spec's own examples. */
+    unsigned u = bl_key_slot("user1000", 8);
+    cr_assert_eq(bl_key_slot("{user1000}.following", 20), u);
+    cr_assert_eq(bl_key_slot("{user1000}.followers", 20), u);
+    cr_assert_eq(bl_key_slot("foo{}{bar}", 10), bl_crc16("foo{}{bar}", 10) & 16383,
+                 "an empty tag: the whole key");
+    cr_assert_eq(bl_key_slot("foo{{bar}}zap", 13), bl_crc16("{bar", 4) & 16383);
+    cr_assert_eq(bl_key_slot("foo{bar}{zap}", 13), bl_key_slot("bar", 3));
+    cr_assert_eq(bl_key_slot("{", 1), bl_crc16("{", 1) & 16383, "no '}': the whole key");
+    /* Measured with CLUSTER KEYSLOT on Redis 7.0.15 (DESIGN.md). */
+    cr_assert_eq(bl_key_slot("bid_lock:ebay:123", 17), 616);
+    cr_assert_eq(bl_key_slot("bid_lock::q:ebay:123", 20), 277);
+    cr_assert_eq(bl_key_slot("bid_lock::fence:ebay:123", 24), 5507);
+    cr_assert_eq(bl_key_slot("bid_lock::done:ebay:123", 23), 11655);
+}
+
+Test(keys, every_name_of_a_lock_hashes_to_the_lock_keys_slot)
+{
+    const char *ids[][3] = {{"bid_lock", "ebay", "123"},
+                            {"bid_lock", "ebay", "a:b:c"},
+                            {"app:locks", "m{x", "p{q{"}, /* '{' alone is harmless */
+                            {"p", "m", "x"}};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        bl_keys *k = bl_keys_new(ids[i][0], ids[i][1], ids[i][2]);
+        cr_assert(k);
+        unsigned s = bl_key_slot(k->k[BL_KEY_LOCK], k->len[BL_KEY_LOCK]);
+        cr_assert_eq(s, bl_crc16(k->k[BL_KEY_LOCK], k->len[BL_KEY_LOCK]) & 16383,
+                     "the lock key has no tag of its own");
+        for (int n = BL_KEY_QUEUE; n <= BL_KEY_DONE; n++)
+            cr_assert_eq(bl_key_slot(k->k[n], k->len[n]), s, "%s", k->k[n]);
+        char ch[600];
+        size_t cn = bl_keys_channel(ch, sizeof ch, k->k[BL_KEY_LOCK], k->len[BL_KEY_LOCK],
+                                    "h:1:u", 5);
+        cr_assert(cn > 0);
+        cr_assert_eq(bl_key_slot(ch, cn), s, "channel %s", ch);
+        size_t kl;
+        const char *back = bl_keys_channel_key(ch, cn, "h:1:u", 5, &kl);
+        cr_assert(back);
+        cr_assert_eq(kl, k->len[BL_KEY_LOCK]);
+        cr_assert_eq(memcmp(back, k->k[BL_KEY_LOCK], kl), 0);
+        cr_assert_null(bl_keys_channel_key(ch, cn, "h:1:v", 5, &kl), "another holder's");
+        free(k);
+    }
+    bl_keys *k = bl_keys_new("bid_lock", "ebay", "123");
+    cr_assert_str_eq(k->k[BL_KEY_LOCK], "bid_lock:ebay:123");
+    cr_assert_str_eq(k->k[BL_KEY_QUEUE], "{bid_lock:ebay:123}:q");
+    cr_assert_str_eq(k->k[BL_KEY_FENCE], "{bid_lock:ebay:123}:fence");
+    cr_assert_str_eq(k->k[BL_KEY_DONE], "{bid_lock:ebay:123}:done");
+    cr_assert_str_eq(k->k[BL_KEY_OLD_DONE], "bid_lock::done:ebay:123");
+    cr_assert_str_eq(k->k[BL_KEY_OLD_FENCE], "bid_lock::fence:ebay:123");
+    for (int n = 0; n < BL_KEY_COUNT; n++)
+        cr_assert_eq(k->len[n], strlen(k->k[n]));
+    cr_assert_eq(bl_key_slot(k->k[BL_KEY_QUEUE], k->len[BL_KEY_QUEUE]), 616);
+    cr_assert(bl_keys_is_old_queue("bid_lock::q:ebay:1", 18, "bid_lock", 8));
+    cr_assert(!bl_keys_is_old_queue("{bid_lock:ebay:1}:q", 19, "bid_lock", 8));
+    cr_assert(!bl_keys_is_lock_key("{bid_lock:ebay:1}:q", 19, "bid_lock", 8));
+    free(k);
+}
+
+Test(keys, a_closing_brace_or_a_leading_open_brace_is_refused)
+{
+    const char *bad_ids[] = {"a}b", "}", "x{y}"};
+    for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
+        for (int mp = 0; mp <= 1; mp++) {
+            why[0] = '\0';
+            cr_assert_eq(bl_validate_id(bad_ids[i], mp, why, sizeof why), BL_EINVAL, "%s",
+                         bad_ids[i]);
+            cr_assert(strstr(why, "'}'") && strstr(why, "hash tag"), "reason: %s", why);
+        }
+    }
+    cr_assert_eq(bl_validate_id("a{b", 1, why, sizeof why), 0, "'{' alone is fine");
+    cr_assert_eq(bl_validate_prefix("app}x", why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "key_prefix") && strstr(why, "'}'"), "%s", why);
+    cr_assert_eq(bl_validate_prefix("{app", why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "start with '{'"), "%s", why);
+    cr_assert_eq(bl_validate_prefix("a{pp", why, sizeof why), 0);
+}

@@ -32,7 +32,7 @@
 static void check_interpret(const redisReply *reply)
 {
     static const enum bl_op_kind kinds[] = {BL_OP_ACQUIRE, BL_OP_RELEASE, BL_OP_RELEASE_DONE,
-                                            BL_OP_EXTEND, BL_OP_NONE};
+                                            BL_OP_EXTEND, BL_OP_TRANSFER, BL_OP_NONE};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         bl_op_result res;
         memset(&res, 0xa5, sizeof res);
@@ -70,6 +70,16 @@ static void check_interpret(const redisReply *reply)
                 CHECK(is_int && (v == 0 || v == 1) && (st == BL_OK) == (v == 1));
             CHECK(res.token == 0 && !res.handed_off);
             break;
+        case BL_OP_TRANSFER:
+            CHECK(st == BL_OK || st == BL_ENOTHELD || st == BL_EREDIS);
+            if (st == BL_OK)
+                CHECK(is_int && v > 0 && res.token == (uint64_t)v);
+            else
+                CHECK(res.token == 0);
+            if (st == BL_ENOTHELD)
+                CHECK(is_int && v == 0);
+            CHECK(!res.handed_off && !res.ours);
+            break;
         default:
             CHECK(st == BL_EREDIS); /* no such operation */
             break;
@@ -82,6 +92,70 @@ static void check_interpret(const redisReply *reply)
         } else {
             CHECK(is_int);
         }
+    }
+}
+
+/* The group scripts' answers (bl_acquire_many), for groups of 1..4. */
+static void check_group(const redisReply *reply)
+{
+    static const enum bl_op_kind kinds[] = {BL_OP_ACQUIRE, BL_OP_RELEASE, BL_OP_RELEASE_DONE,
+                                            BL_OP_EXTEND, BL_OP_TRANSFER};
+    for (size_t n = 1; n <= 4; n++)
+        for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+            bl_op_result res;
+            uint64_t tokens[4] = {0, 0, 0, 0};
+            memset(&res, 0xa5, sizeof res);
+            bl_redis_interpret_group(kinds[i], n, reply, &res, tokens);
+            int st = res.status;
+            CHECK(st == BL_OK || st == BL_EBUSY || st == BL_EDONE || st == BL_ENOTHELD ||
+                  st == BL_EREDIS);
+            if (st == BL_EREDIS)
+                CHECK(res.errmsg && res.errmsg[0]);
+            switch (kinds[i]) {
+            case BL_OP_ACQUIRE:
+                CHECK(st != BL_ENOTHELD);
+                if (st == BL_OK) {
+                    CHECK(reply->type == REDIS_REPLY_ARRAY && reply->elements == n + 1);
+                    for (size_t k = 0; k < n; k++)
+                        CHECK(tokens[k] > 0 && tokens[k] == (uint64_t)reply->element[k + 1]->integer);
+                    CHECK(res.token == tokens[0]);
+                } else {
+                    for (size_t k = 0; k < n; k++)
+                        CHECK(tokens[k] == 0);
+                }
+                if (st == BL_EBUSY || st == BL_EDONE)
+                    CHECK(res.index >= 0 && (size_t)res.index < n);
+                break;
+            case BL_OP_TRANSFER:
+                CHECK(st == BL_EREDIS); /* a group is never transferred */
+                break;
+            default:
+                CHECK(st == BL_OK || st == BL_ENOTHELD || st == BL_EREDIS);
+                break;
+            }
+        }
+}
+
+/* bl_list_locks' per-lock answer. */
+static void check_lock_info(const redisReply *reply)
+{
+    const char *key = NULL, *holder = NULL;
+    size_t klen = 0, hlen = 0;
+    int64_t pttl = 0;
+    uint64_t token = 0, held = 0;
+    int got = bl_redis_lock_info_reply(reply, &key, &klen, &holder, &hlen, &pttl, &token, &held);
+    CHECK(got == -1 || got == 0 || got == 1);
+    if (got == 0)
+        CHECK(reply->type == REDIS_REPLY_ARRAY && reply->elements == 0);
+    if (got == 1) {
+        CHECK(reply->type == REDIS_REPLY_ARRAY && reply->elements == 6);
+        CHECK(key == reply->element[0]->str && klen == reply->element[0]->len);
+        CHECK(holder == reply->element[1]->str && hlen == reply->element[1]->len);
+        CHECK(token || held == 0);
+        if (klen)
+            (void)key[klen - 1];
+        if (hlen)
+            (void)holder[hlen - 1];
     }
 }
 
@@ -183,6 +257,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         const redisReply *reply = out;
         check_interpret(reply);
+        check_group(reply);
+        check_lock_info(reply);
         check_inspect(reply);
         check_scan(reply);
         freeReplyObject(out);

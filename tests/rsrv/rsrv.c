@@ -30,6 +30,29 @@ static void sleep_ms(int ms)
         ;
 }
 
+/* ---- which server ---------------------------------------------------------- */
+
+const char *rsrv_server_bin(void)
+{
+    const char *s = getenv("BIDLOCK_TEST_SERVER");
+    return s && *s ? s : "redis-server";
+}
+
+const char *rsrv_sentinel_bin(void)
+{
+    static char buf[512];
+    const char *s = getenv("BIDLOCK_TEST_SENTINEL");
+    if (s && *s)
+        return s;
+    s = getenv("BIDLOCK_TEST_SERVER");
+    size_t n = s ? strlen(s) : 0;
+    if (n > 7 && n < sizeof buf - 2 && strcmp(s + n - 7, "-server") == 0) {
+        snprintf(buf, sizeof buf, "%.*s-sentinel", (int)(n - 7), s);
+        return buf;
+    }
+    return "redis-sentinel";
+}
+
 /* ---- steps ---------------------------------------------------------------- */
 
 int rsrv_free_port(void)
@@ -246,7 +269,7 @@ static pid_t launch_redis(const rsrv *s)
         }
     }
     args[k] = NULL;
-    pid_t pid = rsrv_launch("redis-server", NULL, s->port, args, NULL);
+    pid_t pid = rsrv_launch(rsrv_server_bin(), NULL, s->port, args, NULL);
     free(args);
     return pid;
 }
@@ -287,7 +310,8 @@ static int start(rsrv *s, const char *const *extra, const char *certdir)
             return 0;
         if (rc == RSRV_NOT_FOUND) {
             s->pid = 0;
-            snprintf(s->err, sizeof s->err, "redis-server not found: install redis-server");
+            snprintf(s->err, sizeof s->err, "%s not found: install it (BIDLOCK_TEST_SERVER)",
+                     rsrv_server_bin());
             rsrv_stop(s);
             return -1;
         }
@@ -295,7 +319,7 @@ static int start(rsrv *s, const char *const *extra, const char *certdir)
             s->pid = 0; /* reaped: the port was taken after all, try another */
         else
             rsrv_kill(s);
-        snprintf(s->err, sizeof s->err, "redis-server did not start (%s)",
+        snprintf(s->err, sizeof s->err, "%s did not start (%s)", rsrv_server_bin(),
                  rc == RSRV_TIMEOUT ? "no PONG within 10 s" : "its port was taken");
     }
     rsrv_stop(s);
@@ -390,7 +414,7 @@ int rsrv_restart(rsrv *s)
         rsrv_kill(s); /* the port lingers, or another server holds it: again, later */
         sleep_ms(50);
     }
-    snprintf(s->err, sizeof s->err, "redis-server did not come back on port %d (%s)", s->port,
+    snprintf(s->err, sizeof s->err, "%s did not come back on port %d (%s)", rsrv_server_bin(), s->port,
              rc == RSRV_NOT_FOUND ? "not installed" : rc == RSRV_TIMEOUT ? "no PONG" : "port in use");
     return -1;
 }

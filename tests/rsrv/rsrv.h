@@ -21,6 +21,18 @@
 
 #include <hiredis/hiredis.h>
 
+/* ---- which server ---------------------------------------------------------- */
+
+/* The data server binary every test and the bench start: $BIDLOCK_TEST_SERVER
+ * (a path or a name on PATH, e.g. /usr/bin/valkey-server), else
+ * "redis-server". */
+const char *rsrv_server_bin(void);
+/* The Sentinel binary: $BIDLOCK_TEST_SENTINEL, else the server binary with
+ * its "-server" suffix turned into "-sentinel" (valkey-server ->
+ * valkey-sentinel) when $BIDLOCK_TEST_SERVER is set, else "redis-sentinel".
+ * Owned by this module (a static buffer); call it from one thread. */
+const char *rsrv_sentinel_bin(void);
+
 /* ---- steps ---------------------------------------------------------------- */
 
 /* A 127.0.0.1 TCP port that nothing listened on a moment ago (bound to port

@@ -1,4 +1,4 @@
-/* admin.c - `bidlock status`, `health` and `cleanup`: one request each,
+/* admin.c - `bidlock status`, `health`, `cleanup` and `locks`: one request each,
  * printed on stdout. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -83,6 +83,19 @@ static void on_health(bl_manager *m, const bl_health *h, void *data)
     app *a = data;
     if (a->finishing)
         return;
+    /* Redis Cluster: one line per master (address, slots, state, RTT). */
+    for (int i = 0; i < h->nodes; i++) {
+        const bl_node_health *n = &h->node[i];
+        if (n->status == BL_OK)
+            printf("master %s: ok, %d slots, round trip %.3f ms", n->server, n->slots,
+                   n->latency_ms);
+        else
+            printf("master %s: %s, %d slots (%s)", n->server, bl_status_name(n->status),
+                   n->slots, n->errmsg ? n->errmsg : bl_strerror(n->status));
+        if (n->replicas >= 0)
+            printf(", %d replica%s connected", n->replicas, n->replicas == 1 ? "" : "s");
+        printf("\n");
+    }
     if (h->status != BL_OK) {
         say("%s", detail(h->status, h->errmsg));
         finish(a, connection_code(h->status));
@@ -99,18 +112,62 @@ static void on_health(bl_manager *m, const bl_health *h, void *data)
 
 static void on_cleaned(bl_manager *m, int status, uint64_t removed, void *data)
 {
-    (void)m;
     app *a = data;
     if (a->finishing)
         return;
     if (status != BL_OK) {
         say("cleanup stopped after removing %" PRIu64 " locks: %s", removed,
-            detail(status, ""));
+            detail(status, bl_manager_errmsg(m)));
         finish(a, connection_code(status));
         return;
     }
     printf("removed %" PRIu64 " lock%s under prefix %s\n", removed, removed == 1 ? "" : "s",
            a->prefix);
+    finish(a, 0);
+}
+
+static void on_locks(bl_manager *m, int status, const bl_held_lock *l, size_t n, size_t total,
+                     void *data)
+{
+    app *a = data;
+    if (a->finishing)
+        return;
+    if (status != BL_OK) {
+        say("cannot list the locks: %s", detail(status, bl_manager_errmsg(m)));
+        finish(a, connection_code(status));
+        return;
+    }
+    if (a->json) {
+        printf("{\"prefix\":");
+        json_string(stdout, a->prefix);
+        printf(",\"total\":%zu,\"locks\":[", total);
+        for (size_t i = 0; i < n; i++) {
+            printf(i ? ",{\"key\":" : "{\"key\":");
+            json_string(stdout, l[i].key);
+            printf(",\"holder\":");
+            json_string(stdout, l[i].holder);
+            if (l[i].token)
+                printf(",\"held_ms\":%" PRIu64, l[i].held_ms);
+            else
+                printf(",\"held_ms\":null");
+            printf(",\"pttl_ms\":%" PRId64 ",\"token\":%" PRIu64 "}", l[i].pttl_ms, l[i].token);
+        }
+        printf("]}\n");
+    } else {
+        printf("%10s %10s %-17s %-40s %s\n", "HELD", "TTL LEFT", "TOKEN", "HOLDER", "KEY");
+        for (size_t i = 0; i < n; i++) {
+            if (l[i].token)
+                printf("%8.1f s", (double)l[i].held_ms / 1000.0);
+            else
+                printf("%8s  ", "?"); /* no token: not taken by this bidlock */
+            printf(" %8.1f s %-17" PRIu64 " %-40s %s\n", (double)l[i].pttl_ms / 1000.0,
+                   l[i].token, l[i].holder, l[i].key);
+        }
+        printf("%zu lock%s held under prefix %s", total, total == 1 ? "" : "s", a->prefix);
+        if (n < total)
+            printf(" (the %zu longest held shown)", n);
+        printf("\n");
+    }
     finish(a, 0);
 }
 
@@ -120,6 +177,7 @@ int start_admin(app *a)
     switch (a->sub) {
     case SUB_STATUS: rc = bl_inspect(a->m, a->mp, a->posting, on_inspected, a); break;
     case SUB_HEALTH: rc = bl_health_check(a->m, on_health, a); break;
+    case SUB_LOCKS: rc = bl_list_locks(a->m, (size_t)a->longest, on_locks, a); break;
     default: rc = bl_cleanup(a->m, 0, on_cleaned, a); break;
     }
     if (rc != BL_OK) {

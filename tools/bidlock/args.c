@@ -9,10 +9,12 @@ static const char usage_text[] =
     "Usage:\n"
     "  bidlock run [--url URL] [--wait SECONDS] [--ttl MS] [--prefix P]\n"
     "              [--min-replicas N|auto] [--done] [TLS]\n"
-    "              MARKETPLACE POSTING -- COMMAND [ARG...]\n"
+    "              MARKETPLACE POSTING [MARKETPLACE POSTING...] -- COMMAND [ARG...]\n"
     "  bidlock status  [--url URL] [--prefix P] [TLS] MARKETPLACE POSTING\n"
     "  bidlock health  [--url URL] [TLS]\n"
     "  bidlock cleanup [--url URL] [--prefix P] [TLS]\n"
+    "  bidlock locks   [--url URL] [--prefix P] [--longest N] [--json] [TLS]\n"
+    "  bidlock acl     [--prefix P] [--user NAME] [--readonly]\n"
     "  bidlock --help | --version\n"
     "  TLS: [--tls] [--cacert FILE] [--cacertdir DIR] [--cert FILE --key FILE]\n"
     "       [--sni NAME] [--insecure]\n";
@@ -33,6 +35,12 @@ static const char help_text[] =
     "                             acquisition of this lock, so a store that rejects\n"
     "                             a token lower than the last one it saw stops a\n"
     "                             holder that was paused past its TTL\n"
+    "             BIDLOCK_KEYS, BIDLOCK_TOKENS  every posting's key and token,\n"
+    "                             space-separated, in the order given\n"
+    "           Several MARKETPLACE POSTING pairs (up to 32) are locked all or\n"
+    "           none (a bundle bid): COMMAND runs once every one is held; --done\n"
+    "           marks them all. With more than one pair, \"--\" before COMMAND is\n"
+    "           required.\n"
     "           SIGINT, SIGTERM and SIGHUP sent to bidlock are passed on to COMMAND;\n"
     "           the lock is released once COMMAND has exited. If the lock is lost\n"
     "           while COMMAND runs (renewal refused, or Redis unreachable until the\n"
@@ -42,16 +50,32 @@ static const char help_text[] =
     "  status   Print the lock's state as one JSON object:\n"
     "           {\"key\":\"...\",\"held\":true|false,\"holder\":\"...\"|null,\n"
     "            \"pttl_ms\":N|null,\"done\":true|false}\n"
-    "  health   PING Redis; print the round-trip time.\n"
+    "  health   PING Redis; print the round-trip time (on a cluster: every\n"
+    "           master, with its slots).\n"
     "  cleanup  Delete every lock under the prefix, whoever holds it (done\n"
     "           markers and fencing counters stay); print how many.\n"
+    "  locks    List the locks held under the prefix, by every holder (every\n"
+    "           master of a cluster), the longest held first: how long held,\n"
+    "           the TTL left, the token, the holder, the key; --longest N shows\n"
+    "           the N longest (default 20, 0 = all), --json one JSON object.\n"
+    "           Read with SCAN, never KEYS; held time comes from the fencing\n"
+    "           token (the server's time at the grant).\n"
+    "  acl      Print the ACL SETUSER line (for redis-cli or valkey-cli) that\n"
+    "           grants user NAME (--user, default bidlock, or bidlock-readonly)\n"
+    "           exactly what bidlock needs under the prefix: its commands, keys\n"
+    "           PREFIX:* and {PREFIX:*, wake-up channels likewise. --readonly:\n"
+    "           only what status and health need. It sets permissions and keeps\n"
+    "           passwords: add one to a new user (ACL SETUSER NAME >PASSWORD).\n"
+    "           Connects nowhere.\n"
     "\n"
     "Options\n"
     "  --url URL       redis://[[USER]:PASSWORD@]HOST[:PORT][/DB],\n"
     "                  rediss://... (the same, over TLS),\n"
     "                  unix:///PATH/TO/SOCKET[?db=N] or\n"
     "                  redis-sentinel://[[USER]:PASSWORD@]HOST[:PORT]\n"
-    "                                   [,HOST[:PORT]...][/DB]#NAME\n"
+    "                                   [,HOST[:PORT]...][/DB]#NAME or\n"
+    "                  redis-cluster://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]\n"
+    "                  (seed nodes of a Redis Cluster; any one that answers will do)\n"
     "                  (Sentinels, port 26379 by default, asked for the master NAME;\n"
     "                  USER/PASSWORD are the master's, the Sentinels' own come from\n"
     "                  REDIS_SENTINEL_USERNAME/REDIS_SENTINEL_PASSWORD). HOST must be\n"
@@ -68,10 +92,11 @@ static const char help_text[] =
     "                  Renewed while COMMAND runs; if bidlock dies, others wait at\n"
     "                  most this long.\n"
     "  --prefix P      Key prefix. Default bid_lock.\n"
+    "  --user NAME     acl: the ACL user name.   --readonly  acl: status/health only.\n"
     "  --min-replicas N|auto\n"
     "                  The lock counts only once N replicas (auto: those connected)\n"
     "                  acknowledge it (WAIT). Default: auto with a redis-sentinel://\n"
-    "                  URL, else 0 (off). A grant they did not acknowledge in\n"
+    "                  or redis-cluster:// URL, else 0 (off). A grant they did not acknowledge in\n"
     "                  time is given back (exit 69 if the wait runs out so).\n"
     "  --tls           Talk TLS to Redis (and to the Sentinels); a rediss:// URL\n"
     "                  does so by itself. The server's certificate chain and host\n"
@@ -109,7 +134,14 @@ static const char help_text[] =
     "Examples\n"
     "  bidlock run --wait 30 ebay 42 -- ./place-bid 42\n"
     "  bidlock run --done --wait 0 ebay 42 -- ./place-bid 42   # once, ever\n"
-    "  REDIS_URL=redis://10.0.0.5:6379/2 bidlock status ebay 42\n";
+    "  REDIS_URL=redis://bidlock-readonly:PASSWORD@10.0.0.5:6379/2 bidlock status ebay 42\n"
+    "  bidlock acl --prefix bid_lock | redis-cli -h 10.0.0.5   # then add a password\n";
+
+int print_help(void)
+{
+    printf("%s%s", usage_text, help_text);
+    return 0;
+}
 
 /* SECONDS: digits with an optional fraction ("10", "2.5", ".5", "0"); no
  * sign or exponent. Rounded up to whole ms, so 0.0001 still waits. */
@@ -155,7 +187,7 @@ static int parse_ms(const char *s, int64_t lo, int64_t hi, int64_t *out)
 int parse_args(app *a, int argc, char **argv)
 {
     if (argc < 2)
-        return usage_error("no command given: run, status, health or cleanup");
+        return usage_error("no command given: run, status, health, cleanup, locks or acl");
     const char *s = argv[1];
     if (!strcmp(s, "--help") || !strcmp(s, "-h") || !strcmp(s, "help")) {
         printf("%s%s", usage_text, help_text);
@@ -174,10 +206,22 @@ int parse_args(app *a, int argc, char **argv)
         a->sub = SUB_HEALTH, npos = 0;
     else if (!strcmp(s, "cleanup"))
         a->sub = SUB_CLEANUP, npos = 0;
+    else if (!strcmp(s, "locks"))
+        a->sub = SUB_LOCKS, npos = 0;
     else
-        return usage_error("unknown command '%s': expected run, status, health or cleanup", s);
+        return usage_error(
+            "unknown command '%s': expected run, status, health, cleanup, locks or acl", s);
 
-    const char *pos[2] = {NULL, NULL}, *wait = NULL, *ttl = NULL, *replicas = NULL;
+    /* run takes several MARKETPLACE POSTING pairs (a group, all or
+     * nothing) when "--" ends them; without "--", COMMAND starts after the
+     * first pair. */
+    int dashes = 0;
+    for (int k = 2; k < argc && !dashes; k++)
+        dashes = !strcmp(argv[k], "--");
+    if (a->sub == SUB_RUN && dashes)
+        npos = 2 * BL_GROUP_MAX;
+    const char *pos[2 * BL_GROUP_MAX] = {NULL}, *wait = NULL, *ttl = NULL, *replicas = NULL,
+               *longest = NULL;
     int n = 0, i = 2;
     for (; i < argc; i++) {
         const char *arg = argv[i];
@@ -198,10 +242,14 @@ int parse_args(app *a, int argc, char **argv)
                 *(arg[2] == 't' ? &a->tls : &a->insecure) = 1;
                 continue;
             }
+            if (!strcmp(arg, "--json") && a->sub == SUB_LOCKS) {
+                a->json = 1;
+                continue;
+            }
             /* --name VALUE or --name=VALUE */
             static const char *const names[] = {"--url", "--prefix", "--wait", "--ttl",
-                                                "--min-replicas", "--cacert", "--cacertdir",
-                                                "--cert", "--key", "--sni"};
+                                                "--min-replicas", "--longest", "--cacert",
+                                                "--cacertdir", "--cert", "--key", "--sni"};
             enum { NNAMES = sizeof names / sizeof names[0] };
             const char *val = NULL;
             int which = -1;
@@ -213,7 +261,8 @@ int parse_args(app *a, int argc, char **argv)
                 }
             }
             int allowed = which == 0 || (which == 1 && a->sub != SUB_HEALTH) ||
-                          (which >= 2 && which <= 4 && a->sub == SUB_RUN) || which >= 5;
+                          (which >= 2 && which <= 4 && a->sub == SUB_RUN) ||
+                          (which == 5 && a->sub == SUB_LOCKS) || which >= 6;
             if (which < 0 || !allowed)
                 return usage_error("unknown option '%s' for '%s'", arg, s);
             if (!val) {
@@ -221,17 +270,23 @@ int parse_args(app *a, int argc, char **argv)
                     return usage_error("%s needs a value", names[which]);
                 val = argv[++i];
             }
-            const char **slot[] = {&a->url,    &a->prefix,    &wait,   &ttl,   &replicas,
+            const char **slot[] = {&a->url,    &a->prefix,    &wait,    &ttl,    &replicas, &longest,
                                    &a->cacert, &a->cacertdir, &a->cert, &a->key, &a->sni};
             *slot[which] = val;
             continue;
         }
-        if (n == npos)
+        if (n == npos) {
+            if (dashes && a->sub == SUB_RUN)
+                return usage_error("at most %d MARKETPLACE POSTING pairs", BL_GROUP_MAX);
             break; /* run: COMMAND without "--" */
+        }
         pos[n++] = arg;
     }
-    if (n < npos)
+    if (n < (npos > 2 ? 2 : npos))
         return usage_error("'%s' needs MARKETPLACE and POSTING", s);
+    if (n % 2)
+        return usage_error("'%s' needs MARKETPLACE POSTING pairs: '%s' has no POSTING", s,
+                           pos[n - 1]);
     if (a->sub == SUB_RUN) {
         if (i >= argc)
             return usage_error("no COMMAND: bidlock run MARKETPLACE POSTING -- COMMAND [ARG...]");
@@ -241,6 +296,9 @@ int parse_args(app *a, int argc, char **argv)
     }
     a->mp = pos[0];
     a->posting = pos[1];
+    a->npairs = (size_t)n / 2;
+    for (size_t k = 0; k < a->npairs; k++)
+        a->pairs[k] = (bl_posting){pos[2 * k], pos[2 * k + 1]};
     a->wait_ms = 10000;
     a->ttl_ms = DEFAULT_TTL_MS;
     int rc;
@@ -252,6 +310,10 @@ int parse_args(app *a, int argc, char **argv)
         return usage_error("--ttl '%s' is %s", ttl,
                            rc == -1 ? "not a whole number of milliseconds"
                                     : "out of range (3 ms .. 30 days)");
+    a->longest = 20;
+    if (longest && (rc = parse_ms(longest, 0, 1000000, &a->longest)) != 0)
+        return usage_error("--longest '%s' is %s", longest,
+                           rc == -1 ? "not a whole number" : "out of range (0 .. 1000000)");
     a->min_replicas = BL_REPLICAS_DEFAULT;
     int64_t nrep;
     if (replicas && !strcmp(replicas, "auto"))

@@ -5,6 +5,7 @@
  *   bidlock status  [--url URL] [--prefix P] MARKETPLACE POSTING
  *   bidlock health  [--url URL]
  *   bidlock cleanup [--url URL] [--prefix P]
+ *   bidlock acl     [--prefix P] [--user NAME] [--readonly]   (acl.c: no connection)
  *
  * A program on a libev loop like any other bidlock user: `run` acquires with
  * auto-extension, fork/execs COMMAND, learns that it exited from ev_child
@@ -128,6 +129,8 @@ static int make_config(app *a, bl_config *cfg)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && !strcmp(argv[1], "acl"))
+        return acl_main(argc, argv);
     record_inherited_fds();
     app a;
     memset(&a, 0, sizeof a);

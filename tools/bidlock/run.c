@@ -42,7 +42,24 @@ static void exec_command(app *a)
             fcntl(fd, F_SETFD, FD_CLOEXEC); /* EBADF for closed ones: fine */
     char token[24];
     snprintf(token, sizeof token, "%" PRIu64, bl_lock_token(a->lock));
+    /* Every posting's key and token, space-separated, in the order given
+     * (one each for a single pair). */
+    size_t n = bl_lock_postings(a->lock), klen = 1, tlen = 1;
+    for (size_t i = 0; i < n; i++)
+        klen += strlen(bl_lock_key_at(a->lock, i)) + 1, tlen += 21;
+    char *keys = malloc(klen), *tokens = malloc(tlen);
+    if (!keys || !tokens) {
+        dprintf(2, "bidlock: cannot set COMMAND's environment: out of memory\n");
+        _exit(EX_OSERR);
+    }
+    size_t ko = 0, to = 0;
+    for (size_t i = 0; i < n; i++) {
+        ko += (size_t)snprintf(keys + ko, klen - ko, "%s%s", i ? " " : "", bl_lock_key_at(a->lock, i));
+        to += (size_t)snprintf(tokens + to, tlen - to, "%s%" PRIu64, i ? " " : "",
+                               bl_lock_token_at(a->lock, i));
+    }
     if (setenv("BIDLOCK_KEY", bl_lock_key(a->lock), 1) || setenv("BIDLOCK_TOKEN", token, 1) ||
+        setenv("BIDLOCK_KEYS", keys, 1) || setenv("BIDLOCK_TOKENS", tokens, 1) ||
         setenv("BIDLOCK_HOLDER", bl_manager_holder(a->m), 1)) {
         dprintf(2, "bidlock: cannot set COMMAND's environment: %s\n", strerror(errno));
         _exit(EX_OSERR);
@@ -146,11 +163,18 @@ static void on_acquired(bl_lock *lock, int status, void *data)
     app *a = data;
     a->acquiring = 0;
     ev_timer_stop(a->loop, &a->watchdog);
+    char group[600];
     const char *key = bl_lock_key(lock);
+    if (bl_lock_postings(lock) > 1) { /* which one was busy is not known */
+        snprintf(group, sizeof group, "one of %s and %zu more", key, bl_lock_postings(lock) - 1);
+        key = group;
+    }
     switch (status) {
     case BL_OK:
         break;
     case BL_EDONE:
+        if (bl_lock_postings(lock) > 1 && bl_lock_done_index(lock) >= 0)
+            key = bl_lock_key_at(lock, (size_t)bl_lock_done_index(lock));
         say("%s is done (marked by an earlier --done run): COMMAND not run", key);
         finish(a, 0);
         return;
@@ -245,7 +269,9 @@ int start_run(app *a)
     o.on_lost = on_lost;
     o.on_lost_data = a;
     a->child_code = -1;
-    int rc = bl_acquire(a->m, a->mp, a->posting, &o, on_acquired, a, &a->lock);
+    int rc = a->npairs > 1
+                 ? bl_acquire_many(a->m, a->pairs, a->npairs, &o, on_acquired, a, &a->lock)
+                 : bl_acquire(a->m, a->mp, a->posting, &o, on_acquired, a, &a->lock);
     if (rc != BL_OK) {
         say("%s", rc == BL_EINVAL ? bl_manager_errmsg(a->m) : bl_strerror(rc));
         return connection_code(rc);

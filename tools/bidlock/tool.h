@@ -8,6 +8,7 @@
  *            signals
  *   run.c    `run`: acquire, fork/exec COMMAND, release
  *   admin.c  `status`, `health`, `cleanup`
+ *   acl.c    `acl`: the ACL SETUSER line for a prefix (no connection)
  */
 #ifndef BIDLOCK_TOOL_H
 #define BIDLOCK_TOOL_H
@@ -23,7 +24,7 @@
 #define KILL_GRACE_S 10.0                     /* SIGTERM, then SIGKILL after this */
 #define ANSWER_SLACK_MS 5000                  /* on top of connect + wait: Redis is hung */
 
-enum sub { SUB_RUN, SUB_STATUS, SUB_HEALTH, SUB_CLEANUP };
+enum sub { SUB_RUN, SUB_STATUS, SUB_HEALTH, SUB_CLEANUP, SUB_LOCKS };
 
 typedef struct app {
     struct ev_loop *loop;
@@ -38,7 +39,11 @@ typedef struct app {
      * --sni --insecure */
     int tls, insecure;
     const char *cacert, *cacertdir, *cert, *key, *sni;
-    const char *mp, *posting;
+    int json;        /* locks: --json */
+    int64_t longest; /* locks: --longest N (0 = all) */
+    const char *mp, *posting; /* the first (or only) pair */
+    bl_posting pairs[BL_GROUP_MAX]; /* run: every MARKETPLACE POSTING pair */
+    size_t npairs;
     char **command;
     uint32_t connect_timeout_ms;
     /* progress */
@@ -59,6 +64,11 @@ typedef struct app {
 
 /* args.c: returns -1 to go on, or the exit code (0 after --help/--version). */
 int parse_args(app *a, int argc, char **argv);
+/* Print --help on stdout; returns 0. */
+int print_help(void);
+
+/* acl.c: `bidlock acl`, which needs no connection; returns the exit code. */
+int acl_main(int argc, char **argv);
 
 /* msgs.c */
 /* One line on stderr: "bidlock: <what was wrong>". */
