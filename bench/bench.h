@@ -60,6 +60,9 @@ int bench_cmdstats_read(int port, bench_cmdstats *out);
 /* redis-benchmark -n n -c 1 -P pipeline [-r 100000000] <command...>:
  * requests per second, or a negative value on failure. */
 double bench_redis_benchmark(int port, int n, int pipeline, const char *command);
+/* The same with extra options before the command ("--tls --cacert F"). */
+double bench_redis_benchmark_x(int port, int n, int pipeline, const char *extra,
+                               const char *command);
 
 /* ---- report.c: percentiles and run-set summaries -------------------------- */
 

@@ -1,6 +1,6 @@
-/* bidlock-bench - the W1-W4 workloads of shared/BENCH.md.
+/* bidlock-bench - the W1-W4 and W8 workloads of shared/BENCH.md.
  *
- *   bidlock-bench [--workload W1|W2|W3|W4|W7|all] [--runs N] [--tuned]
+ *   bidlock-bench [--workload W1|W2|W3|W4|W7|W8|all] [--runs N] [--tuned]
  *                 [--quick] [--no-lock] [--no-limit] [--port P]
  *
  * Starts its own redis-server on a free 127.0.0.1 port (unless --port),
@@ -21,6 +21,10 @@
  * W7 (W2 on a 3 masters + 3 replicas Redis Cluster it starts itself, and
  * on the one node above, in the same run) runs only when asked for: "all"
  * is W1-W4.
+ * W8 (not in "all": it starts a server of its own, with a TLS port beside
+ * the plaintext one and certificates made with the openssl command) runs
+ * W1 and W2 in plaintext and over TLS, taking turns within each run, and
+ * redis-benchmark with and without --tls as the limit.
  *
  * Exit status 0 when every workload ran cleanly and W4 passed. */
 #include <signal.h>
@@ -30,6 +34,7 @@
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
+#include <openssl/crypto.h>
 
 #include "bed_cluster.h"
 #include "bench.h"
@@ -132,14 +137,14 @@ static void emit_figs(FILE *o, const figset *f)
 /* ---- options --------------------------------------------------------------- */
 
 typedef struct opts {
-    int w[8]; /* w[1..4], w[7] */
+    int w[9]; /* w[1..4], w[7], w[8] */
     int runs, tuned, quick, no_lock, no_limit, port, cycles, procs;
 } opts;
 
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: bidlock-bench [--workload W1|W2|W3|W4|W7|all] [--runs N] [--tuned]\n"
+            "usage: bidlock-bench [--workload W1|W2|W3|W4|W7|W8|all] [--runs N] [--tuned]\n"
             "                     [--quick] [--no-lock] [--no-limit] [--port P] [--cycles N]\n"
             "                     [--procs N]\n");
 }
@@ -156,7 +161,7 @@ static int parse(int argc, char **argv, opts *o)
             if (strcmp(w, "all") == 0)
                 o->w[1] = o->w[2] = o->w[3] = o->w[4] = 1;
             else if ((w[0] == 'W' || w[0] == 'w') &&
-                     ((w[1] >= '1' && w[1] <= '4') || w[1] == '7') && !w[2])
+                     ((w[1] >= '1' && w[1] <= '4') || w[1] == '7' || w[1] == '8') && !w[2])
                 o->w[w[1] - '0'] = 1;
             else
                 return -1;
@@ -625,6 +630,111 @@ static int run_w4(const opts *o, int port)
     return bad || (p.use_lock && passed != o->runs);
 }
 
+/* ---- W8: W1 and W2 over TLS beside plaintext, on one server ------------------ */
+
+/* The manager's config for W8: plaintext on the port, or TLS on the TLS port. */
+static void w8_config(bl_config *cfg, const rsrv *s, int tls, char *url, size_t len,
+                      const char *ca)
+{
+    bench_config(cfg, s->port, BENCH_DEFAULT);
+    if (tls) {
+        snprintf(url, len, "rediss://127.0.0.1:%d", s->tls_port);
+        cfg->url = url;
+        cfg->tls_ca_file = ca;
+    }
+}
+
+static int run_w8(const opts *o)
+{
+    char dir[96], err[256] = "", ca[160], url[64], tls_args[256];
+    if (rsrv_tmpdir(dir, sizeof dir, "bench-tls") != 0 ||
+        rsrv_tls_certs(dir, err, sizeof err) != 0) {
+        fprintf(stderr, "bench: W8: no certificates: %s\n", err);
+        return 1;
+    }
+    snprintf(ca, sizeof ca, "%s/ca.crt", dir);
+    snprintf(tls_args, sizeof tls_args, "--tls --cacert %s", ca);
+    rsrv s;
+    if (rsrv_start_tls(&s, NULL, dir) != 0) {
+        fprintf(stderr, "bench: W8: %s\n", s.err);
+        rsrv_rmdir(dir);
+        return 1;
+    }
+    int bad = 0;
+    int c1 = o->cycles ? o->cycles : o->quick ? 1000 : 20000;
+    int c2 = o->cycles ? o->cycles : o->quick ? 2000 : 50000;
+    int n = o->quick ? 5000 : 200000;
+    const char *set = "SET bench:__rand_int__ v NX PX 30000";
+    figset f = {0};
+    for (int r = 0; r < o->runs; r++) {
+        if (!o->no_limit) {
+            double v[4] = {bench_redis_benchmark_x(s.port, n, 1, "", set),
+                           bench_redis_benchmark_x(s.tls_port, n, 1, tls_args, set),
+                           bench_redis_benchmark_x(s.port, n, 16, "", set),
+                           bench_redis_benchmark_x(s.tls_port, n, 16, tls_args, set)};
+            bad += v[0] <= 0 || v[1] <= 0 || v[2] <= 0 || v[3] <= 0;
+            /* plain first, then tls: emit_figs nests by common prefix */
+            fig(&f, "limit.plain.set_P1_rps", v[0]);
+            fig(&f, "limit.plain.set_P16_rps", v[2]);
+            fig(&f, "limit.tls.set_P1_rps", v[1]);
+            fig(&f, "limit.tls.set_P16_rps", v[3]);
+            fprintf(stderr, "W8 limit run %d/%d: SET P1 %.0f/s (TLS %.0f), P16 %.0f/s (TLS %.0f)\n",
+                    r + 1, o->runs, v[0], v[1], v[2], v[3]);
+        }
+        /* plaintext and TLS take turns within a run: the same machine state */
+        for (int tls = 0; tls < 2; tls++) {
+            const char *k = tls ? "tls" : "plain";
+            char name[64];
+            bl_config cfg;
+            w8_config(&cfg, &s, tls, url, sizeof url, ca);
+            w1_result w1;
+            bench_reset(s.port);
+            bad += bench_w1(&cfg, c1, c1 < 1000 ? c1 : 1000, &w1, NULL) != 0 || w1.errors;
+            snprintf(name, sizeof name, "%s.w1.cycles_per_s", k);
+            fig(&f, name, w1.cycles_per_s);
+            snprintf(name, sizeof name, "%s.w1.acquire_us_p50", k);
+            fig(&f, name, w1.acquire_us_p50);
+            snprintf(name, sizeof name, "%s.w1.release_us_p50", k);
+            fig(&f, name, w1.release_us_p50);
+            w2_result w2;
+            bench_reset(s.port);
+            bad += bench_w2(&cfg, c2, 100, &w2) != 0 || w2.errors;
+            snprintf(name, sizeof name, "%s.w2.cycles_per_s", k);
+            fig(&f, name, w2.cycles_per_s);
+            snprintf(name, sizeof name, "%s.w2.cycle_us_p50", k);
+            fig(&f, name, w2.cycle_us_p50);
+            snprintf(name, sizeof name, "%s.w2.cycle_us_p99", k);
+            fig(&f, name, w2.cycle_us_p99);
+            fprintf(stderr, "W8 run %d/%d %s: W1 %.0f cycles/s (acquire p50 %.0f us), W2 %.0f "
+                            "cycles/s (p50 %.0f us)%s\n",
+                    r + 1, o->runs, k, w1.cycles_per_s, w1.acquire_us_p50, w2.cycles_per_s,
+                    w2.cycle_us_p50, w1.errors || w2.errors ? " ERRORS" : "");
+        }
+    }
+    header("W8", "tls", "default", o->runs, bad);
+    printf(",\"processes\":1,\"connections\":1,\"w1_cycles_requested\":%d,"
+           "\"w2_cycles_requested\":%d,\"w2_in_flight\":100,\"tls\":\"%s\"",
+           c1, c2, OpenSSL_version(OPENSSL_VERSION));
+    emit_figs(stdout, &f);
+    printf(",\"tls_over_plain\":{");
+    int first = 1;
+    ratio(stdout, &first, "w1_cycles_per_s", med(&f, "tls.w1.cycles_per_s"),
+          med(&f, "plain.w1.cycles_per_s"));
+    ratio(stdout, &first, "w2_cycles_per_s", med(&f, "tls.w2.cycles_per_s"),
+          med(&f, "plain.w2.cycles_per_s"));
+    if (!o->no_limit) {
+        ratio(stdout, &first, "redis_benchmark_set_P1", med(&f, "limit.tls.set_P1_rps"),
+              med(&f, "limit.plain.set_P1_rps"));
+        ratio(stdout, &first, "redis_benchmark_set_P16", med(&f, "limit.tls.set_P16_rps"),
+              med(&f, "limit.plain.set_P16_rps"));
+    }
+    printf("}}\n");
+    fflush(stdout);
+    rsrv_stop(&s);
+    rsrv_rmdir(dir);
+    return bad != 0;
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN); /* a connection the server closed: an error, not death */
@@ -665,6 +775,8 @@ int main(int argc, char **argv)
         bad |= run_w4(&o, port);
     if (o.w[7])
         bad |= run_w7(&o, port);
+    if (o.w[8])
+        bad |= run_w8(&o);
     if (srv.pid)
         bench_srv_stop(&srv);
     fprintf(stderr, "bidlock-bench: %s\n", bad ? "some runs failed (see above)" : "done");

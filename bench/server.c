@@ -158,11 +158,17 @@ int bench_cmdstats_read(int port, bench_cmdstats *out)
 
 double bench_redis_benchmark(int port, int n, int pipeline, const char *command)
 {
+    return bench_redis_benchmark_x(port, n, pipeline, "", command);
+}
+
+double bench_redis_benchmark_x(int port, int n, int pipeline, const char *extra,
+                               const char *command)
+{
     char line[1024];
     snprintf(line, sizeof line,
-             "redis-benchmark -h 127.0.0.1 -p %d -n %d -c 1 -P %d -r 100000000 --csv %s "
+             "redis-benchmark -h 127.0.0.1 -p %d -n %d -c 1 -P %d -r 100000000 %s --csv %s "
              "2>/dev/null",
-             port, n, pipeline, command);
+             port, n, pipeline, extra, command);
     FILE *f = popen(line, "r");
     if (!f) {
         fprintf(stderr, "bench: cannot run redis-benchmark: %s\n", strerror(errno));

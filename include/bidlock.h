@@ -61,8 +61,8 @@ extern "C" {
 #endif
 
 /* The version this header belongs to; bl_version() is the library's. */
-#define BIDLOCK_VERSION "0.1.0"
-#define BIDLOCK_VERSION_NUM 0x000100 /* 0xMMmmpp: major, minor, patch */
+#define BIDLOCK_VERSION "0.2.0"
+#define BIDLOCK_VERSION_NUM 0x000200 /* 0xMMmmpp: major, minor, patch */
 
 /* The library's version: its BIDLOCK_VERSION string, and its
  * BIDLOCK_VERSION_NUM in *num when num is not NULL. Compare with the
@@ -135,10 +135,11 @@ typedef struct bl_config {
      * bl_manager_new says BL_ECONN, with the reason in the log, for a
      * name). The master is found, checked with ROLE, and followed through
      * failovers: see README ("High availability").
+     *   rediss://... as redis://, over TLS (see tls below)
      * user, password and the socket path are percent-decoded (%40 is '@',
      * %25 is '%'); the credentials end at the last '@'. An empty port or db
-     * ("host:", "host/"), a query on redis://, rediss:// (no TLS in hiredis
-     * 0.14) and any whitespace are refused by bl_config_validate.
+     * ("host:", "host/"), a query on redis:// or rediss:// and any
+     * whitespace are refused by bl_config_validate.
      * Otherwise unix_path wins over host/port. A host name (not a numeric
      * address like 127.0.0.1 or ::1) is resolved ONCE, synchronously, by
      * bl_manager_new - a setup call, so make it at start-up, not on a hot
@@ -242,6 +243,32 @@ typedef struct bl_config {
      * newline, never a password). NULL = silent. */
     void (*log)(int level, const char *msg, void *data);
     void *log_data;
+    /* TLS (since 0.2.0; README, "TLS"). 1 = every connection of the manager
+     * - lock, subscriber, and for a redis-sentinel:// url the Sentinels and
+     * the master too - is TLS; a rediss:// url sets it as well. Never a
+     * fallback to plaintext. Not with a unix socket. The certificate chain
+     * is verified against tls_ca_file and/or tls_ca_dir (PEM; a dir as made
+     * by c_rehash / openssl rehash), or the system trust store when both
+     * are NULL; and the certificate must be for tls_server_name, or else
+     * for the host of the url / `host` (a name: its DNS SANs, also sent as
+     * SNI; an IP literal: its IP SANs; a master named by Sentinel: its
+     * address). A handshake or verification failure is BL_ECONN with the
+     * reason in the message ("certificate verify failed: ...", "host name
+     * mismatch ..."). tls_cert_file + tls_key_file (PEM, both or neither):
+     * a client certificate, for servers with tls-auth-clients yes.
+     * tls_insecure_skip_verify = 1 turns every check off (the traffic is
+     * still encrypted, but anyone on the path can read it): testing only,
+     * and refused together with a CA file or dir. Every file must be
+     * readable when the config is validated. Needs a bl_loop with the io
+     * hooks (the bundled adapters have them), else bl_manager_new says
+     * BL_EINVAL. Defaults 0, NULL, NULL, NULL, NULL, NULL, 0. */
+    int tls;
+    const char *tls_ca_file;
+    const char *tls_ca_dir;
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    const char *tls_server_name;
+    int tls_insecure_skip_verify;
 } bl_config;
 
 enum bl_log_level { BL_LOG_DEBUG = 0, BL_LOG_INFO = 1, BL_LOG_WARN = 2, BL_LOG_ERROR = 3 };
@@ -259,7 +286,12 @@ BL_API void bl_config_init(bl_config *cfg);
  *     sentinel_password (only with a redis-sentinel:// url, from REDIS_URL
  *     or from code; a username needs a password);
  *   BIDLOCK_MIN_REPLICAS -> min_replicas: 0..64 or "auto" (any case);
- *   BIDLOCK_REPLICA_TIMEOUT_MS -> replica_timeout_ms: 1..60000.
+ *   BIDLOCK_REPLICA_TIMEOUT_MS -> replica_timeout_ms: 1..60000;
+ *   REDIS_TLS (true/false/1/0/yes/no/on/off) -> tls (false with a rediss://
+ *     url is refused), REDIS_TLS_CA_FILE, REDIS_TLS_CA_DIR,
+ *     REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE, REDIS_TLS_SERVER_NAME ->
+ *     tls_ca_file .. tls_server_name, REDIS_TLS_INSECURE_SKIP_VERIFY
+ *     (boolean) -> tls_insecure_skip_verify.
  * USE_REDIS_LOCKS
  * (true/false/1/0/yes/no/on/off, any case) and BIDLOCK_ENV, else ENV, choose
  * the backend. Deployment spellings, any case: production, prod, staging;

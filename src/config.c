@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "ids.h"
+#include "tls.h"
 #include "url.h"
 
 void bl_config_init(bl_config *cfg)
@@ -83,6 +84,8 @@ int bl_config_validate(const bl_config *c, char *why, size_t why_len)
         BAD("done_ttl_ms must be 1 ms .. 300 days");
     if (c->handoff_ms == 0 || c->handoff_ms > 60000)
         BAD("handoff_ms must be 1 .. 60000");
+    if (c->backend == BL_BACKEND_REDIS && bl_tls_validate(c, why, why_len))
+        return BL_EINVAL;
     /* ---- sentinel branch (issue 13): Sentinel and replica settings ---- */
     {
         int redis = c->backend == BL_BACKEND_REDIS;

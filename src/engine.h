@@ -86,6 +86,7 @@ struct bl_manager {
     bl_config cfg; /* string fields point at the copies below */
     char *url, *host, *unix_path, *prefix, *username, *password;
     char *sentinel_username, *sentinel_password;
+    char *tls_files[5]; /* copies: ca file, ca dir, cert, key, server name */
     char holder[BL_HOLDER_MAX];
     size_t holder_len;
     char errmsg[BL_ERRMSG_MAX];

@@ -20,6 +20,15 @@
  *    environment). Sentinel credentials with a url that is not
  *    redis-sentinel:// are refused, as bl_config_validate does, but naming
  *    the variables (unless the backend is memory: then nothing is used).
+ *  - TLS: REDIS_TLS (a boolean like USE_REDIS_LOCKS) -> tls,
+ *    REDIS_TLS_CA_FILE, REDIS_TLS_CA_DIR, REDIS_TLS_CERT_FILE,
+ *    REDIS_TLS_KEY_FILE, REDIS_TLS_SERVER_NAME -> tls_ca_file ...
+ *    tls_server_name, REDIS_TLS_INSECURE_SKIP_VERIFY (boolean) ->
+ *    tls_insecure_skip_verify. Read whether or not REDIS_URL is set (a
+ *    rediss:// REDIS_URL turns TLS on by itself; REDIS_TLS=false with it is
+ *    refused, not obeyed: there is no quiet fallback to plaintext). The
+ *    combinations are checked as bl_config_validate does, naming the
+ *    variables.
  *  - USE_REDIS_LOCKS=false in the production class is refused: in-process
  *    locks cannot stop a second instance from bidding, which is exactly the
  *    failure bidlock exists to prevent. A single-instance service that
@@ -161,13 +170,13 @@ static int replication(bl_config *c, char *why, size_t why_len)
     return BL_OK;
 }
 
-static int use_redis_locks(int *use, char *why, size_t why_len)
+static int get_bool(const char *name, int *use, char *why, size_t why_len)
 {
     static const char *const yes[] = {"true", "1", "yes", "on", NULL};
     static const char *const no[] = {"false", "0", "no", "off", NULL};
     const char *v;
     *use = -1;
-    if (get("USE_REDIS_LOCKS", &v, why, why_len))
+    if (get(name, &v, why, why_len))
         return BL_EINVAL;
     if (!v)
         return BL_OK;
@@ -178,9 +187,54 @@ static int use_redis_locks(int *use, char *why, size_t why_len)
     } else {
         char q[200];
         bl_quote(q, sizeof q, v, strlen(v));
-        return bl_einval(why, why_len,
-                   "USE_REDIS_LOCKS %s is not true/false/1/0/yes/no/on/off", q);
+        return bl_einval(why, why_len, "%s %s is not true/false/1/0/yes/no/on/off", name, q);
     }
+    return BL_OK;
+}
+
+static int use_redis_locks(int *use, char *why, size_t why_len)
+{
+    return get_bool("USE_REDIS_LOCKS", use, why, why_len);
+}
+
+/* REDIS_TLS and REDIS_TLS_*. */
+static int tls_vars(bl_config *c, char *why, size_t why_len)
+{
+    static const char *const names[] = {"REDIS_TLS_CA_FILE", "REDIS_TLS_CA_DIR",
+                                        "REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE",
+                                        "REDIS_TLS_SERVER_NAME"};
+    const char **fields[] = {&c->tls_ca_file, &c->tls_ca_dir, &c->tls_cert_file,
+                             &c->tls_key_file, &c->tls_server_name};
+    const char *v[5];
+    int on, insecure;
+    for (int i = 0; i < 5; i++)
+        if (get(names[i], &v[i], why, why_len))
+            return BL_EINVAL;
+    if (get_bool("REDIS_TLS", &on, why, why_len) ||
+        get_bool("REDIS_TLS_INSECURE_SKIP_VERIFY", &insecure, why, why_len))
+        return BL_EINVAL;
+    int rediss = c->url && strncasecmp(c->url, "rediss://", 9) == 0;
+    if (on == 0 && rediss)
+        return bl_einval(why, why_len, "REDIS_TLS=false, but the url is rediss:// (TLS): say "
+                                       "redis:// for plaintext");
+    if (on == 0 && (v[0] || v[1] || v[2] || v[3] || v[4] || insecure == 1))
+        return bl_einval(why, why_len, "REDIS_TLS=false, but REDIS_TLS_* settings are given");
+    if (v[2] && !v[3])
+        return bl_einval(why, why_len, "REDIS_TLS_CERT_FILE is set but REDIS_TLS_KEY_FILE is "
+                                       "not (a client certificate needs both)");
+    if (v[3] && !v[2])
+        return bl_einval(why, why_len, "REDIS_TLS_KEY_FILE is set but REDIS_TLS_CERT_FILE is "
+                                       "not (a client certificate needs both)");
+    if (insecure == 1 && (v[0] || v[1]))
+        return bl_einval(why, why_len, "REDIS_TLS_INSECURE_SKIP_VERIFY turns verification off, "
+                                       "so REDIS_TLS_CA_FILE/REDIS_TLS_CA_DIR would be unused");
+    for (int i = 0; i < 5; i++)
+        if (v[i])
+            *fields[i] = v[i];
+    if (on == 1)
+        c->tls = 1;
+    if (insecure >= 0)
+        c->tls_insecure_skip_verify = insecure;
     return BL_OK;
 }
 
@@ -234,7 +288,7 @@ int bl_config_from_env(bl_config *cfg, char *why, size_t why_len)
     } else if (from_fields(&c, &named, why, why_len)) {
         return BL_EINVAL;
     }
-    if (replication(&c, why, why_len))
+    if (replication(&c, why, why_len) || tls_vars(&c, why, why_len))
         return BL_EINVAL;
 
     int use;

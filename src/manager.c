@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "tls.h"
 #include "url.h"
 
 int bl_mgr_fail(bl_manager *m, int status, const char *msg)
@@ -74,6 +75,8 @@ static void manager_free(bl_manager *m)
     wipe(m->sentinel_password);
     free(m->sentinel_username);
     free(m->sentinel_password);
+    for (int i = 0; i < 5; i++)
+        free(m->tls_files[i]);
     free(m->url);
     free(m->host);
     free(m->unix_path);
@@ -136,6 +139,9 @@ int bl_manager_new_with(const bl_loop *loop, const bl_config *cfg, bl_backend_fa
         return BL_EINVAL;
     if (bl_config_validate(cfg, NULL, 0))
         return BL_EINVAL;
+    if (cfg->backend == BL_BACKEND_REDIS && bl_tls_wanted(cfg) &&
+        (!loop->io_new || !loop->io_set || !loop->io_free))
+        return BL_EINVAL; /* TLS needs the io hooks: see bidlock/loop.h */
     bl_manager *m = calloc(1, sizeof *m);
     if (!m)
         return BL_ENOMEM;
@@ -156,6 +162,10 @@ int bl_manager_new_with(const bl_loop *loop, const bl_config *cfg, bl_backend_fa
     m->cfg.password = m->password;
     m->cfg.sentinel_username = m->sentinel_username = dup_or_null(cfg->sentinel_username, &oom);
     m->cfg.sentinel_password = m->sentinel_password = dup_or_null(cfg->sentinel_password, &oom);
+    const char **tls_strs[5] = {&m->cfg.tls_ca_file, &m->cfg.tls_ca_dir, &m->cfg.tls_cert_file,
+                                &m->cfg.tls_key_file, &m->cfg.tls_server_name};
+    for (int i = 0; i < 5; i++)
+        *tls_strs[i] = m->tls_files[i] = dup_or_null(*tls_strs[i], &oom);
     m->backoff.initial_ms = cfg->backoff_initial_ms;
     m->backoff.max_ms = cfg->backoff_max_ms;
     m->backoff.multiplier = cfg->backoff_multiplier;

@@ -29,6 +29,8 @@
 
 struct redisAsyncContext;
 struct bl_sentinel;
+struct bl_tls;
+struct bl_tls_ctx;
 
 enum conn_state { CONN_DOWN, CONN_CONNECTING, CONN_UP };
 enum timer_role { TR_NONE, TR_CONNECT_DEADLINE, TR_RECONNECT, TR_REDISCOVER };
@@ -60,7 +62,11 @@ typedef struct conn {
     int ever_up;
     int setup_failed; /* AUTH/SELECT refused: last_err says why */
     int awaiting;     /* Sentinel: connects once discovery names the master */
-    char last_err[160];
+    struct bl_tls *tls; /* TLS: the relay under ac (tls.h), NULL for plaintext */
+    int hi_up;          /* TLS: hiredis's connect callback came; up once the relay is ready too */
+    int answered;       /* command connection: ROLE (asked at connect) has answered */
+    char msgbuf[BL_ERRMSG_MAX]; /* redis_conn_errmsg's, when it adds a hint */
+    char last_err[224]; /* fits "not connected to Redis: " + it in BL_ERRMSG_MAX */
 } conn;
 
 /* A key the subscriber connection listens on (its channel
@@ -95,6 +101,11 @@ struct redis_be {
     int port, db;
     char addrs[ADDRS_MAX][INET6_ADDRSTRLEN];
     int naddrs, addr_i;
+    /* TLS: the manager's settings, and the name certificates must be for
+     * (tls_server_name, else the configured host; for a Sentinel master,
+     * its address unless tls_server_name is set) */
+    struct bl_tls_ctx *tls;
+    char tls_name[256];
     /* replica acknowledgement: one WAIT on the wire at a time covers every
      * grant answered before it was sent; the next batch waits meanwhile */
     int min_replicas;      /* configured: 0 off, N, BL_REPLICAS_AUTO */

@@ -17,11 +17,27 @@
 #include "backoff.h"
 #include "redis.h"
 #include "sentinel.h"
+#include "tls.h"
+
+/* A plaintext TCP connection the server dropped before answering anything
+ * (ROLE is asked at every connect) is what a TLS port does to a plaintext
+ * client: say so. */
+static const char *tls_hint(conn *c, const char *msg)
+{
+    if (c->tls || c->is_sub || c->answered || c->r->unix_path || c->state != CONN_UP)
+        return msg;
+    snprintf(c->msgbuf, sizeof c->msgbuf,
+             "%s (before Redis answered anything: if that port speaks TLS, use rediss://)", msg);
+    return c->msgbuf;
+}
 
 const char *redis_conn_errmsg(conn *c, const redisAsyncContext *ac)
 {
+    /* TLS: hiredis only saw its unix socket close; the relay knows why. */
+    if (c->tls && bl_tls_error(c->tls)[0])
+        return bl_tls_error(c->tls);
     if (ac && ac->c.errstr[0])
-        return ac->c.errstr;
+        return tls_hint(c, ac->c.errstr);
     if (c->last_err[0])
         return c->last_err;
     return "connection to Redis lost";
@@ -62,6 +78,14 @@ static void set_err(conn *c, const char *why)
         snprintf(c->last_err, sizeof c->last_err, "%s", why);
 }
 
+/* The context is gone (or never was): so goes its relay. */
+static void drop_tls(conn *c)
+{
+    bl_tls_release(c->tls);
+    c->tls = NULL;
+    c->hi_up = 0;
+}
+
 static void went_down(conn *c, const char *why)
 {
     redis_be *r = c->r;
@@ -72,6 +96,8 @@ static void went_down(conn *c, const char *why)
         why = bl_acl_explain(acl, sizeof acl, why, c->is_sub ? "SUBSCRIBE" : NULL, NULL, NULL,
                              r->h.prefix);
     set_err(c, why);
+    why = c->last_err; /* why may be the relay's, which goes now */
+    drop_tls(c);
     c->ac = NULL;
     c->state = CONN_DOWN;
     c->awaiting = 0;
@@ -87,22 +113,22 @@ static void went_down(conn *c, const char *why)
     schedule_reconnect(c);
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+/* Why hiredis let go: the relay's reason first (hiredis saw only its unix
+ * socket close), then hiredis's. */
+static const char *down_msg(conn *c, const redisAsyncContext *ac, const char *dflt)
 {
-    conn *c = ac->data;
-    if (!c)
-        return;
+    if (c->tls && bl_tls_error(c->tls)[0])
+        return bl_tls_error(c->tls);
+    return ac->c.errstr[0] ? tls_hint(c, ac->c.errstr) : dflt;
+}
+
+/* Connected: for TLS, once both hiredis's unix connect and the relay's
+ * handshake and checks are done. */
+static void conn_up(conn *c)
+{
     redis_be *r = c->r;
     LOOP(r)->timer_stop(c->timer);
     c->role = TR_NONE;
-    if (status != REDIS_OK) {
-        /* hiredis frees the context after this and fails every queued
-         * command with a NULL reply. A host name with several addresses:
-         * the next attempt takes the next one. */
-        next_addr(r);
-        went_down(c, ac->c.errstr[0] ? ac->c.errstr : "connect failed");
-        return;
-    }
     c->state = CONN_UP;
     c->reconnect_step = 0;
     if (!c->is_sub) {
@@ -123,13 +149,59 @@ static void on_connect(const redisAsyncContext *ac, int status)
     c->last_err[0] = '\0';
 }
 
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    conn *c = ac->data;
+    if (!c)
+        return;
+    redis_be *r = c->r;
+    if (status != REDIS_OK) {
+        LOOP(r)->timer_stop(c->timer);
+        c->role = TR_NONE;
+        /* hiredis frees the context after this and fails every queued
+         * command with a NULL reply. A host name with several addresses:
+         * the next attempt takes the next one. */
+        next_addr(r);
+        went_down(c, down_msg(c, ac, "connect failed"));
+        return;
+    }
+    if (c->tls && !bl_tls_ready(c->tls)) {
+        /* Only the unix side is up: the connect deadline keeps running
+         * until the handshake is done (or its failure closes the socket). */
+        c->hi_up = 1;
+        return;
+    }
+    conn_up(c);
+}
+
+/* The relay's handshake and certificate checks passed. */
+static void tls_ready(void *arg)
+{
+    conn *c = arg;
+    if (c->hi_up && c->ac)
+        conn_up(c);
+}
+
+static void tls_log(void *arg, const char *msg)
+{
+    conn *c = arg;
+    if (!c->r->shutting)
+        bl_host_log(&c->r->h, BL_LOG_WARN, "bidlock: %s", msg);
+}
+
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     conn *c = ac->data;
     (void)status;
     if (!c || c->ac != ac)
         return;
-    went_down(c, ac->c.errstr[0] ? ac->c.errstr : "connection closed");
+    if (c->tls && !bl_tls_ready(c->tls)) {
+        /* the TLS connect or handshake failed: as a failed connect */
+        LOOP(c->r)->timer_stop(c->timer);
+        c->role = TR_NONE;
+        next_addr(c->r);
+    }
+    went_down(c, down_msg(c, ac, "connection closed"));
     redis_notify_closed(c->r);
 }
 
@@ -141,6 +213,7 @@ void redis_drop(conn *c, const char *why)
     c->state = CONN_DOWN;
     if (ac)
         redisAsyncFree(ac); /* pending callbacks run now with NULL */
+    drop_tls(c);
     if (c->is_sub) {
         redis_sub_forget(c->r);
     } else {
@@ -186,25 +259,20 @@ void redis_connect(conn *c)
         }
         return;
     }
-    redisAsyncContext *ac = r->unix_path
-                                ? redisAsyncConnectUnix(r->unix_path)
-                                : redisAsyncConnect(r->addrs[r->addr_i], r->port);
-    if (!ac || ac->err) {
-        set_err(c, ac && ac->errstr[0] ? ac->errstr : "cannot create a connection");
+    bl_ctx_spec spec = {.loop = LOOP(r), .host = r->addrs[r->addr_i], .port = r->port,
+                        .unix_path = r->unix_path, .tls = r->tls,
+                        .name = r->tls_name[0] ? r->tls_name : NULL, .data = c,
+                        .on_connect = on_connect, .on_disconnect = on_disconnect,
+                        .ready = tls_ready, .ready_arg = c, .log = tls_log, .log_arg = c};
+    char why[BL_ERRMSG_MAX];
+    redisAsyncContext *ac = bl_ctx_open(&spec, &c->tls, why, sizeof why);
+    if (!ac) {
         next_addr(r);
-        if (ac)
-            redisAsyncFree(ac);
-        went_down(c, c->last_err);
+        went_down(c, why);
         return;
     }
-    ac->data = c;
-    if (LOOP(r)->attach(LOOP(r)->impl, ac) != 0) {
-        redisAsyncFree(ac);
-        went_down(c, "cannot attach the connection to the loop");
-        return;
-    }
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    c->hi_up = 0;
+    c->answered = 0;
     c->ac = ac;
     c->state = CONN_CONNECTING;
     c->role = TR_CONNECT_DEADLINE;
@@ -236,8 +304,14 @@ void redis_conn_timer_cb(void *data)
         /* A connect deadline, or AUTH/SELECT refused (message already set). */
         if (!c->setup_failed) {
             next_addr(c->r);
-            snprintf(c->last_err, sizeof c->last_err, "connect timed out");
-            bl_host_log(&c->r->h, BL_LOG_WARN, "bidlock: Redis connect timed out");
+            snprintf(c->last_err, sizeof c->last_err, "%s",
+                     bl_tls_handshaking(c->tls)
+                         ? "connect timed out in the TCP connect or TLS handshake (is that "
+                           "port a TLS port, and the server answering?)"
+                     : c->tls && !bl_tls_ready(c->tls)
+                         ? "connect timed out before TLS was up"
+                         : "connect timed out");
+            bl_host_log(&c->r->h, BL_LOG_WARN, "bidlock: Redis %s", c->last_err);
         }
         c->setup_failed = 0;
         redis_drop(c, c->last_err);
@@ -341,7 +415,8 @@ static int sentinel_init(redis_be *r)
         .loop = r->h.loop, .master_name = u->master_name, .n = u->n_sentinels,
         .hosts = hosts, .ports = ports, .sentinel_username = r->h.cfg->sentinel_username,
         .sentinel_password = r->h.cfg->sentinel_password, .username = u->username,
-        .password = u->password, .db = u->db, .timeout_ms = step < 100 ? 100 : step,
+        .password = u->password, .db = u->db, .tls = r->tls,
+        .tls_name = r->tls_name[0] ? r->tls_name : NULL, .timeout_ms = step < 100 ? 100 : step,
         .log = sentinel_log, .log_data = r, .switched = switched, .ctx = r};
     char why[BL_ERRMSG_MAX];
     int rc = bl_sentinel_new(&h, &r->sent, why, sizeof why);
@@ -357,6 +432,8 @@ void redis_conn_free(redis_be *r)
 {
     bl_sentinel_free(r->sent); /* a discovery still out ends here, ignored */
     r->sent = NULL;
+    bl_tls_ctx_free(r->tls); /* relays still alive hold their own reference */
+    r->tls = NULL;
 }
 
 /* hiredis would resolve a host name at every (re)connect, synchronously,
@@ -389,6 +466,23 @@ static int resolve_once(redis_be *r, const char *host)
     return r->naddrs > 0 ? 0 : -1;
 }
 
+/* TLS settings: the context, and the name certificates must be for. */
+static int tls_init(redis_be *r, const char *host)
+{
+    const bl_config *cfg = r->h.cfg;
+    if (!bl_tls_wanted(cfg))
+        return BL_OK;
+    char why[BL_ERRMSG_MAX];
+    int rc = bl_tls_ctx_new(cfg, &r->tls, why, sizeof why);
+    if (rc != BL_OK) {
+        bl_host_log(&r->h, BL_LOG_ERROR, "bidlock: %s", why);
+        return rc;
+    }
+    const char *name = cfg->tls_server_name ? cfg->tls_server_name : host;
+    snprintf(r->tls_name, sizeof r->tls_name, "%s", name ? name : "");
+    return BL_OK;
+}
+
 int redis_conn_init(redis_be *r)
 {
     const bl_config *cfg = r->h.cfg;
@@ -403,8 +497,10 @@ int redis_conn_init(redis_be *r)
         r->username = r->url.username;
         r->password = r->url.password;
         r->db = r->url.db;
-        if (r->url.mode == BL_URL_SENTINEL)
-            return sentinel_init(r);
+        if (r->url.mode == BL_URL_SENTINEL) {
+            int trc = tls_init(r, NULL);
+            return trc != BL_OK ? trc : sentinel_init(r);
+        }
     } else {
         host = cfg->host;
         r->port = cfg->port;
@@ -413,6 +509,9 @@ int redis_conn_init(redis_be *r)
         r->password = cfg->password;
         r->db = cfg->db;
     }
+    int trc = tls_init(r, host);
+    if (trc != BL_OK)
+        return trc;
     if (!r->unix_path && (!host || resolve_once(r, host) != 0)) {
         bl_host_log(&r->h, BL_LOG_ERROR, "bidlock: cannot resolve the Redis host name");
         return BL_ECONN;

@@ -337,6 +337,7 @@ static void role_cb(redisAsyncContext *ac, void *reply_, void *priv)
     redis_be *r = priv;
     if (!reply || r->cmd.ac != ac)
         return;
+    r->cmd.answered = 1;
     if (reply->type == REDIS_REPLY_ERROR && bl_acl_denied(reply->str)) {
         char msg[BL_ERRMSG_MAX];
         bl_host_log(&r->h, BL_LOG_WARN, "bidlock: %s; the server's role and replicas are unknown",

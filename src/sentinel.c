@@ -27,6 +27,7 @@
 #include <hiredis/hiredis.h>
 
 #include "sentinel.h"
+#include "tls.h"
 
 #define WATCH_BACKOFF_MIN_MS 50.0
 #define WATCH_BACKOFF_MAX_MS 5000.0
@@ -87,6 +88,8 @@ struct bl_sentinel {
     int order[BL_SENTINEL_MAX];
     char *s_user, *s_pass, *user, *pass;
     int db;
+    struct bl_tls_ctx *tls; /* borrowed; NULL: plaintext */
+    char *tls_name;
     uint32_t timeout_ms, probe_ms, epoch_grace_ms;
     void (*log)(int, const char *, void *);
     void *log_data;
@@ -197,29 +200,23 @@ static void drop(redisAsyncContext **acp)
 }
 
 /* A context to host:port driven by s's loop, callbacks set; NULL and why. */
+static void tls_log(void *arg, const char *msg)
+{
+    bl_sentinel *s = arg;
+    slog(s, BL_LOG_WARN, "%s", msg);
+}
+
+/* Plain or TLS (tls.h). A TLS relay here is not kept: it frees itself once
+ * hiredis lets go, and its failure reason goes to the log (hiredis reports
+ * it as a closed connection). */
 static redisAsyncContext *open_ctx(bl_sentinel *s, const char *host, int port, void *data,
                                    redisConnectCallback *on_conn,
                                    redisDisconnectCallback *on_disc, char *why, size_t len)
 {
-    redisAsyncContext *ac = redisAsyncConnect(host, port);
-    if (!ac) {
-        snprintf(why, len, "out of memory");
-        return NULL;
-    }
-    if (ac->err) {
-        snprintf(why, len, "%s", ac->errstr[0] ? ac->errstr : "cannot connect");
-        redisAsyncFree(ac);
-        return NULL;
-    }
-    if (s->loop.attach(s->loop.impl, ac) != 0) {
-        snprintf(why, len, "cannot attach the connection to the loop");
-        redisAsyncFree(ac);
-        return NULL;
-    }
-    ac->data = data;
-    redisAsyncSetConnectCallback(ac, on_conn);
-    redisAsyncSetDisconnectCallback(ac, on_disc);
-    return ac;
+    bl_ctx_spec spec = {.loop = &s->loop, .host = host, .port = port, .tls = s->tls,
+                        .name = s->tls_name, .data = data, .on_connect = on_conn,
+                        .on_disconnect = on_disc, .log = tls_log, .log_arg = s};
+    return bl_ctx_open(&spec, NULL, why, len);
 }
 
 /* AUTH [user] pass, pipelined. 0 or -1. */
@@ -1163,6 +1160,8 @@ int bl_sentinel_new(const bl_sentinel_host *h, bl_sentinel **out, char *why, siz
     s->user = dup_or_null(h->username, &oom);
     s->pass = dup_or_null(h->password, &oom);
     s->db = h->db;
+    s->tls = h->tls;
+    s->tls_name = dup_or_null(h->tls_name, &oom);
     s->timeout_ms = h->timeout_ms ? h->timeout_ms : BL_SENTINEL_TIMEOUT_DEFAULT;
     s->probe_ms = h->watch_probe_ms ? h->watch_probe_ms : BL_SENTINEL_PROBE_DEFAULT;
     s->epoch_grace_ms = h->epoch_grace_ms ? h->epoch_grace_ms : BL_SENTINEL_EPOCH_GRACE_DEFAULT;
@@ -1206,6 +1205,7 @@ void bl_sentinel_free(bl_sentinel *s)
         free(s->hosts[i]);
     wipe_free(s->s_user);
     wipe_free(s->s_pass);
+    free(s->tls_name);
     wipe_free(s->user);
     wipe_free(s->pass);
     free(s);

@@ -104,6 +104,11 @@ typedef struct bl_sentinel_host {
     const char *sentinel_username, *sentinel_password;
     const char *username, *password;
     int db; /* SELECT before ROLE when not 0 (so a bad db number fails here) */
+    /* TLS for every connection (sentinels and candidates), NULL = plain;
+     * borrowed: it must outlive the bl_sentinel. tls_name: what every
+     * certificate must be for, NULL = each connection's address. */
+    struct bl_tls_ctx *tls;
+    const char *tls_name;
     /* Each step is bounded by this: connecting to one sentinel and getting
      * its answer; connecting to one candidate and getting AUTH/SELECT/ROLE
      * answered; the watch's connect + subscribe, and each of its probes.

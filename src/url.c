@@ -12,8 +12,8 @@
  * half-understood URL is how an instance ends up locking on the wrong Redis.
  *
  * Decisions
- *  - The scheme is case-insensitive (RFC 3986). rediss:// is refused:
- *    hiredis 0.14 has no TLS.
+ *  - The scheme is case-insensitive (RFC 3986). rediss:// is redis:// with
+ *    tls set (the same grammar; TLS itself is src/tls.c).
  *  - The credentials end at the LAST '@' and the username at the first ':',
  *    so a password may hold '@', ':', '/', '?' and '#' as they are. Username
  *    and password are percent-decoded (%40 -> '@', %25 -> '%', %20 -> ' ');
@@ -690,7 +690,7 @@ int bl_url_parse(const char *url, bl_url *out, char *why, size_t why_len)
         if (!scheme_char(url[i]))
             sep = NULL;
     if (!sep || sn == 0)
-        return bl_einval(why, why_len, "URL does not start with redis://, unix://, "
+        return bl_einval(why, why_len, "URL does not start with redis://, rediss://, unix://, "
                    "redis-sentinel:// or redis-cluster:// (e.g. redis://127.0.0.1:6379/0)");
     const char *rest = sep + 3;
     int rc;
@@ -703,12 +703,12 @@ int bl_url_parse(const char *url, bl_url *out, char *why, size_t why_len)
     } else if (sn == 13 && strncasecmp(url, "redis-cluster", 13) == 0) {
         rc = parse_cluster(rest, out ? &u : NULL, why, why_len);
     } else if (sn == 6 && strncasecmp(url, "rediss", 6) == 0) {
-        return bl_einval(why, why_len, "scheme 'rediss' (TLS) is not supported: hiredis 0.14 has "
-                   "no TLS");
+        rc = parse_redis(rest, out ? &u : NULL, why, why_len);
+        u.tls = 1;
     } else {
         quote(q, sizeof q, url, sn);
-        return bl_einval(why, why_len, "scheme %s is not redis://, unix://, redis-sentinel:// or "
-                         "redis-cluster://",
+        return bl_einval(why, why_len, "scheme %s is not redis://, rediss://, unix://, "
+                         "redis-sentinel:// or redis-cluster://",
                          q);
     }
     if (rc) {
@@ -743,7 +743,7 @@ int bl_url_kind(const char *url)
     static const struct {
         const char *scheme;
         int mode;
-    } k[] = {{"redis://", BL_URL_PLAIN}, {"unix://", BL_URL_UNIX},
+    } k[] = {{"redis://", BL_URL_PLAIN}, {"rediss://", BL_URL_PLAIN}, {"unix://", BL_URL_UNIX},
              {"redis-sentinel://", BL_URL_SENTINEL}, {"redis-cluster://", BL_URL_CLUSTER}};
     for (size_t i = 0; url && i < sizeof k / sizeof k[0]; i++)
         if (strncasecmp(url, k[i].scheme, strlen(k[i].scheme)) == 0)

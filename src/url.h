@@ -23,7 +23,7 @@ typedef struct bl_url_endpoint {
     int port;   /* 26379 by default */
 } bl_url_endpoint;
 /* The mode a URL's scheme asks for (nothing else is checked): BL_URL_PLAIN
- * for redis://, BL_URL_UNIX, BL_URL_SENTINEL, BL_URL_CLUSTER; -1 for NULL or
+ * for redis:// and rediss://, BL_URL_UNIX, BL_URL_SENTINEL, BL_URL_CLUSTER; -1 for NULL or
  * another scheme. */
 int bl_url_kind(const char *url);
 /* cfg->min_replicas with BL_REPLICAS_DEFAULT resolved: BL_REPLICAS_AUTO for
@@ -40,6 +40,7 @@ typedef struct bl_url {
     char *username;  /* percent-decoded */
     char *password;  /* percent-decoded */
     int db;          /* 0 by default */
+    int tls;         /* rediss:// */
     /* redis-sentinel:// */
     int mode;                                           /* enum bl_url_mode */
     int n_sentinels;                                    /* BL_URL_SENTINEL: 1..16 */
@@ -50,7 +51,7 @@ typedef struct bl_url {
     bl_url_endpoint seeds[BL_URL_SEEDS_MAX];            /* in the URL's order */
 } bl_url;
 
-/* Parse redis://[[user]:password@]host[:port][/db],
+/* Parse redis://[[user]:password@]host[:port][/db] (rediss:// the same, tls set),
  * unix:///path/to/socket[?db=N] or
  * redis-sentinel://[[user]:password@]host[:port][,host[:port]...][/db]#NAME
  * or redis-cluster://[[user]:password@]host[:port][,host[:port]...]

@@ -887,6 +887,58 @@ Test(cli, health_prints_the_round_trip)
     result_free(&r);
 }
 
+/* TLS flags as redis-cli spells them (issue 12), against a TLS redis-server. */
+Test(cli, health_over_tls_with_cacert_and_the_tls_flags_checked)
+{
+    char dir[96], err[256], ca[160], cert[160], key[160], u[96];
+    cr_assert_eq(rsrv_tmpdir(dir, sizeof dir, "clitls"), 0);
+    cr_assert_eq(rsrv_tls_certs(dir, err, sizeof err), 0, "%s", err);
+    static const char *const extra[] = {"--tls-auth-clients", "optional", NULL};
+    rsrv s;
+    cr_assert_eq(rsrv_start_tls(&s, extra, dir), 0, "%s", s.err);
+    snprintf(ca, sizeof ca, "%s/ca.crt", dir);
+    snprintf(cert, sizeof cert, "%s/client.crt", dir);
+    snprintf(key, sizeof key, "%s/client.key", dir);
+    snprintf(u, sizeof u, "rediss://127.0.0.1:%d", s.tls_port);
+    result r = CLI(NULL, "health", "--tls", "--cacert", ca, "--url", u);
+    cr_assert_eq(r.code, 0, "%s", r.err);
+    double ms = -1;
+    cr_assert_eq(sscanf(r.out, "redis: ok, round trip %lf ms", &ms), 1, "%s", r.out);
+    result_free(&r);
+    r = CLI(NULL, "health", "--cacert", ca, "--cert", cert, "--key", key, "--sni", "localhost",
+            "--url", u);
+    cr_assert_eq(r.code, 0, "mTLS + --sni: %s", r.err);
+    result_free(&r);
+    /* no CA given: the system store does not know the test CA */
+    r = CLI(NULL, "health", "--url", u);
+    cr_assert_eq(r.code, 69, "%s", r.err);
+    cr_assert(strstr(r.err, "certificate verify failed"), "%s", r.err);
+    result_free(&r);
+    r = CLI(NULL, "health", "--insecure", "--url", u);
+    cr_assert_eq(r.code, 0, "--insecure: %s", r.err);
+    result_free(&r);
+    r = CLI(NULL, "health", "--insecure", "--cacert", ca, "--url", u);
+    cr_assert_eq(r.code, 64);
+    cr_assert(strstr(r.err, "--insecure") && strstr(r.err, "--cacert"), "%s", r.err);
+    result_free(&r);
+    r = CLI(NULL, "health", "--key", key, "--url", u);
+    cr_assert_eq(r.code, 64);
+    cr_assert(strstr(r.err, "--key is set but --cert is not"), "%s", r.err);
+    result_free(&r);
+    r = CLI(NULL, "health", "--tls", "--cacert", "/nonexistent/ca.pem", "--url", u);
+    cr_assert_eq(r.code, 64);
+    cr_assert(strstr(r.err, "--cacert '/nonexistent/ca.pem'"), "%s", r.err);
+    result_free(&r);
+    r = CLI(NULL, "--help");
+    const char *flags[] = {"--tls", "--cacert", "--cacertdir", "--cert", "--key", "--sni",
+                           "--insecure", "rediss://"};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        cr_assert(strstr(r.out, flags[i]), "--help lists %s", flags[i]);
+    result_free(&r);
+    rsrv_stop(&s);
+    rsrv_rmdir(dir);
+}
+
 /* ---- the demo's scanners ------------------------------------------------------------ */
 
 static long json_num(const char *line, const char *name)

@@ -185,7 +185,8 @@ Test(url, refuses_malformed_urls_naming_the_part)
     } bad[] = {
         {"", "empty"},
         {"http://x", "scheme 'http'"},
-        {"rediss://h", "TLS"},
+        {"rediss://h:", "port after ':' is empty"},
+        {"rediss://h?x=1", "query"},
         {"ftp+x://h", "scheme 'ftp+x'"},
         {"localhost:6379", "redis://"},
         {"redis:/h", "redis://"},
@@ -352,7 +353,7 @@ Test(url, messages_never_contain_the_password)
         "redis://" SECRET "@host",
         "redis://u%zz:" SECRET "@host",
         "http://:" SECRET "@h",
-        "rediss://:" SECRET "@h",
+        "rediss://:" SECRET "@h:0",
         "redis:/:" SECRET "@h",
         "unix:///s?password=" SECRET,
         "unix:///s?db=1&password=" SECRET,
@@ -425,7 +426,8 @@ Test(sentinel_url, minimal_and_modes)
     cr_assert_eq(bl_url_kind("REDIS-SENTINEL://"), BL_URL_SENTINEL);
     cr_assert_eq(bl_url_kind("redis://x"), BL_URL_PLAIN);
     cr_assert_eq(bl_url_kind("Unix:///x"), BL_URL_UNIX);
-    cr_assert_eq(bl_url_kind("rediss://x"), -1);
+    cr_assert_eq(bl_url_kind("rediss://x"), BL_URL_PLAIN);
+    cr_assert_eq(bl_url_kind("redisss://x"), -1);
     cr_assert_eq(bl_url_kind("redis-sentinel:/x"), -1);
     cr_assert_eq(bl_url_kind(NULL), -1);
 }
@@ -538,7 +540,7 @@ Test(sentinel_url, refuses_malformed_naming_the_part)
         {"redis-sentinel://@h#m", "credentials before '@' are empty"},
         {"redis-sentinel://u:@h#m", "password after ':' is empty"},
         {"redis-sentinel://:p%zz@h#m", "password has a '%'"},
-        {"redis-sentinels://h#m", "scheme 'redis-sentinels' is not redis://, unix://, "
+        {"redis-sentinels://h#m", "scheme 'redis-sentinels' is not redis://, rediss://, unix://, "
                                   "redis-sentinel:// or redis-cluster://"},
         {"sentinel://h#m", "scheme 'sentinel'"},
     };

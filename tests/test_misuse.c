@@ -276,7 +276,7 @@ static int noop_attach(void *impl, struct redisAsyncContext *ac)
 Test(misuse, malformed_urls_and_configs_create_nothing)
 {
     const char *urls[] = {
-        "", "redis://", "redis://:@", "http://127.0.0.1", "rediss://127.0.0.1:6379",
+        "", "redis://", "redis://:@", "http://127.0.0.1", "rediss://127.0.0.1:0",
         "redis://127.0.0.1:0", "redis://127.0.0.1:65536", "redis://127.0.0.1:-1",
         "redis://127.0.0.1:6379/-1", "redis://127.0.0.1:6379/x", "redis://[::1",
         "redis://127.0.0.1 :6379", "redis://127.0.0.1:6379?db=1", "unix://", "unix://relative",

@@ -80,7 +80,8 @@ static void advance(uint64_t ms)
     fnow = target;
 }
 
-static const bl_loop floop = {NULL, ft_attach, ft_new, ft_start, ft_stop, ft_free, ft_now};
+static const bl_loop floop = {NULL, ft_attach, ft_new, ft_start, ft_stop, ft_free, ft_now,
+                              NULL, NULL, NULL};
 
 /* ---- a fake backend: records what the engine asks ------------------------ */
 

@@ -98,6 +98,8 @@ static inline void bl_epoll_free(bl_epoll *ep);
 typedef struct bl_epoll_conn {
     bl_epoll *ep;
     redisAsyncContext *ac; /* NULL once hiredis has let go (cleanup) */
+    bl_io_cb io_cb;        /* a plain fd watch (bl_io) instead of hiredis */
+    void *io_data;
     struct bl_epoll_conn *next_dead;
     int fd;
     int dead;
@@ -221,6 +223,33 @@ static inline int bl_epoll_attach(void *impl, struct redisAsyncContext *ac)
     return 0;
 }
 
+/* ---- plain fd watches (bidlock's TLS relay): a bl_io is a bl_epoll_conn ---------- */
+
+static inline bl_io *bl_epoll_io_new(void *impl, int fd, bl_io_cb cb, void *data)
+{
+    bl_epoll_conn *c = (bl_epoll_conn *)calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->ep = (bl_epoll *)impl;
+    c->fd = fd;
+    c->io_cb = cb;
+    c->io_data = data;
+    c->ep->conns++;
+    return (bl_io *)c;
+}
+
+static inline void bl_epoll_io_set(bl_io *io, int events)
+{
+    bl_epoll_conn_want((bl_epoll_conn *)io, ((events & BL_IO_READ) ? (uint32_t)EPOLLIN : 0) |
+                                                ((events & BL_IO_WRITE) ? (uint32_t)EPOLLOUT : 0));
+}
+
+/* Like cleanup: out of the set now, freed after the batch. */
+static inline void bl_epoll_io_free(bl_io *io)
+{
+    bl_epoll_cleanup(io);
+}
+
 /* An error or hang-up counts as ready for whatever hiredis asked, so it
  * reads the error: a refused connect is ERR|HUP|OUT with write interest,
  * and HandleWrite reads SO_ERROR and reports it to the connect callback. */
@@ -233,6 +262,12 @@ static inline int bl_epoll_conn_event(bl_epoll_conn *c, uint32_t e)
         ready |= EPOLLOUT;
     if (c->dead || !(ready & c->want))
         return 0;
+    if (c->io_cb) { /* a plain watch: an error or hang-up is both */
+        int both = (e & (EPOLLERR | EPOLLHUP)) != 0;
+        c->io_cb(c->io_data, ((ready & EPOLLIN) || both ? BL_IO_READ : 0) |
+                                 ((ready & EPOLLOUT) || both ? BL_IO_WRITE : 0));
+        return 1;
+    }
     ready &= c->want;
     if (ready & EPOLLIN)
         redisAsyncHandleRead(c->ac);
@@ -433,6 +468,9 @@ static inline void bl_epoll_loop(bl_loop *out, bl_epoll *ep)
     out->timer_stop = bl_epoll_timer_stop;
     out->timer_free = bl_epoll_timer_free;
     out->now_ms = bl_epoll_now_ms;
+    out->io_new = bl_epoll_io_new;
+    out->io_set = bl_epoll_io_set;
+    out->io_free = bl_epoll_io_free;
 }
 
 static inline int bl_epoll_dispatch(bl_epoll *ep)

@@ -89,6 +89,56 @@ static inline void bl_libev_timer_free(bl_timer *bt)
     free(t);
 }
 
+/* A plain fd watch (bidlock's TLS relay); bl_io is opaque, on libev it is this. */
+typedef struct bl_libev_io {
+    ev_io w; /* first: the ev_io * libev hands back is the watch */
+    struct ev_loop *loop;
+    bl_io_cb cb;
+    void *data;
+} bl_libev_io;
+
+static inline void bl_libev_io_fire(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    bl_libev_io *io = (bl_libev_io *)w;
+    int ev = ((revents & (EV_READ | EV_ERROR)) ? BL_IO_READ : 0) |
+             ((revents & (EV_WRITE | EV_ERROR)) ? BL_IO_WRITE : 0);
+    io->cb(io->data, ev);
+}
+
+static inline bl_io *bl_libev_io_new(void *impl, int fd, bl_io_cb cb, void *data)
+{
+    bl_libev_io *io = (bl_libev_io *)calloc(1, sizeof *io);
+    if (!io)
+        return NULL;
+    ev_io_init(&io->w, bl_libev_io_fire, fd, 0);
+    io->loop = (struct ev_loop *)impl;
+    io->cb = cb;
+    io->data = data;
+    return (bl_io *)io;
+}
+
+static inline void bl_libev_io_set(bl_io *bio, int events)
+{
+    bl_libev_io *io = (bl_libev_io *)bio;
+    int want = ((events & BL_IO_READ) ? EV_READ : 0) | ((events & BL_IO_WRITE) ? EV_WRITE : 0);
+    if (ev_is_active(&io->w) && (io->w.events & (EV_READ | EV_WRITE)) == want)
+        return;
+    ev_io_stop(io->loop, &io->w);
+    ev_io_set(&io->w, io->w.fd, want);
+    if (want)
+        ev_io_start(io->loop, &io->w);
+}
+
+/* ev_io_stop also drops a pending event, so freeing inside a callback of
+ * the same loop turn is safe. */
+static inline void bl_libev_io_free(bl_io *bio)
+{
+    bl_libev_io *io = (bl_libev_io *)bio;
+    ev_io_stop(io->loop, &io->w);
+    free(io);
+}
+
 /* The engine's clock: monotonic, unlike ev_now() (wall clock). */
 static inline uint64_t bl_libev_now_ms(void *impl)
 {
@@ -108,6 +158,9 @@ static inline void bl_libev_loop(bl_loop *out, struct ev_loop *loop)
     out->timer_stop = bl_libev_timer_stop;
     out->timer_free = bl_libev_timer_free;
     out->now_ms = bl_libev_now_ms;
+    out->io_new = bl_libev_io_new;
+    out->io_set = bl_libev_io_set;
+    out->io_free = bl_libev_io_free;
 }
 
 #endif

@@ -133,6 +133,72 @@ static inline int bl_libuv_attach(void *impl, struct redisAsyncContext *ac)
     return 0;
 }
 
+/* ---- plain fd watches (bidlock's TLS relay) ---------------------------------- */
+
+/* bl_io is opaque; on libuv it is this. Freed in libuv's close callback. */
+typedef struct bl_libuv_io {
+    uv_poll_t poll;
+    bl_io_cb cb;
+    void *data;
+    int events; /* UV_READABLE | UV_WRITABLE */
+} bl_libuv_io;
+
+static inline void bl_libuv_io_fire(uv_poll_t *h, int status, int events)
+{
+    bl_libuv_io *io = (bl_libuv_io *)h->data;
+    if (status < 0) {
+        /* libuv stopped the handle; the relay reads the error and re-arms
+         * or frees. Report both, so the next read or write sees it. */
+        io->events = 0;
+        io->cb(io->data, BL_IO_READ | BL_IO_WRITE);
+        return;
+    }
+    io->cb(io->data, ((events & UV_READABLE) ? BL_IO_READ : 0) |
+                         ((events & UV_WRITABLE) ? BL_IO_WRITE : 0));
+}
+
+static inline bl_io *bl_libuv_io_new(void *impl, int fd, bl_io_cb cb, void *data)
+{
+    bl_libuv_io *io = (bl_libuv_io *)calloc(1, sizeof *io);
+    if (!io)
+        return NULL;
+    if (uv_poll_init((uv_loop_t *)impl, &io->poll, fd) != 0) {
+        free(io);
+        return NULL;
+    }
+    io->poll.data = io;
+    io->cb = cb;
+    io->data = data;
+    return (bl_io *)io;
+}
+
+static inline void bl_libuv_io_set(bl_io *bio, int events)
+{
+    bl_libuv_io *io = (bl_libuv_io *)bio;
+    int want = ((events & BL_IO_READ) ? UV_READABLE : 0) | ((events & BL_IO_WRITE) ? UV_WRITABLE : 0);
+    if (want == io->events && uv_is_active((uv_handle_t *)&io->poll) == (want != 0))
+        return;
+    io->events = want;
+    if (want)
+        uv_poll_start(&io->poll, want, bl_libuv_io_fire);
+    else
+        uv_poll_stop(&io->poll);
+}
+
+static inline void bl_libuv_io_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* uv_close stops the poll at once (the fd leaves the backend set), so the
+ * caller may close the fd right after; the memory goes in the close
+ * callback. */
+static inline void bl_libuv_io_free(bl_io *bio)
+{
+    bl_libuv_io *io = (bl_libuv_io *)bio;
+    uv_close((uv_handle_t *)&io->poll, bl_libuv_io_closed);
+}
+
 /* ---- timers ------------------------------------------------------------------ */
 
 /* bl_timer is opaque to the engine; on libuv it is this. */
@@ -205,6 +271,9 @@ static inline void bl_libuv_loop(bl_loop *out, uv_loop_t *loop)
     out->timer_stop = bl_libuv_timer_stop;
     out->timer_free = bl_libuv_timer_free;
     out->now_ms = bl_libuv_now_ms;
+    out->io_new = bl_libuv_io_new;
+    out->io_set = bl_libuv_io_set;
+    out->io_free = bl_libuv_io_free;
 }
 
 #endif

@@ -23,6 +23,17 @@
  *    release memory later (libuv frees handles in close callbacks), but the
  *    caller must not touch the timer after this call.
  *  - now_ms(): a monotonic clock in milliseconds.
+ *  - io_new(), io_set(), io_free() (optional; since 0.2.0): watch a plain
+ *    fd that is not a hiredis connection - bidlock's TLS relay (README,
+ *    "TLS") needs them. io_new returns a watch with no interest (NULL on
+ *    out of memory); io_set(io, BL_IO_READ | BL_IO_WRITE) says what to
+ *    watch for from now on (0: nothing); cb(data, events) gets what is
+ *    ready, with an error or hang-up reported as both BL_IO_READ and
+ *    BL_IO_WRITE so that the next read or write sees it. io_free stops
+ *    the watch at once (cb never runs again; it may be called from inside
+ *    cb or any other callback); the fd is the caller's and is closed by
+ *    the caller right after. An adapter of your own may leave the three
+ *    NULL: a TLS configuration then fails with BL_EINVAL and a sentence.
  * All of these are called on the loop thread only.
  */
 #ifndef BIDLOCK_LOOP_H
@@ -48,6 +59,10 @@ struct redisAsyncContext;
 
 typedef struct bl_timer bl_timer; /* defined by each adapter */
 typedef void (*bl_timer_cb)(void *data);
+typedef struct bl_io bl_io; /* defined by each adapter */
+typedef void (*bl_io_cb)(void *data, int events);
+#define BL_IO_READ 1
+#define BL_IO_WRITE 2
 
 typedef struct bl_loop {
     void *impl; /* the adapter's loop object, passed back to attach/timer_new/now_ms */
@@ -57,6 +72,11 @@ typedef struct bl_loop {
     void (*timer_stop)(bl_timer *t);
     void (*timer_free)(bl_timer *t);
     uint64_t (*now_ms)(void *impl);
+    /* optional (NULL: no TLS), see above; at the end so that a bl_loop
+     * filled by code written before 0.2.0 keeps its layout up to here */
+    bl_io *(*io_new)(void *impl, int fd, bl_io_cb cb, void *data);
+    void (*io_set)(bl_io *io, int events);
+    void (*io_free)(bl_io *io);
 } bl_loop;
 
 #ifdef __cplusplus

@@ -4,6 +4,7 @@
  *  - the check-only call (out NULL, no why) agrees with the full one;
  *  - an error has a one-line, printable message and leaves *out zeroed;
  *  - an error message never contains the password;
+ *  - rediss:// (TLS) is accepted only as redis:// with tls set, and only there;
  *  - an accepted URL is sane (one of host/unix_path/sentinels as its mode
  *    says, ports and db in range, a printable master name) and survives a
  *    round trip: printed back (credentials, path and master name
@@ -56,7 +57,9 @@ static void round_trip(const bl_url *u)
         o += enc(o, u->unix_path, 1);
         o += sprintf(o, "?db=%d", u->db);
     } else {
-        o += sprintf(o, u->mode == BL_URL_SENTINEL ? "redis-sentinel://" : "redis://");
+        o += sprintf(o, u->mode == BL_URL_SENTINEL ? "redis-sentinel://"
+                        : u->tls                  ? "rediss://"
+                                                  : "redis://");
         if (u->password) {
             if (u->username)
                 o += enc(o, u->username, 0);
@@ -88,6 +91,7 @@ static void round_trip(const bl_url *u)
         CHECK(same(u->username, v.username) && same(u->password, v.password));
         CHECK(u->port == v.port && u->db == v.db);
         CHECK(u->mode == v.mode && u->n_sentinels == v.n_sentinels);
+        CHECK(u->tls == v.tls); /* rediss:// stays TLS */
         CHECK(same(u->master_name, v.master_name));
         for (int i = 0; i < u->n_sentinels; i++)
             CHECK(same(u->sentinels[i].host, v.sentinels[i].host) &&
@@ -216,6 +220,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         CHECK(!u.username || u.password);
         CHECK(!u.password || u.password[0]);
+        CHECK(u.tls == (strncasecmp(s, "rediss://", 9) == 0)); /* TLS exactly when asked */
+        CHECK(!u.tls || (u.host && u.mode == BL_URL_PLAIN));
         round_trip(&u);
     } else {
         CHECK(why[0] != '\0');
@@ -223,6 +229,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(*p >= 0x20 && *p < 0x7f);
         CHECK(!u.host && !u.unix_path && !u.username && !u.password && !u.port && !u.db);
         CHECK(!u.mode && !u.n_sentinels && !u.master_name && !u.sentinels[0].host);
+        CHECK(!u.tls);
         check_no_password(s, why);
     }
     bl_url_free(&u);

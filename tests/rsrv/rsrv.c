@@ -240,7 +240,7 @@ static pid_t launch_redis(const rsrv *s)
     size_t n = 0;
     while (s->extra && s->extra[n])
         n++;
-    const char **args = calloc(NSET + 2 + n + 1, sizeof *args);
+    const char **args = calloc(NSET + 2 + n + 10 + 1, sizeof *args);
     if (!args)
         return -1;
     size_t k = 0;
@@ -248,18 +248,38 @@ static pid_t launch_redis(const rsrv *s)
         args[k++] = settings[i];
     args[k++] = "--dir";
     args[k++] = s->dir;
-    for (size_t i = 0; i < n; i++)
+    char tport[16], cert[128], key[128], ca[128];
+    int auth_given = 0;
+    for (size_t i = 0; i < n; i++) {
+        auth_given |= strcmp(s->extra[i], "--tls-auth-clients") == 0;
         args[k++] = s->extra[i];
+    }
+    if (s->tls_port) {
+        snprintf(tport, sizeof tport, "%d", s->tls_port);
+        snprintf(cert, sizeof cert, "%s/server.crt", s->tls_dir);
+        snprintf(key, sizeof key, "%s/server.key", s->tls_dir);
+        snprintf(ca, sizeof ca, "%s/ca.crt", s->tls_dir);
+        const char *t[] = {"--tls-port", tport, "--tls-cert-file", cert, "--tls-key-file", key,
+                           "--tls-ca-cert-file", ca};
+        for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+            args[k++] = t[i];
+        if (!auth_given) {
+            args[k++] = "--tls-auth-clients";
+            args[k++] = "no";
+        }
+    }
     args[k] = NULL;
     pid_t pid = rsrv_launch(rsrv_server_bin(), NULL, s->port, args, NULL);
     free(args);
     return pid;
 }
 
-int rsrv_start(rsrv *s, const char *const *extra)
+static int start(rsrv *s, const char *const *extra, const char *certdir)
 {
     memset(s, 0, sizeof *s);
     s->extra = extra;
+    if (certdir)
+        snprintf(s->tls_dir, sizeof s->tls_dir, "%s", certdir);
     for (size_t i = 0; extra && extra[i] && extra[i + 1]; i++)
         if (strcmp(extra[i], "--requirepass") == 0)
             snprintf(s->password, sizeof s->password, "%s", extra[i + 1]);
@@ -270,7 +290,12 @@ int rsrv_start(rsrv *s, const char *const *extra)
     }
     for (int tries = 0; tries < START_TRIES; tries++) {
         s->port = rsrv_free_port();
-        if (s->port <= 0) {
+        if (certdir) {
+            do
+                s->tls_port = rsrv_free_port();
+            while (s->tls_port == s->port);
+        }
+        if (s->port <= 0 || (certdir && s->tls_port <= 0)) {
             snprintf(s->err, sizeof s->err, "no free port: %s", strerror(errno));
             break;
         }
@@ -299,6 +324,65 @@ int rsrv_start(rsrv *s, const char *const *extra)
     }
     rsrv_stop(s);
     return -1;
+}
+
+int rsrv_start(rsrv *s, const char *const *extra)
+{
+    return start(s, extra, NULL);
+}
+
+int rsrv_start_tls(rsrv *s, const char *const *extra, const char *certdir)
+{
+    return start(s, extra, certdir);
+}
+
+/* One openssl step through sh; 0 or -1 with err. */
+static int sh(const char *cmd, char *err, size_t len)
+{
+    int rc = system(cmd);
+    if (rc != 0) {
+        snprintf(err, len, "openssl failed (status %d): %.120s", rc, cmd);
+        return -1;
+    }
+    return 0;
+}
+
+int rsrv_tls_certs(const char *dir, char *err, size_t len)
+{
+    static const struct {
+        const char *name, *ca, *subj, *san, *days;
+    } leaf[] = {
+        {"server", "ca", "/CN=localhost", "IP:127.0.0.1,IP:::1,DNS:localhost", "2"},
+        {"client", "ca", "/CN=bidlock test client", NULL, "2"},
+        {"expired", "ca", "/CN=localhost", "IP:127.0.0.1,IP:::1,DNS:localhost", "-1"},
+        {"wronghost", "ca", "/CN=wrong.example", "DNS:wrong.example", "2"},
+    };
+    char cmd[1024];
+    const char *key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    const char *cas[] = {"ca", "other-ca"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd,
+                 "cd '%s' && openssl req -x509 %s -keyout %s.key -out %s.crt -days 2 "
+                 "-subj '/CN=bidlock test %s' >/dev/null 2>&1",
+                 dir, key, cas[i], cas[i], cas[i]);
+        if (sh(cmd, err, len))
+            return -1;
+    }
+    for (size_t i = 0; i < sizeof leaf / sizeof leaf[0]; i++) {
+        snprintf(cmd, sizeof cmd,
+                 "cd '%s' && openssl req %s -keyout %s.key -out %s.csr -subj '%s' >/dev/null "
+                 "2>&1 && printf '%s%s\n' > %s.ext && openssl x509 -req -in %s.csr -CA %s.crt "
+                 "-CAkey %s.key -CAcreateserial -days %s -extfile %s.ext -out %s.crt "
+                 ">/dev/null 2>&1 && rm -f %s.csr %s.ext",
+                 dir, key, leaf[i].name, leaf[i].name, leaf[i].subj,
+                 leaf[i].san ? "subjectAltName=" : "basicConstraints=CA:FALSE",
+                 leaf[i].san ? leaf[i].san : "", leaf[i].name, leaf[i].name, leaf[i].ca,
+                 leaf[i].ca, leaf[i].days, leaf[i].name, leaf[i].name, leaf[i].name,
+                 leaf[i].name);
+        if (sh(cmd, err, len))
+            return -1;
+    }
+    return 0;
 }
 
 void rsrv_kill(rsrv *s)

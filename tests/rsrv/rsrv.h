@@ -98,6 +98,11 @@ typedef struct rsrv {
                                  "--requirepass X" in extra; change it when
                                  the test changes the server's */
     char err[192];            /* why the last rsrv_start / rsrv_restart failed */
+    /* TLS (rsrv_start_tls): the port that speaks TLS beside the plaintext
+     * `port` (the launcher's PING, and tests' own checks, stay plaintext),
+     * and the certificate directory (rsrv_tls_certs). 0 / "" otherwise. */
+    int tls_port;
+    char tls_dir[96];
 } rsrv;
 
 /* redis-server --port P --bind 127.0.0.1 --save '' --appendonly no
@@ -106,6 +111,22 @@ typedef struct rsrv {
  * about 5 s, trying up to 5 ports), else -1 with s->err set and nothing
  * left running. extra (NULL-terminated, may be NULL) must outlive s. */
 int rsrv_start(rsrv *s, const char *const *extra);
+/* TLS certificates for tests and the bench, made with the `openssl`
+ * command into dir (which must exist), EC P-256 keys, each .crt with its
+ * .key:
+ *   ca          a CA ("bidlock test CA"), 2 days
+ *   server      for IP 127.0.0.1, IP ::1 and DNS localhost, signed by ca
+ *   client      a client certificate signed by ca
+ *   other-ca    a second, unrelated CA
+ *   expired     like server, but its notAfter is a day before its notBefore
+ *   wronghost   like server, but for DNS wrong.example only
+ * 0, or -1 with a sentence in err (openssl missing or failing). */
+int rsrv_tls_certs(const char *dir, char *err, size_t len);
+/* rsrv_start, plus --tls-port on a second free port with certdir's
+ * server.crt/server.key and ca.crt, --tls-auth-clients no unless extra
+ * sets --tls-auth-clients; the plaintext port stays for PING and checks.
+ * rsrv_restart keeps both ports. */
+int rsrv_start_tls(rsrv *s, const char *const *extra, const char *certdir);
 /* SIGKILL the server; its port and directory stay (rsrv_restart). */
 void rsrv_kill(rsrv *s);
 /* Start it again on the same port with the same arguments (the old one is

@@ -8,14 +8,16 @@
 static const char usage_text[] =
     "Usage:\n"
     "  bidlock run [--url URL] [--wait SECONDS] [--ttl MS] [--prefix P]\n"
-    "              [--min-replicas N|auto] [--done]\n"
+    "              [--min-replicas N|auto] [--done] [TLS]\n"
     "              MARKETPLACE POSTING [MARKETPLACE POSTING...] -- COMMAND [ARG...]\n"
-    "  bidlock status  [--url URL] [--prefix P] MARKETPLACE POSTING\n"
-    "  bidlock health  [--url URL]\n"
-    "  bidlock cleanup [--url URL] [--prefix P]\n"
-    "  bidlock locks   [--url URL] [--prefix P] [--longest N] [--json]\n"
+    "  bidlock status  [--url URL] [--prefix P] [TLS] MARKETPLACE POSTING\n"
+    "  bidlock health  [--url URL] [TLS]\n"
+    "  bidlock cleanup [--url URL] [--prefix P] [TLS]\n"
+    "  bidlock locks   [--url URL] [--prefix P] [--longest N] [--json] [TLS]\n"
     "  bidlock acl     [--prefix P] [--user NAME] [--readonly]\n"
-    "  bidlock --help | --version\n";
+    "  bidlock --help | --version\n"
+    "  TLS: [--tls] [--cacert FILE] [--cacertdir DIR] [--cert FILE --key FILE]\n"
+    "       [--sni NAME] [--insecure]\n";
 
 static const char help_text[] =
     "\n"
@@ -68,6 +70,7 @@ static const char help_text[] =
     "\n"
     "Options\n"
     "  --url URL       redis://[[USER]:PASSWORD@]HOST[:PORT][/DB],\n"
+    "                  rediss://... (the same, over TLS),\n"
     "                  unix:///PATH/TO/SOCKET[?db=N] or\n"
     "                  redis-sentinel://[[USER]:PASSWORD@]HOST[:PORT]\n"
     "                                   [,HOST[:PORT]...][/DB]#NAME or\n"
@@ -95,6 +98,20 @@ static const char help_text[] =
     "                  acknowledge it (WAIT). Default: auto with a redis-sentinel://\n"
     "                  or redis-cluster:// URL, else 0 (off). A grant they did not acknowledge in\n"
     "                  time is given back (exit 69 if the wait runs out so).\n"
+    "  --tls           Talk TLS to Redis (and to the Sentinels); a rediss:// URL\n"
+    "                  does so by itself. The server's certificate chain and host\n"
+    "                  name (IP address SANs for an IP) are verified. Also from\n"
+    "                  the environment: REDIS_TLS, REDIS_TLS_CA_FILE, ...\n"
+    "  --cacert FILE   Trust the CA certificates in FILE (PEM) instead of the\n"
+    "                  system trust store.\n"
+    "  --cacertdir DIR Trust the CA certificates in DIR (hashed, c_rehash).\n"
+    "  --cert FILE     Client certificate (PEM), for tls-auth-clients yes; with\n"
+    "  --key FILE      its private key (PEM).\n"
+    "  --sni NAME      The name the certificate must be for, also sent as SNI\n"
+    "                  (default: the URL's host).\n"
+    "  --insecure      Do not verify the server's certificate at all (still\n"
+    "                  encrypted, but anyone in the path can pose as the server):\n"
+    "                  for testing only; not with --cacert/--cacertdir.\n"
     "  --done          When COMMAND exits 0, mark the posting done (in the same\n"
     "                  atomic step as the release): later runs on it, from any\n"
     "                  machine, do not run COMMAND; they say so and exit 0.\n"
@@ -221,16 +238,22 @@ int parse_args(app *a, int argc, char **argv)
                 a->done_flag = 1;
                 continue;
             }
+            if (!strcmp(arg, "--tls") || !strcmp(arg, "--insecure")) {
+                *(arg[2] == 't' ? &a->tls : &a->insecure) = 1;
+                continue;
+            }
             if (!strcmp(arg, "--json") && a->sub == SUB_LOCKS) {
                 a->json = 1;
                 continue;
             }
             /* --name VALUE or --name=VALUE */
             static const char *const names[] = {"--url", "--prefix", "--wait", "--ttl",
-                                                "--min-replicas", "--longest"};
+                                                "--min-replicas", "--longest", "--cacert",
+                                                "--cacertdir", "--cert", "--key", "--sni"};
+            enum { NNAMES = sizeof names / sizeof names[0] };
             const char *val = NULL;
             int which = -1;
-            for (int k = 0; k < 6; k++) {
+            for (int k = 0; k < NNAMES; k++) {
                 size_t len = strlen(names[k]);
                 if (!strncmp(arg, names[k], len) && (arg[len] == '\0' || arg[len] == '=')) {
                     which = k;
@@ -239,7 +262,7 @@ int parse_args(app *a, int argc, char **argv)
             }
             int allowed = which == 0 || (which == 1 && a->sub != SUB_HEALTH) ||
                           (which >= 2 && which <= 4 && a->sub == SUB_RUN) ||
-                          (which == 5 && a->sub == SUB_LOCKS);
+                          (which == 5 && a->sub == SUB_LOCKS) || which >= 6;
             if (which < 0 || !allowed)
                 return usage_error("unknown option '%s' for '%s'", arg, s);
             if (!val) {
@@ -247,7 +270,8 @@ int parse_args(app *a, int argc, char **argv)
                     return usage_error("%s needs a value", names[which]);
                 val = argv[++i];
             }
-            const char **slot[] = {&a->url, &a->prefix, &wait, &ttl, &replicas, &longest};
+            const char **slot[] = {&a->url,    &a->prefix,    &wait,    &ttl,    &replicas, &longest,
+                                   &a->cacert, &a->cacertdir, &a->cert, &a->key, &a->sni};
             *slot[which] = val;
             continue;
         }

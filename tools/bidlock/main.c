@@ -28,6 +28,52 @@
 
 #include "tool.h"
 
+/* --tls and friends win over the environment's REDIS_TLS_*. 1 if any was given. */
+static int tls_options(const app *a, bl_config *cfg)
+{
+    const char *const *v[] = {&a->cacert, &a->cacertdir, &a->cert, &a->key, &a->sni};
+    const char **f[] = {&cfg->tls_ca_file, &cfg->tls_ca_dir, &cfg->tls_cert_file,
+                        &cfg->tls_key_file, &cfg->tls_server_name};
+    int any = a->tls || a->insecure;
+    for (int i = 0; i < 5; i++)
+        if (*v[i]) {
+            *f[i] = *v[i];
+            any = 1;
+        }
+    if (a->tls)
+        cfg->tls = 1;
+    if (a->insecure)
+        cfg->tls_insecure_skip_verify = 1;
+    return any;
+}
+
+/* The library's message, with its field names spelled as our flags. */
+static const char *flag_names(const char *why)
+{
+    static const char *const map[][2] = {
+        {"tls_insecure_skip_verify", "--insecure"}, {"tls_ca_file/tls_ca_dir", "--cacert/--cacertdir"},
+        {"tls_ca_file", "--cacert"}, {"tls_ca_dir", "--cacertdir"}, {"tls_cert_file", "--cert"},
+        {"tls_key_file", "--key"}, {"tls_server_name", "--sni"},
+        {"tls_* settings", "TLS options"}, {"set tls = 1 or use", "give --tls or"},
+        {"drop tls", "drop --tls"}};
+    static char out[640];
+    size_t o = 0;
+    for (const char *p = why; *p && o + 40 < sizeof out;) {
+        size_t k = 0;
+        for (; k < sizeof map / sizeof map[0]; k++)
+            if (!strncmp(p, map[k][0], strlen(map[k][0])))
+                break;
+        if (k < sizeof map / sizeof map[0]) {
+            o += (size_t)snprintf(out + o, sizeof out - o, "%s", map[k][1]);
+            p += strlen(map[k][0]);
+        } else {
+            out[o++] = *p++;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
 /* --url, else the environment; then the prefix; then the library's check. */
 static int make_config(app *a, bl_config *cfg)
 {
@@ -60,8 +106,11 @@ static int make_config(app *a, bl_config *cfg)
     a->prefix = cfg->key_prefix;
     if (a->min_replicas != BL_REPLICAS_DEFAULT)
         cfg->min_replicas = a->min_replicas;
+    int tls_flags = tls_options(a, cfg);
     if (bl_config_validate(cfg, why, sizeof why) != BL_OK) {
-        if (a->url && !strncmp(why, "url: ", 5))
+        if (tls_flags && (strstr(why, "tls") || strstr(why, "TLS")))
+            say("%s", flag_names(why));
+        else if (a->url && !strncmp(why, "url: ", 5))
             say("--url: %s", why + 5);
         else if (a->min_replicas != BL_REPLICAS_DEFAULT && !strncmp(why, "min_replicas", 12))
             say("--min-replicas: %s", why);

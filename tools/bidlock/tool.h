@@ -35,6 +35,10 @@ typedef struct app {
     int64_t wait_ms, ttl_ms;
     int min_replicas; /* BL_REPLICAS_DEFAULT unless --min-replicas */
     int done_flag;
+    /* TLS, as redis-cli spells it: --tls --cacert --cacertdir --cert --key
+     * --sni --insecure */
+    int tls, insecure;
+    const char *cacert, *cacertdir, *cert, *key, *sni;
     int json;        /* locks: --json */
     int64_t longest; /* locks: --longest N (0 = all) */
     const char *mp, *posting; /* the first (or only) pair */
