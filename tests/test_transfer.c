@@ -196,12 +196,13 @@ Test(transfer, a_transfer_to_a_receiver_that_never_comes_runs_out_with_its_lease
     rec ra = acq(a, "ghost", 20000, 30000);
     cr_assert_eq(ra.status, BL_OK);
     const char *ghost = "scanner-7:4242:00000000-0000-4000-8000-000000000000";
-    cr_assert_eq(transfer(ra.lock, ghost, 300), BL_OK);
+    /* 2 s: the inspection below must see the lease on a slow machine */
+    cr_assert_eq(transfer(ra.lock, ghost, 2000), BL_OK);
     irec i = inspect(c, "ghost");
     cr_assert(i.held);
     cr_assert_str_eq(i.holder, ghost);
     cr_assert_gt(i.token, ra.token, "the transfer took a new token");
-    cr_assert_leq(i.pttl, 300);
+    cr_assert_leq(i.pttl, 2000);
     rec rc = acq(c, "ghost", 20000, 30000); /* waits out the lease */
     cr_assert_eq(rc.status, BL_OK);
     cr_assert_gt(rc.token, i.token);
