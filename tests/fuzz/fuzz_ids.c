@@ -22,7 +22,8 @@
     } while (0)
 
 /* The rule as bidlock.h states it: 1..max bytes, no whitespace or control
- * characters, no ':' where forbidden. */
+ * characters, no '}' (it would end a Cluster hash tag early), no ':' where
+ * forbidden. */
 static int rule(const char *s, size_t max, int no_colon)
 {
     size_t n = strlen(s);
@@ -30,7 +31,7 @@ static int rule(const char *s, size_t max, int no_colon)
         return 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c <= 0x20 || c == 0x7f || (no_colon && c == ':'))
+        if (c <= 0x20 || c == 0x7f || c == '}' || (no_colon && c == ':'))
             return 0;
     }
     return 1;
@@ -62,9 +63,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_one(posting, 0);
     char why[128];
     int prc = bl_validate_prefix(mp, why, sizeof why);
-    /* A prefix also may not end with ':' or contain "::" (bidlock.h). */
+    /* A prefix also may not end with ':', contain "::" or start with '{'
+     * (a Cluster hash tag of its own) (bidlock.h). */
     size_t mn = strlen(mp);
-    int prefix_ok = rule(mp, BL_PREFIX_MAX, 0) && mp[mn - 1] != ':' && !strstr(mp, "::");
+    int prefix_ok = rule(mp, BL_PREFIX_MAX, 0) && mp[mn - 1] != ':' && !strstr(mp, "::") &&
+                    mp[0] != '{';
     CHECK((prc == 0) == prefix_ok);
 
     if (bl_validate_id(mp, 1, NULL, 0) == 0 && bl_validate_id(posting, 0, NULL, 0) == 0) {

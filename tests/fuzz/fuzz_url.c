@@ -57,9 +57,10 @@ static void round_trip(const bl_url *u)
         o += enc(o, u->unix_path, 1);
         o += sprintf(o, "?db=%d", u->db);
     } else {
-        o += sprintf(o, u->mode == BL_URL_SENTINEL ? "redis-sentinel://"
-                        : u->tls                  ? "rediss://"
-                                                  : "redis://");
+        o += sprintf(o, u->mode == BL_URL_SENTINEL  ? "redis-sentinel://"
+                        : u->mode == BL_URL_CLUSTER ? "redis-cluster://"
+                        : u->tls                    ? "rediss://"
+                                                    : "redis://");
         if (u->password) {
             if (u->username)
                 o += enc(o, u->username, 0);
@@ -75,6 +76,12 @@ static void round_trip(const bl_url *u)
             }
             o += sprintf(o, "/%d#", u->db);
             o += enc(o, u->master_name, 0);
+        } else if (u->mode == BL_URL_CLUSTER) {
+            for (int i = 0; i < u->n_seeds; i++) {
+                const bl_url_endpoint *e = &u->seeds[i];
+                o += sprintf(o, strchr(e->host, ':') ? "%s[%s]:%d" : "%s%s:%d", i ? "," : "",
+                             e->host, e->port);
+            }
         } else {
             o += sprintf(o, strchr(u->host, ':') ? "[%s]:%d/%d" : "%s:%d/%d", u->host, u->port,
                          u->db);
@@ -96,6 +103,9 @@ static void round_trip(const bl_url *u)
         for (int i = 0; i < u->n_sentinels; i++)
             CHECK(same(u->sentinels[i].host, v.sentinels[i].host) &&
                   u->sentinels[i].port == v.sentinels[i].port);
+        CHECK(u->n_seeds == v.n_seeds);
+        for (int i = 0; i < u->n_seeds; i++)
+            CHECK(same(u->seeds[i].host, v.seeds[i].host) && u->seeds[i].port == v.seeds[i].port);
     }
     bl_url_free(&v);
     free(s);
@@ -203,13 +213,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(mn >= 1 && mn <= BL_MASTER_NAME_MAX);
             for (size_t i = 0; i < mn; i++)
                 CHECK(u.master_name[i] > 0x20 && u.master_name[i] < 0x7f);
+        } else if (u.mode == BL_URL_CLUSTER) {
+            CHECK(!u.host && !u.unix_path && !u.port && !u.db);
+            CHECK(u.n_seeds >= 1 && u.n_seeds <= BL_URL_SEEDS_MAX);
+            for (int i = 0; i < BL_URL_SEEDS_MAX; i++) {
+                const bl_url_endpoint *e = &u.seeds[i];
+                if (i >= u.n_seeds) {
+                    CHECK(!e->host && !e->port);
+                    continue;
+                }
+                CHECK(e->port >= 1 && e->port <= 65535);
+                CHECK(bl_host_ok(e->host, strlen(e->host)));
+            }
+            CHECK(!u.n_sentinels && !u.master_name && !u.sentinels[0].host);
         } else {
             CHECK(!u.host != !u.unix_path);
             CHECK(u.mode == (u.unix_path ? BL_URL_UNIX : BL_URL_PLAIN));
             CHECK(!u.n_sentinels && !u.master_name && !u.sentinels[0].host);
+            CHECK(!u.n_seeds && !u.seeds[0].host);
         }
         CHECK(bl_url_kind(s) == u.mode);
-        if (u.mode == BL_URL_SENTINEL) {
+        if (u.mode == BL_URL_SENTINEL || u.mode == BL_URL_CLUSTER) {
             /* checked above */
         } else if (u.host) {
             CHECK(u.port >= 1 && u.port <= 65535);
