@@ -129,22 +129,22 @@ static void inspect_cb(redisAsyncContext *ac, void *reply_, void *priv)
 
 static int scan_step(redis_be *r, bl_aop *op);
 
-/* A cluster node: one script call per key (keys of a SCAN batch are in
- * many slots). The last answer of a batch goes on with the scan; an error
- * is kept and reported once they are all in. */
-static void cleanup_key_cb(redisAsyncContext *ac, void *reply_, void *priv)
+/* Per-key script calls of a SCAN batch (cleanup on a cluster node, the
+ * lock list): keep the first failure, the server's words or the
+ * connection's. */
+static void batch_error(bl_aop *op, redisAsyncContext *ac, const redisReply *reply)
 {
-    redisReply *reply = reply_;
-    bl_aop *op = priv;
-    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer >= 0)
-        op->removed += (uint64_t)reply->integer;
-    else if (op->status == BL_OK) {
-        op->status = reply ? BL_EREDIS : BL_ECONN;
-        snprintf(op->errmsg, sizeof op->errmsg, "%s",
-                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str
-                 : reply                                   ? "unexpected reply"
-                                                           : redis_conn_errmsg(ac->data, ac));
-    }
+    op->status = reply ? BL_EREDIS : BL_ECONN;
+    snprintf(op->errmsg, sizeof op->errmsg, "%s",
+             reply && reply->type == REDIS_REPLY_ERROR ? reply->str
+             : reply                                   ? "unexpected reply"
+                                                       : redis_conn_errmsg(ac->data, ac));
+}
+
+/* One answer of such a batch is in: the last one goes on with the scan,
+ * or ends the operation. */
+static void batch_answered(bl_aop *op, redisAsyncContext *ac)
+{
     if (--op->inflight > 0)
         return;
     if (!aop_answered(op))
@@ -157,6 +157,21 @@ static void cleanup_key_cb(redisAsyncContext *ac, void *reply_, void *priv)
         snprintf(op->errmsg, sizeof op->errmsg, "connection to Redis is closing");
         bl_aop_done(op);
     }
+}
+
+/* A cluster node: one script call per key (keys of a SCAN batch are in
+ * many slots). The last answer of a batch goes on with the scan; an error
+ * is kept and reported once they are all in. */
+static void cleanup_key_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_aop *op = priv;
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer >= 0)
+        op->removed += (uint64_t)reply->integer;
+    else if (op->status == BL_OK) {
+        batch_error(op, ac, reply);
+    }
+    batch_answered(op, ac);
 }
 
 /* bl_list_locks: one lock_info script per lock key of a SCAN batch (its
@@ -175,29 +190,14 @@ static void locks_key_cb(redisAsyncContext *ac, void *reply_, void *priv)
                                              &held)
                   : -1;
     if (got < 0 && op->status == BL_OK) {
-        op->status = reply ? BL_EREDIS : BL_ECONN;
-        snprintf(op->errmsg, sizeof op->errmsg, "%s",
-                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str
-                 : reply                                   ? "unexpected reply"
-                                                           : redis_conn_errmsg(ac->data, ac));
+        batch_error(op, ac, reply);
     } else if (got > 0 && op->status == BL_OK) {
         if (bl_aop_add_lock(op, key, klen, holder, hlen, pttl, token, held)) {
             op->status = BL_ENOMEM;
             snprintf(op->errmsg, sizeof op->errmsg, "out of memory");
         }
     }
-    if (--op->inflight > 0)
-        return;
-    if (!aop_answered(op))
-        return;
-    conn *c = ac->data;
-    if (op->status != BL_OK || strcmp(op->cursor, "0") == 0) {
-        bl_aop_done(op);
-    } else if (!c || scan_step(c->r, op) != 0) {
-        op->status = BL_ECONN;
-        snprintf(op->errmsg, sizeof op->errmsg, "connection to Redis is closing");
-        bl_aop_done(op);
-    }
+    batch_answered(op, ac);
 }
 
 static int locks_per_key(redis_be *r, redisAsyncContext *ac, bl_aop *op, const char **keys,

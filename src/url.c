@@ -398,6 +398,50 @@ static int parse_redis(const char *r, bl_url *u, char *why, size_t why_len)
     return take_str(h, hn, u ? &u->host : NULL, why, why_len);
 }
 
+/* host[:port] spans of p[0..ln), comma-separated: at most max, each
+ * valid (port default_port when left out), no two the same; "<noun> N: "
+ * starts a refusal. Nothing is allocated. */
+typedef struct ep_span {
+    const char *h;
+    size_t hn;
+    int port;
+} ep_span;
+
+static int parse_endpoints(const char *p, size_t ln, int max, int default_port, const char *noun,
+                           const char *scheme, ep_span *ep, int *count, char *why,
+                           size_t why_len)
+{
+    char q[4 * QUOTE_MAX + 8];
+    int n = 0;
+    for (const char *s = p, *end = p + ln;;) {
+        const char *comma = memchr(s, ',', (size_t)(end - s));
+        size_t sn = comma ? (size_t)(comma - s) : (size_t)(end - s);
+        if (n == max)
+            return bl_einval(why, why_len, "more than %d %ss", max, noun);
+        char what[32];
+        snprintf(what, sizeof what, "%s %d: ", noun, n + 1);
+        if (sn == 0)
+            return bl_einval(why, why_len, "%sis empty (a stray ',')", what);
+        int rc = parse_endpoint(s, sn, default_port, what, scheme, &ep[n].h, &ep[n].hn,
+                                &ep[n].port, why, why_len);
+        if (rc)
+            return rc;
+        for (int k = 0; k < n; k++)
+            if (ep[k].port == ep[n].port && ep[k].hn == ep[n].hn &&
+                strncasecmp(ep[k].h, ep[n].h, ep[n].hn) == 0) {
+                quote(q, sizeof q, ep[n].h, ep[n].hn);
+                return bl_einval(why, why_len, "%s%s port %d is the same as %s %d", what, q,
+                                 ep[n].port, noun, k + 1);
+            }
+        n++;
+        if (!comma)
+            break;
+        s = comma + 1;
+    }
+    *count = n;
+    return 0;
+}
+
 /* The master name after '#': percent-decoded, then 1..256 bytes of printable
  * ASCII without space (Sentinel takes it as one command argument, and it
  * shows up in logs and messages). */
@@ -460,37 +504,12 @@ static int parse_sentinel(const char *r, bl_url *u, char *why, size_t why_len)
                                        "redis-sentinel://host[:port][,host[:port]...]#NAME)");
 
     /* Check every sentinel before allocating anything. */
-    struct {
-        const char *h;
-        size_t hn;
-        int port;
-    } ep[BL_URL_SENTINELS_MAX];
+    ep_span ep[BL_URL_SENTINELS_MAX];
     int n = 0;
-    for (const char *s = p, *end = p + ln;;) {
-        const char *comma = memchr(s, ',', (size_t)(end - s));
-        size_t sn = comma ? (size_t)(comma - s) : (size_t)(end - s);
-        if (n == BL_URL_SENTINELS_MAX)
-            return bl_einval(why, why_len, "more than %d sentinels", BL_URL_SENTINELS_MAX);
-        char what[32];
-        snprintf(what, sizeof what, "sentinel %d: ", n + 1);
-        if (sn == 0)
-            return bl_einval(why, why_len, "%sis empty (a stray ',')", what);
-        rc = parse_endpoint(s, sn, 26379, what, "", &ep[n].h, &ep[n].hn, &ep[n].port, why,
-                            why_len);
-        if (rc)
-            return rc;
-        for (int k = 0; k < n; k++)
-            if (ep[k].port == ep[n].port && ep[k].hn == ep[n].hn &&
-                strncasecmp(ep[k].h, ep[n].h, ep[n].hn) == 0) {
-                quote(q, sizeof q, ep[n].h, ep[n].hn);
-                return bl_einval(why, why_len, "%s%s port %d is the same as sentinel %d", what,
-                                 q, ep[n].port, k + 1);
-            }
-        n++;
-        if (!comma)
-            break;
-        s = comma + 1;
-    }
+    rc = parse_endpoints(p, ln, BL_URL_SENTINELS_MAX, 26379, "sentinel", "", ep, &n, why,
+                         why_len);
+    if (rc)
+        return rc;
     int db = 0;
     const char *d = p + ln;
     if (*d == '/') {
@@ -535,37 +554,12 @@ static int parse_cluster(const char *r, bl_url *u, char *why, size_t why_len)
                          "query or fragment: a cluster has only db 0)",
                          q);
     }
-    struct {
-        const char *h;
-        size_t hn;
-        int port;
-    } ep[BL_URL_SEEDS_MAX];
+    ep_span ep[BL_URL_SEEDS_MAX];
     int n = 0;
-    for (const char *s = p, *end = p + ln;;) {
-        const char *comma = memchr(s, ',', (size_t)(end - s));
-        size_t sn = comma ? (size_t)(comma - s) : (size_t)(end - s);
-        if (n == BL_URL_SEEDS_MAX)
-            return bl_einval(why, why_len, "more than %d seed nodes", BL_URL_SEEDS_MAX);
-        char what[32];
-        snprintf(what, sizeof what, "seed node %d: ", n + 1);
-        if (sn == 0)
-            return bl_einval(why, why_len, "%sis empty (a stray ',')", what);
-        rc = parse_endpoint(s, sn, 6379, what, "redis-cluster://", &ep[n].h, &ep[n].hn,
-                            &ep[n].port, why, why_len);
-        if (rc)
-            return rc;
-        for (int k = 0; k < n; k++)
-            if (ep[k].port == ep[n].port && ep[k].hn == ep[n].hn &&
-                strncasecmp(ep[k].h, ep[n].h, ep[n].hn) == 0) {
-                quote(q, sizeof q, ep[n].h, ep[n].hn);
-                return bl_einval(why, why_len, "%s%s port %d is the same as seed node %d", what,
-                                 q, ep[n].port, k + 1);
-            }
-        n++;
-        if (!comma)
-            break;
-        s = comma + 1;
-    }
+    rc = parse_endpoints(p, ln, BL_URL_SEEDS_MAX, 6379, "seed node", "redis-cluster://", ep, &n,
+                         why, why_len);
+    if (rc)
+        return rc;
     if (!u)
         return BL_OK;
     u->mode = BL_URL_CLUSTER;
