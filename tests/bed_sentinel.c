@@ -390,9 +390,33 @@ void sb_stop(sb_bed *b)
     for (int i = 0; i < SB_MAX_NODES; i++)
         kill_proc(&b->node[i]);
     if (b->dir[0]) {
-        nftw(b->dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+        /* BIDLOCK_TEST_KEEP_BED=1 keeps the servers' logs, for a post-mortem. */
+        if (getenv("BIDLOCK_TEST_KEEP_BED"))
+            fprintf(stderr, "sentinel bed kept: %s\n", b->dir);
+        else
+            nftw(b->dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
         b->dir[0] = '\0';
     }
+}
+
+int sb_switches(const sb_bed *b)
+{
+    int most = 0;
+    for (int i = 0; i < SB_SENTINELS; i++) {
+        char path[sizeof b->dir + 32];
+        snprintf(path, sizeof path, "%s/sentinel-%d.log", b->dir, b->sentinel[i].port);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        char line[512];
+        int n = 0;
+        while (fgets(line, sizeof line, f))
+            n += strstr(line, "+switch-master ") != NULL;
+        fclose(f);
+        if (n > most)
+            most = n;
+    }
+    return most;
 }
 
 int sb_node_index(const sb_bed *b, int port)

@@ -122,6 +122,12 @@ int sb_restart_sentinel(sb_bed *b, int i);
  * bit is set in mask (bit i = sentinel i; 0 means all), into buf. Returns buf. */
 char *sb_url(const sb_bed *b, unsigned mask, char *buf, size_t len);
 
+/* How many failovers the sentinels have made so far: the most
+ * "+switch-master" lines in any sentinel's log (a sentinel that learned a
+ * switch from another logs it too). Sentinel sometimes fails a freshly
+ * promoted master over once more on its own; tests use this to tell. */
+int sb_switches(const sb_bed *b);
+
 /* Every pid the bed has running now into out[0..cap); returns how many. */
 int sb_pids(const sb_bed *b, pid_t *out, int cap);
 

@@ -55,10 +55,14 @@
 #define COMMAND_TIMEOUT_MS 5000
 
 static sb_bed bed;
+/* on_named_master's memory: every master it saw named, in order. */
+static int masters_seen[16], n_masters_seen;
+static int lost_in_refailover; /* see check_grant */
 
 static void setup(void)
 {
     T = tl_new();
+    n_masters_seen = lost_in_refailover = 0;
 }
 
 static void teardown(void)
@@ -274,6 +278,94 @@ static int new_master_now(int old_port)
             return port;
     }
     return -1;
+}
+
+/* The ports the live sentinels name as the master, now: distinct, at most
+ * SB_SENTINELS; how many. */
+static int named_masters(int *out)
+{
+    int n = 0;
+    for (int i = 0; i < SB_SENTINELS; i++) {
+        if (!bed.sentinel[i].pid)
+            continue;
+        redisReply *r = sb_cmd(bed.sentinel[i].port, "SENTINEL get-master-addr-by-name %s",
+                               SB_MASTER_NAME);
+        int port = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                           r->element[1]->type == REDIS_REPLY_STRING
+                       ? atoi(r->element[1]->str)
+                       : -1;
+        if (r)
+            freeReplyObject(r);
+        int dup = port <= 0;
+        for (int j = 0; j < n && !dup; j++)
+            dup = out[j] == port;
+        if (!dup)
+            out[n++] = port;
+    }
+    return n;
+}
+
+/* Where a grant belongs: on a node a live sentinel names as the master now,
+ * or named at an earlier look. The test causes one failover; Sentinel
+ * sometimes fails the freshly promoted master over once more (seen here: a
+ * sentinel marks the new master s_down about 1 s after it learned of it,
+ * and the others agree), and bidlock follows to the newest. Until it has
+ * heard of the switch it may still be granted by the previous master, which
+ * keeps taking writes until Sentinel reconfigures it: Sentinel's own window,
+ * which WAIT does not close (README, High availability). 1 if the lock is
+ * on such a node; else 0, and where says what each of them holds. */
+static int on_named_master(const char *key, const char *holder, char *where, size_t len)
+{
+    int now[SB_SENTINELS];
+    int n = named_masters(now);
+    for (int i = 0; i < n; i++) {
+        int seen = 0;
+        for (int j = 0; j < n_masters_seen && !seen; j++)
+            seen = masters_seen[j] == now[i];
+        if (!seen && n_masters_seen < 16)
+            masters_seen[n_masters_seen++] = now[i];
+    }
+    size_t o = 0;
+    if (len)
+        where[0] = '\0';
+    for (int i = 0; i < n_masters_seen; i++) {
+        int has = node_has(masters_seen[i], key, holder);
+        if (has == 1)
+            return 1;
+        if (o < len)
+            o += (size_t)snprintf(where + o, len - o, "%sport %d (master #%d): %s",
+                                  i ? ", " : "", masters_seen[i], i + 1,
+                                  has == 0 ? "nil" : "error or another value");
+    }
+    return 0;
+}
+
+/* A grant of the recovery test: on a master the sentinels named; never on
+ * the restarted old master while it is an (empty) master nobody names.
+ * After a second failover a grant may be on no master: the previous master
+ * granted it and was then made a replica of the newest (its writes since
+ * the switch are dropped). That is counted (lost_in_refailover) and
+ * reported, not failed: it is Sentinel's window, not bidlock's. */
+static void check_grant(const char *what, const char *key, const char *holder, int old_port)
+{
+    char where[256];
+    if (on_named_master(key, holder, where, sizeof where) == 1)
+        return;
+    int named[SB_SENTINELS], nn = named_masters(named), old_named = 0;
+    for (int k = 0; k < nn; k++)
+        old_named |= named[k] == old_port;
+    int old_has = node_has(old_port, key, holder), old_master = is_role(old_port, "master");
+    cr_assert(!(old_has == 1 && old_master && !old_named),
+              "%s: %s is on the restarted old master, port %d, which says ROLE master and no "
+              "sentinel names (%s)", what, key, old_port, where);
+    cr_assert(n_masters_seen > 1 || sb_switches(&bed) > 1,
+                 "%s: %s was granted, not by a master the sentinels name (%s; the restarted old "
+                 "master, port %d: %d, which says ROLE master: %d)", what, key, where, old_port,
+                 old_has, old_master);
+    lost_in_refailover++;
+    fprintf(stderr, "sentinel-test: recovery: %s: %s is on no master after Sentinel failed over "
+                    "once more (%s): granted by the previous master in the switch\n",
+            what, key, where);
 }
 
 /* 1 if every live sentinel names port as the master. */
@@ -1018,8 +1110,7 @@ Test(sentinel, recovery_through_a_failover_and_the_empty_old_master, .timeout = 
             req pr;
             if (acq(m, posting, 0, 0, 0, &pr, COMMAND_TIMEOUT_MS + SLACK_MS) == BL_OK) {
                 t_restored = pr.t_end;
-                cr_assert_eq(node_has(nm, pr.key, pr.holder), 1, "%s: on the new master",
-                             pr.key);
+                check_grant("a probe", pr.key, pr.holder, old_port);
                 cr_assert_eq(rel(&pr), BL_OK);
             }
         }
@@ -1035,8 +1126,7 @@ Test(sentinel, recovery_through_a_failover_and_the_empty_old_master, .timeout = 
         cr_assert_eq(after[i].n, 1, "after-%d: no callback within its wait", i);
         if (after[i].status == BL_OK) {
             after_ok++;
-            cr_assert_eq(node_has(nm, after[i].key, after[i].holder), 1,
-                         "after-%d: the grant is on the new master", i);
+            check_grant("after the failover", after[i].key, after[i].holder, old_port);
             cr_assert_eq(rel(&after[i]), BL_OK);
         } else if (!after_why[0]) {
             snprintf(after_why, sizeof after_why,
@@ -1079,7 +1169,7 @@ Test(sentinel, recovery_through_a_failover_and_the_empty_old_master, .timeout = 
     int64_t t_handed = -1;
     if (waiter.status == BL_OK) {
         t_handed = (int64_t)(waiter.t_end - t_rel);
-        cr_assert_eq(node_has(nm, waiter.key, waiter.holder), 1);
+        check_grant("the waiter", waiter.key, waiter.holder, old_port);
         cr_assert_eq(rel(&waiter), BL_OK);
     } else {
         defer("a request waiting (wait 15000) through the failover ended %s %" PRIu64
@@ -1115,8 +1205,7 @@ Test(sentinel, recovery_through_a_failover_and_the_empty_old_master, .timeout = 
         outcome[-d->status]++;
         if (d->status == BL_OK) {
             ok++;
-            cr_assert_eq(node_has(nm, d->key, d->holder), 1,
-                         "during-%d: granted on the new master", i);
+            check_grant("during the failover", d->key, d->holder, old_port);
             cr_assert_eq(rel(d), BL_OK);
         }
     }
@@ -1137,23 +1226,28 @@ Test(sentinel, recovery_through_a_failover_and_the_empty_old_master, .timeout = 
             empty_until = mono_ms();
         if (st == BL_OK) {
             grants++;
-            int on_new = node_has(nm, e.key, e.holder);
-            cr_assert_eq(on_new, 1, "%s was granted, not by the new master (GET there: %s; on "
-                         "the old master: %d, which says ROLE master: %d)", e.key,
-                         on_new == 0 ? "nil" : "error or another value",
-                         node_has(old_port, e.key, e.holder), is_role(old_port, "master"));
-            if (is_role(old_port, "master"))
-                cr_assert_eq(node_has(old_port, e.key, e.holder), 0,
-                             "%s is on the restarted old master", e.key);
+            check_grant("the empty old master's time", e.key, e.holder, old_port);
             cr_assert_eq(rel(&e), BL_OK);
         }
         tl_run_for(T, 50);
     }
+    /* A second failover (see on_named_master) moved the master: go on with
+     * the one named now. */
+    int fo_extra = n_masters_seen > 1 ? n_masters_seen - 1 : 0;
+    if (fo_extra) {
+        int now = sb_master_port(&bed);
+        cr_assert_gt(now, 0, "%s", bed.err);
+        fprintf(stderr, "sentinel-test: recovery: Sentinel failed over once more during the "
+                        "test (%d masters named since the kill; now port %d, first port %d); %d grants "
+                        "lost in that switch\n",
+                n_masters_seen, now, nm, lost_in_refailover);
+        nm = now;
+    }
     /* min_replicas auto after the failover: the surviving replica syncs
      * with the new master; do grants wait for it again? */
     int other = -1;
-    for (int i = 1; i < bed.n_nodes; i++)
-        if (bed.node[i].port != nm)
+    for (int i = 0; i < bed.n_nodes; i++)
+        if (bed.node[i].port != nm && bed.node[i].port != old_port)
             other = bed.node[i].port;
     for (uint64_t end = mono_ms() + 5000; mono_ms() < end;) {
         redisReply *ir = sb_cmd(other, "INFO replication");
@@ -1206,7 +1300,7 @@ Test(sentinel, recovery_through_a_failover_and_the_empty_old_master, .timeout = 
     fprintf(stderr,
             "sentinel-test: empty old master: restarted %" PRIu64 " ms after the failover, "
             "probed from %" PRIu64 " ms after its restart for 2.5 s; %s %" PRId64 " ms after its restart; %d try-once acquires, "
-            "%d granted, all on the new master; scripts run on the old master: %lld\n",
+            "%d granted, all on the master the sentinels named; scripts run on the old master: %lld\n",
             t_restart - t_fo, t_probe - t_restart,
             empty_until ? "it still said ROLE master (empty) at" : "it was demoted before",
             empty_until ? (int64_t)(empty_until - t_restart) : (int64_t)(t_probe - t_restart),
@@ -1443,10 +1537,12 @@ Test(sentinel, cli_runs_through_a_failover, .timeout = 180)
                     (int64_t)(t_fo - t0), c->code, line);
         }
         /* 70: bidlock found its lock gone at the release and said so
-         * ("COMMAND may not have run alone"). Seen once in about five full
-         * runs, seconds after the failover, and not explained yet (see the
-         * issue notes): reported here, not hidden, and not a pass for any
-         * other exit. */
+         * ("COMMAND may not have run alone"). After one failover that
+         * cannot be: a grant before it was replicated (WAIT auto), one after
+         * it is on the master until its TTL. It happens when Sentinel fails
+         * the fresh master over once more (seen: a sentinel marks it s_down
+         * about 1 s after the switch) and a grant made before its replica
+         * attached (auto: no WAIT) is not on the next one; asserted below. */
         if (c->code == 70) {
             char line[400];
             first_line(c->err, line, sizeof line);
@@ -1468,6 +1564,13 @@ Test(sentinel, cli_runs_through_a_failover, .timeout = 180)
             "failover; longest run %" PRIu64 " ms\n",
             nruns, CLI_WAIT_S, CLI_LANES, t_kill - t0, t_fo - t_kill, by_code[0], ok_before,
             ok_after, by_code[69], by_code[70], by_code[75], bad, hung, spanning, longest);
+    int switches = sb_switches(&bed);
+    if (switches > 1)
+        fprintf(stderr, "sentinel-test: CLI: Sentinel failed over %d times (the kill caused one)\n",
+                switches);
+    cr_assert(by_code[70] == 0 || switches > 1,
+              "%d runs exited 70 (their lock gone at the release) after a single failover",
+              by_code[70]);
     cr_assert_eq(hung, 0, "a run took longer than --wait + %d ms", CLI_HANG_MS);
     cr_assert_eq(bad, 0, "%s", msg);
     cr_assert_gt(ok_before, 0, "runs worked before the kill");
