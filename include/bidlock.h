@@ -239,6 +239,28 @@ typedef struct bl_config {
     /* Wake waiters when a lock is released (pub/sub on a second
      * connection). 1 by default; 0 = poll with backoff only. */
     int wake_on_release;
+    /* What an acquire does beside taking the lock (since 0.2.0). Each is
+     * work the server does on every grant; turn one off only if no part of
+     * the program (and, for done markers, of the fleet) relies on it.
+     * fencing_tokens: 1 = every grant gets a fencing token (bl_lock_token),
+     *   strictly increasing per lock key. 0 = bl_lock_token is 0 and the
+     *   acquire skips the fence counter and the server clock (TIME + SET;
+     *   the dearest part of the acquire script). Transfers and group
+     *   acquires (bl_acquire_many) still issue tokens.
+     * done_markers: 1 = an acquire of a posting marked done ends BL_EDONE,
+     *   and bl_release_done marks it. 0 = this manager neither reads nor
+     *   writes done markers: it WILL take a posting that another instance
+     *   marked done, and bl_release_done is BL_EINVAL. Group acquires still
+     *   read them.
+     * With both 0, an uncontended acquire is a single SET NX PX GET, no
+     * script (Redis >= 7.0 or Valkey; on an older server, which refuses
+     * that form, it falls back to the script once and for good). A lock
+     * that is taken goes on to the script, which queues the waiter as
+     * always: fairness, hand-off and reclaim are unchanged. The figures
+     * are in docs/BENCHMARKS.md. In code only (not from the environment):
+     * it is the program's choice, not the deployment's. Defaults 1, 1. */
+    int fencing_tokens;
+    int done_markers;
     /* Log hook: called on the loop thread with a level and one line (no
      * newline, never a password). NULL = silent. */
     void (*log)(int level, const char *msg, void *data);

@@ -25,6 +25,8 @@ void bl_config_init(bl_config *cfg)
     cfg->done_ttl_ms = 7ULL * 24 * 3600 * 1000;
     cfg->handoff_ms = 250;
     cfg->wake_on_release = 1;
+    cfg->fencing_tokens = 1;
+    cfg->done_markers = 1;
     cfg->min_replicas = BL_REPLICAS_DEFAULT; /* sentinel branch (issue 13) */
     cfg->replica_timeout_ms = 100;
 }
@@ -84,6 +86,10 @@ int bl_config_validate(const bl_config *c, char *why, size_t why_len)
         BAD("done_ttl_ms must be 1 ms .. 300 days");
     if (c->handoff_ms == 0 || c->handoff_ms > 60000)
         BAD("handoff_ms must be 1 .. 60000");
+    if (c->fencing_tokens != 0 && c->fencing_tokens != 1)
+        BAD("fencing_tokens must be 0 or 1");
+    if (c->done_markers != 0 && c->done_markers != 1)
+        BAD("done_markers must be 0 or 1");
     if (c->backend == BL_BACKEND_REDIS && bl_tls_validate(c, why, why_len))
         return BL_EINVAL;
     /* ---- sentinel branch (issue 13): Sentinel and replica settings ---- */

@@ -458,8 +458,8 @@ static void op_done(bl_op *op, const bl_op_result *r)
 
     switch (kind) {
     case BL_OP_ACQUIRE:
-        if (r->status == BL_OK)
-            lock->token = r->token;
+        if (r->status == BL_OK) /* fencing_tokens 0: a single grant's is 0 (bidlock.h) */
+            lock->token = m->cfg.fencing_tokens || lock->nkeys ? r->token : 0;
         if (r->status == BL_EDONE)
             lock->done_index = lock->nkeys ? r->index : 0;
         if (r->status == BL_EBUSY && r->ours && !op->reclaim && may_reclaim(lock)) {
@@ -836,6 +836,9 @@ int bl_release(bl_lock *lock, bl_release_cb cb, void *data)
 
 int bl_release_done(bl_lock *lock, bl_release_cb cb, void *data)
 {
+    if (lock && !lock->m->cfg.done_markers && check_releasable(lock) == BL_OK)
+        return bl_mgr_fail(lock->m, BL_EINVAL,
+                           "done markers are off for this manager (bl_config.done_markers)");
     return release_as(lock, BL_OP_RELEASE_DONE, cb, data);
 }
 

@@ -231,7 +231,7 @@ static void run_lock_op(mem_be *b, bl_op *op)
     int woke = 0;
     switch (kind) {
     case BL_OP_ACQUIRE:
-        if (e->done_until)
+        if (e->done_until && b->h.cfg->done_markers)
             r.status = BL_EDONE;
         else if (e->holder && !(op->reclaim && strcmp(e->holder, holder) == 0))
             r.status = BL_EBUSY, r.ours = strcmp(e->holder, holder) == 0;

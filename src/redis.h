@@ -91,6 +91,7 @@ struct redis_be {
     char sha[BL_SCRIPT_COUNT][41];
     int sha_ok[BL_SCRIPT_COUNT];
     int loads_pending; /* SCRIPT LOADs on the wire */
+    int no_set_get;    /* the server refused SET NX GET (before 7.0): see fast_acquire */
     int legacy_keys;   /* one server: the scripts also get the names of the
                         * 0.1 layout (keyspace.h) */
     int cluster_node;  /* one master of a Redis Cluster (cluster.c) */

@@ -151,8 +151,8 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
     const bl_keys *k = op->keys;
     int s = script_of(kind, 0);
     char n1[24], n2[24], n3[24];
-    const char *argv[16];
-    size_t lens[16];
+    const char *argv[20]; /* the acquire: EVALSHA sha n, 6 keys, 9 arguments */
+    size_t lens[20];
     int argc = 0;
 #define ARG(p, n) (argv[argc] = (p), lens[argc++] = (n))
 #define NUM(buf, v) ARG(buf, bl_u64_dec(buf, (v)))
@@ -176,6 +176,8 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
         ARG(op->queued ? "1" : "0", 1);
         ARG(op->keep_queued ? "1" : "0", 1);
         ARG(op->reclaim ? "1" : "0", 1);
+        ARG(cfg->done_markers ? "1" : "0", 1);
+        ARG(cfg->fencing_tokens ? "1" : "0", 1);
         break;
     case BL_OP_EXTEND:
         ARG("1", 1);
@@ -270,6 +272,69 @@ static int send_group(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
     return rc == REDIS_OK ? 0 : BL_ECONN;
 }
 
+/* bl_config.done_markers and fencing_tokens both 0: what is left of the
+ * acquire script on a free lock is its first call, SET NX PX. A request's
+ * first attempt sends just that, with GET (Redis >= 7.0, Valkey), whose
+ * answer says who holds the lock when it is taken. Anything but a free
+ * lock goes on to the script, so queueing, reservations and reclaim work
+ * as always; a try-once request that finds another holder ends there. */
+static int fast_acquire(const redis_be *r, const bl_op *op)
+{
+    const bl_config *cfg = r->h.cfg;
+    return op->kind == BL_OP_ACQUIRE && !op->nkeys && !cfg->done_markers &&
+           !cfg->fencing_tokens && !op->queued && !op->keep_queued && !op->reclaim &&
+           !r->no_set_get;
+}
+
+static void fast_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    bl_op *op = priv;
+    conn *c = ac->data;
+    if (!reply || !c || c->ac != ac || c->setup_failed ||
+        (reply->type != REDIS_REPLY_NIL && reply->type != REDIS_REPLY_STRING &&
+         !(reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "ERR syntax", 10) == 0))) {
+        op_reply_cb(ac, reply, op); /* a lost connection, READONLY, MOVED, NOPERM...: as a script's */
+        return;
+    }
+    redis_be *r = c->r;
+    if (reply->type == REDIS_REPLY_NIL) { /* it was free: ours now */
+        bl_op_result res = {BL_OK, 0, 0, NULL, 0, 0};
+        if (!hold_for_wait(r, ac, op, &res))
+            op->done(op, &res);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* A server before 7.0: SET takes NX or GET, not both. */
+        r->no_set_get = 1;
+        bl_host_log(&r->h, BL_LOG_INFO, "bidlock: this server refuses SET NX GET (%s): the "
+                    "acquire script is used instead", reply->str);
+    } else if (!op->queue_ttl_ms && reply->len > 0 && reply->str[0] != '~' &&
+               !(reply->len == r->h.holder_len && !memcmp(reply->str, r->h.holder, reply->len))) {
+        bl_op_result res = {BL_EBUSY, 0, 0, NULL, 0, 0}; /* someone else's: try-once ends */
+        op->done(op, &res);
+        return;
+    }
+    if (send_op(r, op, op->kind, 0, op_reply_cb) != 0) {
+        bl_op_result res = {BL_ECONN, 0, 0, "connection to Redis lost", 0, 0};
+        op->done(op, &res);
+    }
+}
+
+static int send_fast_acquire(redis_be *r, bl_op *op)
+{
+    const bl_keys *k = op->keys;
+    char ttl[24];
+    const char *argv[7] = {"SET", k->k[BL_KEY_LOCK], r->h.holder, "NX", "PX", ttl, "GET"};
+    size_t lens[7] = {3, k->len[BL_KEY_LOCK], r->h.holder_len, 2, 2, bl_u64_dec(ttl, op->ttl_ms),
+                      3};
+    char resp[RESP_STACK_MAX];
+    size_t n = bl_resp_format(resp, sizeof resp, 7, argv, lens);
+    int rc = n ? redisAsyncFormattedCommand(r->cmd.ac, fast_reply_cb, op, resp, n)
+               : redisAsyncCommandArgv(r->cmd.ac, fast_reply_cb, op, 7, argv, lens);
+    return rc == REDIS_OK ? 0 : BL_ECONN;
+}
+
 int redis_op_start(bl_backend *be, bl_op *op)
 {
     redis_be *r = (redis_be *)be;
@@ -298,6 +363,8 @@ int redis_op_start(bl_backend *be, bl_op *op)
     }
     /* While connecting, hiredis buffers the command until the socket is up
      * and fails it with a NULL reply if the connect fails. */
+    if (fast_acquire(r, op))
+        return send_fast_acquire(r, op);
     return send_op(r, op, op->kind, 0, op_reply_cb);
 }
 

@@ -29,8 +29,11 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
      *       reclaim(1: a lock held under this very holder id is ours to take:
      *       the holder has no request that holds or gets it, so it is a
      *       grant whose reply was lost)
+     *       done('0': skip the done markers; bl_config.done_markers)
+     *       fence('0': no token, return 1; bl_config.fencing_tokens)
      * -> token > 0 | 0 busy | -2 done | -3 busy, held under this holder id
-     * The uncontended path is SET NX first: 4 calls in all. */
+     * The uncontended path is SET NX first: 4 calls in all (1 with neither
+     * done markers nor tokens, which redis_ops.c then sends as a bare SET). */
     [BL_SCRIPT_ACQUIRE] = {"acquire",
         "if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
         "  local v = redis.call('GET', KEYS[1])\n"
@@ -46,7 +49,8 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "  end\n"
         "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n" /* reserved for us */
         "end\n"
-        "local d = #KEYS > 4 and redis.call('EXISTS', KEYS[3], KEYS[5]) or redis.call('EXISTS', KEYS[3])\n"
+        "local d = 0\n"
+        "if ARGV[8] ~= '0' then d = #KEYS > 4 and redis.call('EXISTS', KEYS[3], KEYS[5]) or redis.call('EXISTS', KEYS[3]) end\n"
         "if d > 0 then\n"
         "  redis.call('DEL', KEYS[1])\n"
         "  if ARGV[6] ~= '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end\n"
@@ -57,6 +61,7 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "  redis.call('ZADD', KEYS[4], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])\n"
         "  if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end\n"
         "elseif ARGV[5] == '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end\n"
+        "if ARGV[9] == '0' then return 1 end\n"
         /* SET .. GET writes the new token and returns the last one in one
          * call; only if the clock stepped back is it written again. */
         "local t = redis.call('TIME')\n"

@@ -630,3 +630,101 @@ Test(features, our_slots_are_the_ones_a_cluster_node_computes)
     redisFree(c);
     rs_stop(&node);
 }
+
+/* ---- acquires without fencing tokens or done markers (bl_config) ----------- */
+
+static bl_manager *lean_manager(int fencing, int done)
+{
+    bl_config c;
+    bl_config_init(&c);
+    c.fencing_tokens = fencing;
+    c.done_markers = done;
+    return mk_manager(T, srv.port, &c);
+}
+
+Test(features, without_tokens_and_done_markers_a_free_acquire_is_one_set)
+{
+    bl_manager *m = lean_manager(0, 0);
+    cr_assert_eq(acq(m, "warm", 0, 0).status, BL_OK); /* connected, scripts loaded */
+    long long ev0 = rs_calls(&srv, "evalsha") + rs_calls(&srv, "eval");
+    long long set0 = rs_calls(&srv, "set");
+    enum { N = 20 };
+    for (int i = 0; i < N; i++) {
+        char posting[16];
+        snprintf(posting, sizeof posting, "lean-%d", i);
+        rec r = acq(m, posting, 1000, 0);
+        cr_assert_eq(r.status, BL_OK, "%s: %s", posting, r.errmsg);
+        cr_assert_eq(r.token, 0, "no fencing token");
+        cr_assert_eq(rel(r.lock), BL_OK);
+    }
+    long long scripts = rs_calls(&srv, "evalsha") + rs_calls(&srv, "eval") - ev0;
+    cr_assert_eq(scripts, N, "one script per cycle (the release), not %lld", scripts);
+    cr_assert_geq(rs_calls(&srv, "set") - set0, N, "the acquires were SETs");
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:lean-0}:fence"), 0, "no fence counter");
+
+    /* Taken: try-once is EBUSY; a waiter queues and is handed the lock. */
+    bl_manager *b = lean_manager(0, 0);
+    rec held = acq(m, "shared", 0, 0);
+    cr_assert_eq(held.status, BL_OK);
+    rec busy = acq(b, "shared", 0, 0);
+    cr_assert_eq(busy.status, BL_EBUSY, "got %s", bl_status_name(busy.status));
+    rec w = {0};
+    acq_start(b, "shared", 20000, 0, &w);
+    cr_assert(wait_queued(&srv, b, "shared", 5000), "the waiter joined the queue");
+    cr_assert_eq(rel(held.lock), BL_OK);
+    cr_assert(tl_wait(T, &w.n, 1, 15000));
+    cr_assert_eq(w.status, BL_OK, "got %s", bl_status_name(w.status));
+    bl_stats s;
+    bl_manager_stats(m, &s);
+    cr_assert_eq(s.handoffs, 1, "handed to the waiter");
+    /* Done markers are off: marking is refused, the lock stays held. */
+    cr_assert_eq(bl_release_done(w.lock, on_rel, NULL), BL_EINVAL);
+    cr_assert(strstr(bl_manager_errmsg(b), "done_markers"), "%s", bl_manager_errmsg(b));
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:shared}:done"), 0);
+    cr_assert_eq(rs_exists(&srv, "bid_lock:ebay:shared"), 1, "still held");
+    cr_assert_eq(rel(w.lock), BL_OK);
+    close_manager(T, b);
+    close_manager(T, m);
+}
+
+Test(features, a_manager_without_done_markers_takes_a_posting_marked_done)
+{
+    bl_manager *a = mk_manager(T, srv.port, NULL);
+    rec r = acq(a, "marked", 0, 0);
+    cr_assert_eq(r.status, BL_OK);
+    cr_assert_eq(rel_done(r.lock), BL_OK);
+    cr_assert_eq(acq(a, "marked", 0, 0).status, BL_EDONE, "the default honours it");
+    /* Documented: done_markers 0 neither reads nor writes them. */
+    bl_manager *lean = lean_manager(1, 0);
+    rec t = acq(lean, "marked", 0, 0);
+    cr_assert_eq(t.status, BL_OK, "got %s", bl_status_name(t.status));
+    cr_assert_gt(t.token, 0, "tokens are still on");
+    cr_assert_eq(rel(t.lock), BL_OK);
+    close_manager(T, lean);
+    close_manager(T, a);
+}
+
+Test(features, without_tokens_done_markers_still_hold_and_no_fence_is_kept)
+{
+    bl_manager *m = lean_manager(0, 1);
+    bl_manager *d = mk_manager(T, srv.port, NULL);
+    rec r = acq(m, "plain", 0, 0);
+    cr_assert_eq(r.status, BL_OK, "%s", r.errmsg);
+    cr_assert_eq(r.token, 0);
+    cr_assert_eq(rs_exists(&srv, "{bid_lock:ebay:plain}:fence"), 0, "no fence counter");
+    cr_assert_eq(rel_done(r.lock), BL_OK, "marking done works with tokens off");
+    cr_assert_eq(acq(m, "plain", 0, 0).status, BL_EDONE);
+    cr_assert_eq(acq(d, "plain", 0, 0).status, BL_EDONE, "and every manager sees it");
+    bl_config c;
+    bl_config_init(&c);
+    c.fencing_tokens = 2;
+    char why[160];
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "fencing_tokens"), "%s", why);
+    bl_config_init(&c);
+    c.done_markers = -1;
+    cr_assert_eq(bl_config_validate(&c, why, sizeof why), BL_EINVAL);
+    cr_assert(strstr(why, "done_markers"), "%s", why);
+    close_manager(T, d);
+    close_manager(T, m);
+}
