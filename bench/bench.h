@@ -79,7 +79,8 @@ bench_mmm bench_summary(const double *v, int n);
 
 /* Settings a workload runs with: bl_config_init defaults (what a user gets),
  * or the documented tuned set (bench/README in docs/BENCHMARKS.md). */
-enum bench_settings { BENCH_DEFAULT = 0, BENCH_TUNED = 1 };
+/* LEAN: the defaults without fencing tokens and done markers. */
+enum bench_settings { BENCH_DEFAULT = 0, BENCH_TUNED = 1, BENCH_LEAN = 2 };
 void bench_config(bl_config *cfg, int port, enum bench_settings s);
 
 typedef struct w1_result {

@@ -1,12 +1,14 @@
 /* bidlock-bench - the W1-W4 and W8 workloads of shared/BENCH.md.
  *
  *   bidlock-bench [--workload W1|W2|W3|W4|W7|W8|all] [--runs N] [--tuned]
- *                 [--quick] [--no-lock] [--no-limit] [--port P]
+ *                 [--lean] [--quick] [--no-lock] [--no-limit] [--port P]
  *
  * Starts its own redis-server on a free 127.0.0.1 port (unless --port),
  * measures the limit with redis-benchmark, then runs each workload --runs
  * times (3 by default) with bl_config_init defaults, and W3 once more with
- * the tuned settings when --tuned. One JSON object per run-set on stdout:
+ * the tuned settings when --tuned, and W1 and W2 once more without fencing
+ * tokens and done markers when --lean (bl_config.fencing_tokens and
+ * done_markers 0: "settings":"lean"). One JSON object per run-set on stdout:
  * every figure as {"median","min","max"} over the runs, and "vs_limit", the
  * figure as a ratio to what redis-benchmark (or a raw hiredis loop) reaches.
  * Progress goes to stderr.
@@ -138,14 +140,14 @@ static void emit_figs(FILE *o, const figset *f)
 
 typedef struct opts {
     int w[9]; /* w[1..4], w[7], w[8] */
-    int runs, tuned, quick, no_lock, no_limit, port, cycles, procs;
+    int runs, tuned, lean, quick, no_lock, no_limit, port, cycles, procs;
 } opts;
 
 static void usage(void)
 {
     fprintf(stderr,
             "usage: bidlock-bench [--workload W1|W2|W3|W4|W7|W8|all] [--runs N] [--tuned]\n"
-            "                     [--quick] [--no-lock] [--no-limit] [--port P] [--cycles N]\n"
+            "                     [--lean] [--quick] [--no-lock] [--no-limit] [--port P] [--cycles N]\n"
             "                     [--procs N]\n");
 }
 
@@ -184,6 +186,8 @@ static int parse(int argc, char **argv, opts *o)
                 return -1;
         } else if (strcmp(a, "--tuned") == 0) {
             o->tuned = 1;
+        } else if (strcmp(a, "--lean") == 0) {
+            o->lean = 1;
         } else if (strcmp(a, "--quick") == 0) {
             o->quick = 1;
         } else if (strcmp(a, "--no-lock") == 0) {
@@ -286,11 +290,16 @@ static void header(const char *w, const char *name, const char *settings, int ru
 
 /* ---- workloads -------------------------------------------------------------------- */
 
-static int run_w1(const opts *o, int port, const limit *L)
+static const char *settings_name(enum bench_settings s)
+{
+    return s == BENCH_TUNED ? "tuned" : s == BENCH_LEAN ? "lean" : "default";
+}
+
+static int run_w1(const opts *o, int port, const limit *L, enum bench_settings s)
 {
     int cycles = o->cycles ? o->cycles : o->quick ? 1000 : 20000, bad = 0;
     bl_config cfg;
-    bench_config(&cfg, port, BENCH_DEFAULT);
+    bench_config(&cfg, port, s);
     figset f = {0};
     for (int r = 0; r < o->runs; r++) {
         /* The yardsticks take turns with W1 (1000 cycles each). */
@@ -312,13 +321,13 @@ static int run_w1(const opts *o, int port, const limit *L)
         fig(&f, "w1_over_raw_set_evalsha",
             raw[0].cycles_per_s > 0 ? w.cycles_per_s / raw[0].cycles_per_s : 0);
         fprintf(stderr,
-                "W1 run %d/%d: %.0f cycles/s (raw SET+EVALSHA %.0f, raw scripts %.0f, sync %.0f), "
-                "acquire p50 %.0f us, release p50 %.0f us%s\n",
-                r + 1, o->runs, w.cycles_per_s, raw[0].cycles_per_s, raw[1].cycles_per_s,
+                "W1 (%s) run %d/%d: %.0f cycles/s (raw SET+EVALSHA %.0f, raw scripts %.0f, sync "
+                "%.0f), acquire p50 %.0f us, release p50 %.0f us%s\n",
+                settings_name(s), r + 1, o->runs, w.cycles_per_s, raw[0].cycles_per_s, raw[1].cycles_per_s,
                 raw[2].cycles_per_s, w.acquire_us_p50, w.release_us_p50,
                 w.errors ? " ERRORS" : "");
     }
-    header("W1", "uncontended-serial", "default", o->runs, bad);
+    header("W1", "uncontended-serial", settings_name(s), o->runs, bad);
     printf(",\"processes\":1,\"connections\":1,\"cycles_requested\":%d,\"key\":\"bid_lock:bench:"
            "job_<i>\",\"ttl_ms\":%d,\"raw_interleaved_chunk\":1000",
            cycles, BENCH_TTL_MS);
@@ -345,11 +354,11 @@ static int run_w1(const opts *o, int port, const limit *L)
     return bad;
 }
 
-static int run_w2(const opts *o, int port, const limit *L)
+static int run_w2(const opts *o, int port, const limit *L, enum bench_settings s)
 {
     int cycles = o->cycles ? o->cycles : o->quick ? 2000 : 50000, inflight = 100, bad = 0;
     bl_config cfg;
-    bench_config(&cfg, port, BENCH_DEFAULT);
+    bench_config(&cfg, port, s);
     figset f = {0};
     for (int r = 0; r < o->runs; r++) {
         w2_result w;
@@ -360,11 +369,11 @@ static int run_w2(const opts *o, int port, const limit *L)
         fig(&f, "cycles_per_s", w.cycles_per_s);
         fig(&f, "cycle_us.p50", w.cycle_us_p50);
         fig(&f, "cycle_us.p99", w.cycle_us_p99);
-        fprintf(stderr, "W2 run %d/%d: %.0f cycles/s, cycle p50 %.0f us p99 %.0f us%s\n", r + 1,
-                o->runs, w.cycles_per_s, w.cycle_us_p50, w.cycle_us_p99,
+        fprintf(stderr, "W2 (%s) run %d/%d: %.0f cycles/s, cycle p50 %.0f us p99 %.0f us%s\n",
+                settings_name(s), r + 1, o->runs, w.cycles_per_s, w.cycle_us_p50, w.cycle_us_p99,
                 w.errors ? " ERRORS" : "");
     }
-    header("W2", "uncontended-concurrent", "default", o->runs, bad);
+    header("W2", "uncontended-concurrent", settings_name(s), o->runs, bad);
     printf(",\"processes\":1,\"connections\":1,\"in_flight\":%d,\"cycles_requested\":%d,"
            "\"key\":\"bid_lock:bench:job_<i>\",\"ttl_ms\":%d",
            inflight, cycles, BENCH_TTL_MS);
@@ -763,9 +772,13 @@ int main(int argc, char **argv)
         bad = 1;
     }
     if (o.w[1])
-        bad |= run_w1(&o, port, &L);
+        bad |= run_w1(&o, port, &L, BENCH_DEFAULT);
+    if (o.w[1] && o.lean)
+        bad |= run_w1(&o, port, &L, BENCH_LEAN);
     if (o.w[2])
-        bad |= run_w2(&o, port, &L);
+        bad |= run_w2(&o, port, &L, BENCH_DEFAULT);
+    if (o.w[2] && o.lean)
+        bad |= run_w2(&o, port, &L, BENCH_LEAN);
     if (o.w[3]) {
         bad |= run_w3(&o, port, &L, BENCH_DEFAULT);
         if (o.tuned)

@@ -20,6 +20,10 @@ void bench_config(bl_config *cfg, int port, enum bench_settings s)
 {
     bl_config_init(cfg);
     cfg->port = port;
+    if (s == BENCH_LEAN) {
+        cfg->fencing_tokens = 0;
+        cfg->done_markers = 0;
+    }
     if (s == BENCH_TUNED) {
         /* docs/BENCHMARKS.md, "Tuned settings". A waiter is woken by the
          * release (pub/sub, directed to the longest waiter); its backoff

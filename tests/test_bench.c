@@ -89,6 +89,30 @@ Test(bench, w2_keeps_cycles_in_flight_over_distinct_keys)
     cr_assert_eq(rs_lock_count(&srv), 0);
 }
 
+/* The lean settings (--lean): the same W2 cycles, with one script per cycle
+ * (the release) where the defaults run two - and the defaults as the
+ * control, so that the count can be seen to differ. */
+Test(bench, w2_lean_acquires_without_a_script)
+{
+    long long scripts[2];
+    for (int lean = 0; lean < 2; lean++) {
+        bl_config c;
+        bench_config(&c, srv.port, lean ? BENCH_LEAN : BENCH_DEFAULT);
+        cr_assert_eq(c.fencing_tokens, !lean);
+        cr_assert_eq(c.done_markers, !lean);
+        freeReplyObject(rs_cmd(&srv, "CONFIG RESETSTAT"));
+        w2_result w;
+        cr_assert_eq(bench_w2(&c, 500, 50, &w), 0);
+        cr_assert_eq(w.cycles, 500);
+        cr_assert_eq(w.errors, 0);
+        scripts[lean] = rs_calls(&srv, "evalsha") + rs_calls(&srv, "eval");
+        cr_assert_eq(rs_lock_count(&srv), 0);
+    }
+    cr_assert_geq(scripts[0], 1000, "defaults: a script per acquire and per release (%lld)",
+                  scripts[0]);
+    cr_assert_lt(scripts[1], 600, "lean: about one script per cycle (%lld)", scripts[1]);
+}
+
 /* ---- W3: the hand-off bookkeeping --------------------------------------------- */
 
 Test(bench, w3_counters_add_up)
