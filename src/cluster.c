@@ -37,10 +37,11 @@
 
 #include "backoff.h"
 #include "ids.h"
+#include "resp.h"
 #include "redis.h"
 
 #define CL_NODES_MAX 128
-#define CL_NONE 0xFFFF
+#define CL_NONE BL_SLOT_NONE
 #define CL_REDIRECTS_MAX 8
 #define CL_REFRESH_MIN_MS 200 /* between two slot map reads */
 #define CL_RETRY_FIRST_MS 25
@@ -430,34 +431,6 @@ static int route(creq *q, int from_start)
     return 0;
 }
 
-/* "MOVED 3999 127.0.0.1:6381" / "ASK ...": the slot and the address. */
-static int parse_redirect(const char *msg, size_t skip, unsigned *slot, char *ip, size_t iplen,
-                          int *port)
-{
-    const char *p = msg + skip;
-    char *end;
-    unsigned long s = strtoul(p, &end, 10);
-    if (end == p || *end != ' ' || s >= BL_CLUSTER_SLOTS)
-        return -1;
-    p = end + 1;
-    const char *colon = strrchr(p, ':');
-    if (!colon || colon == p || (size_t)(colon - p) >= iplen)
-        return -1;
-    long pt = strtol(colon + 1, &end, 10);
-    if (end == colon + 1 || (*end && *end != ' ' && *end != '\r') || pt < 1 || pt > 65535)
-        return -1;
-    const char *h = p;
-    size_t hn = (size_t)(colon - p);
-    if (hn >= 2 && h[0] == '[' && h[hn - 1] == ']') {
-        h++;
-        hn -= 2;
-    }
-    memcpy(ip, h, hn);
-    ip[hn] = '\0';
-    *slot = (unsigned)s;
-    *port = (int)pt;
-    return 0;
-}
 
 static int starts(const char *s, const char *word)
 {
@@ -476,7 +449,8 @@ static void sub_done(bl_op *op, const bl_op_result *r)
         char ip[INET6_ADDRSTRLEN];
         int port;
         cnode *to = NULL;
-        if (parse_redirect(e, moved ? 6 : 4, &slot, ip, sizeof ip, &port) == 0)
+        int is_ask;
+        if (bl_redis_parse_redirect(e, &is_ask, &slot, ip, sizeof ip, &port) == 0)
             to = node_get(cl, ip, port);
         if (!to || ++q->redirects > CL_REDIRECTS_MAX) {
             char why[BL_ERRMSG_MAX];
@@ -807,47 +781,30 @@ static void refresh(cluster *cl, cnode *avoid)
     send_refresh(cl);
 }
 
+/* bl_redis_parse_slots's node lookup: the node at that address (an empty
+ * one is the node that answered), made known if new. */
+typedef struct slots_ctx {
+    cluster *cl;
+    const cnode *asked;
+} slots_ctx;
+
+static int slots_node(void *ctx_, const char *ip, long long port, int master)
+{
+    slots_ctx *ctx = ctx_;
+    if (!ip[0])
+        ip = ctx->asked->ip;
+    cnode *n = port >= 1 && port <= 65535 ? node_get(ctx->cl, ip, (int)port) : NULL;
+    if (!n && master)
+        bl_host_log(&ctx->cl->h, BL_LOG_WARN,
+                    "bidlock: cluster: cannot use master %s:%lld (not a numeric address)", ip,
+                    port);
+    return n ? n->idx : -1;
+}
+
 static int parse_slots(cluster *cl, const redisReply *rep, const cnode *asked)
 {
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements == 0)
-        return -1;
-    for (int i = 0; i < BL_CLUSTER_SLOTS; i++)
-        cl->scratch[i] = CL_NONE;
-    for (size_t i = 0; i < rep->elements; i++) {
-        const redisReply *e = rep->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
-            e->element[0]->type != REDIS_REPLY_INTEGER ||
-            e->element[1]->type != REDIS_REPLY_INTEGER ||
-            e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2)
-            return -1;
-        long long lo = e->element[0]->integer, hi = e->element[1]->integer;
-        const redisReply *m = e->element[2];
-        if (lo < 0 || hi >= BL_CLUSTER_SLOTS || lo > hi ||
-            m->element[0]->type != REDIS_REPLY_STRING ||
-            m->element[1]->type != REDIS_REPLY_INTEGER)
-            return -1;
-        /* An empty address: the node that answered (Redis' own rule). */
-        const char *ip = m->element[0]->len ? m->element[0]->str : asked->ip;
-        cnode *n = node_get(cl, ip, (int)m->element[1]->integer);
-        if (!n) {
-            bl_host_log(&cl->h, BL_LOG_WARN,
-                        "bidlock: cluster: cannot use master %s:%lld (not a numeric address)",
-                        m->element[0]->str, m->element[1]->integer);
-            continue;
-        }
-        for (long long s = lo; s <= hi; s++)
-            cl->scratch[s] = (uint16_t)n->idx;
-        /* Replicas: known as nodes (a map can be read from them), never
-         * asked for lock state. */
-        for (size_t j = 3; j < e->elements; j++) {
-            const redisReply *rp = e->element[j];
-            if (rp->type == REDIS_REPLY_ARRAY && rp->elements >= 2 &&
-                rp->element[0]->type == REDIS_REPLY_STRING && rp->element[0]->len &&
-                rp->element[1]->type == REDIS_REPLY_INTEGER)
-                node_get(cl, rp->element[0]->str, (int)rp->element[1]->integer);
-        }
-    }
-    return 0;
+    slots_ctx ctx = {cl, asked};
+    return bl_redis_parse_slots(rep, cl->scratch, slots_node, &ctx);
 }
 
 static void apply_map(cluster *cl)
@@ -1168,7 +1125,9 @@ static void kid_deliver(bl_aop *op)
             char ip[INET6_ADDRSTRLEN];
             int port;
             cnode *to = NULL;
-            if (parse_redirect(op->errmsg, 6, &slot, ip, sizeof ip, &port) == 0)
+            int is_ask;
+            if (bl_redis_parse_redirect(op->errmsg, &is_ask, &slot, ip, sizeof ip, &port) == 0 &&
+                !is_ask)
                 to = node_get(cl, ip, port);
             if (to) {
                 cl->owner[slot] = (uint16_t)to->idx;

@@ -250,3 +250,83 @@ long bl_redis_scan_reply(const redisReply *reply, const char *prefix, char *curs
     }
     return n;
 }
+
+/* ---- Redis Cluster: redirections and the slot map ------------------------- */
+
+int bl_redis_parse_redirect(const char *msg, int *ask, unsigned *slot, char *ip, size_t iplen,
+                            int *port)
+{
+    const char *p;
+    if (!msg)
+        return -1;
+    if (strncmp(msg, "MOVED ", 6) == 0)
+        p = msg + 6, *ask = 0;
+    else if (strncmp(msg, "ASK ", 4) == 0)
+        p = msg + 4, *ask = 1;
+    else
+        return -1;
+    if (*p < '0' || *p > '9')
+        return -1;
+    char *end;
+    unsigned long s = strtoul(p, &end, 10);
+    if (*end != ' ' || s >= BL_CLUSTER_SLOTS)
+        return -1;
+    p = end + 1;
+    const char *colon = strrchr(p, ':');
+    if (!colon || colon == p || (size_t)(colon - p) >= iplen)
+        return -1;
+    if (colon[1] < '0' || colon[1] > '9')
+        return -1;
+    long pt = strtol(colon + 1, &end, 10);
+    if ((*end && *end != ' ' && *end != '\r') || pt < 1 || pt > 65535)
+        return -1;
+    const char *h = p;
+    size_t hn = (size_t)(colon - p);
+    if (hn >= 2 && h[0] == '[' && h[hn - 1] == ']') {
+        h++;
+        hn -= 2;
+    }
+    if (hn == 0 || memchr(h, ' ', hn))
+        return -1;
+    memcpy(ip, h, hn);
+    ip[hn] = '\0';
+    *slot = (unsigned)s;
+    *port = (int)pt;
+    return 0;
+}
+
+static int is_node(const redisReply *n)
+{
+    return n->type == REDIS_REPLY_ARRAY && n->elements >= 2 &&
+           n->element[0]->type == REDIS_REPLY_STRING && n->element[1]->type == REDIS_REPLY_INTEGER;
+}
+
+int bl_redis_parse_slots(const redisReply *rep, uint16_t *owner, bl_slots_node_fn node,
+                         void *ctx)
+{
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements == 0)
+        return -1;
+    for (int i = 0; i < BL_CLUSTER_SLOTS; i++)
+        owner[i] = BL_SLOT_NONE;
+    for (size_t i = 0; i < rep->elements; i++) {
+        const redisReply *e = rep->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+            e->element[0]->type != REDIS_REPLY_INTEGER ||
+            e->element[1]->type != REDIS_REPLY_INTEGER || !is_node(e->element[2]))
+            return -1;
+        long long lo = e->element[0]->integer, hi = e->element[1]->integer;
+        if (lo < 0 || hi >= BL_CLUSTER_SLOTS || lo > hi)
+            return -1;
+        const redisReply *m = e->element[2];
+        int idx = node(ctx, m->element[0]->str, m->element[1]->integer, 1);
+        if (idx < 0 || idx >= BL_SLOT_NONE)
+            continue;
+        for (long long s = lo; s <= hi; s++)
+            owner[s] = (uint16_t)idx;
+        /* Replicas: known as nodes (a map can be read from them). */
+        for (size_t j = 3; j < e->elements; j++)
+            if (is_node(e->element[j]) && e->element[j]->element[0]->len)
+                node(ctx, e->element[j]->element[0]->str, e->element[j]->element[1]->integer, 0);
+    }
+    return 0;
+}

@@ -42,4 +42,24 @@ int bl_redis_inspect_reply(const struct redisReply *reply, bl_lock_info *info, c
 long bl_redis_scan_reply(const struct redisReply *reply, const char *prefix, char *cursor,
                          size_t cap, const char **keys, size_t *lens);
 
+/* Redis Cluster's redirections: "MOVED 3999 127.0.0.1:6381" or
+ * "ASK 3999 [::1]:6381" (an error reply's text). 0 and the slot
+ * (< BL_CLUSTER_SLOTS), the address (brackets taken off, NUL-terminated in
+ * ip[0..iplen)) and the port (1..65535), *ask saying which it was; -1 if
+ * msg is neither. Pure. */
+int bl_redis_parse_redirect(const char *msg, int *ask, unsigned *slot, char *ip, size_t iplen,
+                            int *port);
+
+/* A CLUSTER SLOTS answer into owner[0..BL_CLUSTER_SLOTS): the index that
+ * node(ctx, ip, port, 1) gives each range's master, BL_SLOT_NONE for slots
+ * no range names or whose master node() refused (< 0: an address it cannot
+ * use); replicas are passed to node(ctx, ip, port, 0) (its answer is not
+ * used). An empty ip is the node that answered (Redis's own rule): node()
+ * gets "" then. 0, or -1 if rep is not such an answer (owner is then
+ * partly written). Pure. */
+#define BL_SLOT_NONE 0xFFFF
+typedef int (*bl_slots_node_fn)(void *ctx, const char *ip, long long port, int master);
+int bl_redis_parse_slots(const struct redisReply *rep, uint16_t *owner, bl_slots_node_fn node,
+                         void *ctx);
+
 #endif

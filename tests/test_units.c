@@ -334,3 +334,95 @@ Test(keys, a_closing_brace_or_a_leading_open_brace_is_refused)
     cr_assert(strstr(why, "start with '{'"), "%s", why);
     cr_assert_eq(bl_validate_prefix("a{pp", why, sizeof why), 0);
 }
+
+/* ---- Redis Cluster: MOVED / ASK and CLUSTER SLOTS (resp.c) ------------------ */
+
+Test(cluster_parse, redirections_are_read_and_bad_ones_refused)
+{
+    char ip[46];
+    unsigned slot;
+    int port, ask;
+    cr_assert_eq(bl_redis_parse_redirect("MOVED 3999 127.0.0.1:6381", &ask, &slot, ip, sizeof ip,
+                                         &port), 0);
+    cr_assert(ask == 0 && slot == 3999 && port == 6381 && !strcmp(ip, "127.0.0.1"));
+    cr_assert_eq(bl_redis_parse_redirect("ASK 0 [::1]:7000", &ask, &slot, ip, sizeof ip, &port),
+                 0);
+    cr_assert(ask == 1 && slot == 0 && port == 7000 && !strcmp(ip, "::1"), "%s", ip);
+    /* A bare word, a slot out of range or signed, no port, port 0, an
+     * address too long for ip, an empty address, another error. */
+    static const char *const bad[] = {"MOVED", "MOVED ", "ASK", "MOVED 16384 1.2.3.4:1",
+                                      "MOVED -1 1.2.3.4:1", "MOVED  1 1.2.3.4:1",
+                                      "MOVED 1 1.2.3.4", "MOVED 1 1.2.3.4:0",
+                                      "MOVED 1 1.2.3.4:-5", "MOVED 1 :6379", "MOVED 1 []:6379",
+                                      "MOVED 1 1.2.3.4:65536",
+                                      "MOVED 1 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:1",
+                                      "TRYAGAIN Multiple keys", NULL};
+    for (int i = 0; bad[i]; i++)
+        cr_assert_eq(bl_redis_parse_redirect(bad[i], &ask, &slot, ip, sizeof ip, &port), -1,
+                     "accepted '%s'", bad[i]);
+    cr_assert_eq(bl_redis_parse_redirect(NULL, &ask, &slot, ip, sizeof ip, &port), -1);
+}
+
+typedef struct nodes_seen {
+    char ip[4][46];
+    long long port[4];
+    int master[4], n;
+} nodes_seen;
+
+static int seen_node(void *ctx, const char *ip, long long port, int master)
+{
+    nodes_seen *s = ctx;
+    if (port < 1 || port > 65535 || s->n == 4)
+        return -1;
+    snprintf(s->ip[s->n], sizeof s->ip[0], "%s", ip);
+    s->port[s->n] = port;
+    s->master[s->n] = master;
+    return s->n++;
+}
+
+static redisReply *read_reply(const char *resp, size_t n)
+{
+    redisReader *rd = redisReaderCreate();
+    cr_assert_eq(redisReaderFeed(rd, resp, n), REDIS_OK);
+    void *out = NULL;
+    cr_assert_eq(redisReaderGetReply(rd, &out), REDIS_OK);
+    cr_assert_not_null(out);
+    redisReaderFree(rd);
+    return out;
+}
+
+Test(cluster_parse, a_slot_map_names_each_slots_master)
+{
+    static const char map[] = "*2\r\n"
+                              "*4\r\n:0\r\n:5460\r\n*2\r\n$9\r\n127.0.0.1\r\n:30001\r\n"
+                              "*2\r\n$9\r\n127.0.0.1\r\n:30004\r\n"
+                              "*3\r\n:5461\r\n:16383\r\n*2\r\n$0\r\n\r\n:30002\r\n";
+    redisReply *r = read_reply(map, sizeof map - 1);
+    static uint16_t owner[BL_CLUSTER_SLOTS];
+    nodes_seen s = {.n = 0};
+    cr_assert_eq(bl_redis_parse_slots(r, owner, seen_node, &s), 0);
+    cr_assert_eq(s.n, 3, "two masters and a replica");
+    cr_assert(s.master[0] && s.port[0] == 30001 && !s.master[1] && s.port[1] == 30004);
+    cr_assert(s.master[2] && s.port[2] == 30002 && s.ip[2][0] == '\0',
+              "an empty address is passed on as the node that answered");
+    cr_assert(owner[0] == 0 && owner[5460] == 0 && owner[5461] == 2 && owner[16383] == 2);
+    freeReplyObject(r);
+    /* A refused master leaves its range unowned; a bad range or shape is -1. */
+    static const char refused[] = "*1\r\n*3\r\n:0\r\n:9\r\n*2\r\n$1\r\nx\r\n:0\r\n";
+    r = read_reply(refused, sizeof refused - 1);
+    s.n = 0;
+    cr_assert_eq(bl_redis_parse_slots(r, owner, seen_node, &s), 0);
+    cr_assert_eq(owner[0], BL_SLOT_NONE);
+    freeReplyObject(r);
+    static const char *const bad[] = {
+        "*1\r\n*3\r\n:10\r\n:9\r\n*2\r\n$1\r\nx\r\n:1\r\n",    /* lo > hi */
+        "*1\r\n*3\r\n:0\r\n:16384\r\n*2\r\n$1\r\nx\r\n:1\r\n", /* past the last slot */
+        "*1\r\n*2\r\n:0\r\n:9\r\n",                              /* no master */
+        "*1\r\n*3\r\n:0\r\n:9\r\n*1\r\n$1\r\nx\r\n",             /* no port */
+        "*0\r\n", "-ERR This instance has cluster support disabled\r\n", NULL};
+    for (int i = 0; bad[i]; i++) {
+        r = read_reply(bad[i], strlen(bad[i]));
+        cr_assert_eq(bl_redis_parse_slots(r, owner, seen_node, &s), -1, "accepted #%d", i);
+        freeReplyObject(r);
+    }
+}

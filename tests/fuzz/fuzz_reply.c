@@ -1,6 +1,8 @@
 /* libFuzzer target for the handling of Redis's answers (src/redis.c):
  * bl_redis_interpret (the acquire, release, release-done and extend
- * scripts' results), bl_redis_inspect_reply and bl_redis_scan_reply.
+ * scripts' results), bl_redis_inspect_reply, bl_redis_scan_reply, and the
+ * Redis Cluster parsers bl_redis_parse_redirect (MOVED / ASK) and
+ * bl_redis_parse_slots (CLUSTER SLOTS).
  * How to run: README.md here.
  *
  * The input is raw RESP bytes, parsed by hiredis's own reader
@@ -241,6 +243,48 @@ static int huge_aggregate(const uint8_t *data, size_t size)
     return 0;
 }
 
+/* The Redis Cluster parsers (resp.c): a redirection in any error reply,
+ * and a slot map in any array. The node lookup accepts what cluster.c's
+ * does (a port 1..65535, at most 128 nodes) and counts its calls. */
+typedef struct fake_nodes {
+    int n, calls;
+} fake_nodes;
+
+static int fake_node(void *ctx, const char *ip, long long port, int master)
+{
+    fake_nodes *f = ctx;
+    f->calls++;
+    CHECK(ip);
+    (void)master;
+    if (port < 1 || port > 65535 || f->n == 128)
+        return -1;
+    return f->n++;
+}
+
+static void check_cluster(const redisReply *reply)
+{
+    if (reply->type == REDIS_REPLY_ERROR || reply->type == REDIS_REPLY_STRING ||
+        reply->type == REDIS_REPLY_STATUS) {
+        char ip[46];
+        unsigned slot = 99999;
+        int port = -1, ask = -1;
+        if (bl_redis_parse_redirect(reply->str, &ask, &slot, ip, sizeof ip, &port) == 0) {
+            CHECK(slot < BL_CLUSTER_SLOTS);
+            CHECK(port >= 1 && port <= 65535);
+            CHECK(ask == 0 || ask == 1);
+            CHECK(strncmp(reply->str, ask ? "ASK " : "MOVED ", ask ? 4 : 6) == 0);
+            CHECK(ip[0] && strlen(ip) < sizeof ip && !strchr(ip, ' '));
+        }
+    }
+    static uint16_t owner[BL_CLUSTER_SLOTS];
+    fake_nodes f = {0, 0};
+    if (bl_redis_parse_slots(reply, owner, fake_node, &f) == 0) {
+        CHECK(reply->type == REDIS_REPLY_ARRAY && reply->elements > 0);
+        for (int s = 0; s < BL_CLUSTER_SLOTS; s++)
+            CHECK(owner[s] == BL_SLOT_NONE || owner[s] < f.n);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (huge_aggregate(data, size))
@@ -261,6 +305,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_lock_info(reply);
         check_inspect(reply);
         check_scan(reply);
+        check_cluster(reply);
         freeReplyObject(out);
     }
     redisReaderFree(rd);
