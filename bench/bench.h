@@ -145,6 +145,8 @@ typedef struct w3_result {
     /* Redis commands per acquisition */
     uint64_t client_cmds, server_cmds, evalsha_calls;
     uint64_t attempts, release_ops; /* sums of bl_stats: scripts the managers sent */
+    uint64_t extend_ops;            /* ...the takeovers of direct hand-offs (extends) */
+    uint64_t direct_handoffs;       /* waiters the release itself made holders */
     double client_per_acq, server_per_acq;
     uint64_t wakeups, handoffs_lib; /* sums of bl_stats.wakeups, .handoffs */
     int child_failures; /* children that did not exit 0 */

@@ -557,6 +557,7 @@ static int run_w3(const opts *o, int port, const limit *L, enum bench_settings s
         fig(&f, "hold_ms_measured.p50", w.hold_ms_p50);
         fig(&f, "lib.wakeups", (double)w.wakeups);
         fig(&f, "lib.handoffs", (double)w.handoffs_lib);
+        fig(&f, "lib.direct_handoffs", (double)w.direct_handoffs);
         fprintf(stderr,
                 "W3 (%s) run %d/%d: %d acq in %.2f s = %.0f acq/s; hand-off B cross p50 %.3f "
                 "p99 %.3f ms; share min/max %.2f; cmds/acq client %.2f server %.2f; "

@@ -454,6 +454,8 @@ int bench_w3(const bl_config *cfg, const w3_params *p, w3_result *out)
             continue;
         out->attempts += s->attempts;
         out->release_ops += s->releases + s->not_held + s->release_errors;
+        out->extend_ops += s->extends;
+        out->direct_handoffs += s->direct_handoffs;
         out->client_cmds += s->attempts + s->releases + s->not_held + s->release_errors +
                             s->extends;
         leaves += s->timeouts + s->cancelled + s->failed;

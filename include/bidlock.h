@@ -233,8 +233,14 @@ typedef struct bl_config {
     /* How long a "done" marker lives (bl_release_done). Default 7 days. */
     uint64_t done_ttl_ms;
     /* Fair hand-off: a release hands a contended lock to the longest waiter
-     * and keeps it reserved for that waiter this long (if the waiter has
-     * vanished, the lock is free again afterwards). Default 250 ms. */
+     * directly - the waiter's manager becomes the holder, with a fencing
+     * token, for this long, and the message that tells it so is its grant
+     * (no attempt of its own); it extends the lease to the request's TTL
+     * as it takes over. A waiter that has vanished costs this long, then
+     * the lock is free. With WAIT on (min_replicas) the waiter takes it by
+     * an attempt instead, so that replicas acknowledge it first. A group's
+     * release and a transfer reserve the lock for the waiter, which then
+     * takes it with an attempt. Default 250 ms. */
     uint32_t handoff_ms;
     /* Wake waiters when a lock is released (pub/sub on a second
      * connection). 1 by default; 0 = poll with backoff only. */
@@ -367,8 +373,10 @@ BL_API const char *bl_manager_errmsg(const bl_manager *m);
 
 /* Counters since the manager was created. Once nothing is in flight:
  * each acquire *attempt* (one script call) ends as a grant, a conflict or
- * an error, and a grant is either acquired, done or abandoned:
- *   attempts == acquired + done + abandoned + conflicts + errors_attempt
+ * an error, a release may grant a waiter directly (no attempt of its own),
+ * and a grant is either acquired, done or abandoned:
+ *   attempts + direct_handoffs == acquired + done + abandoned + conflicts
+ *                                 + errors_attempt
  * each acquire *request* ends exactly once:
  *   requests == acquired + busy + timeouts + cancelled + failed + done */
 typedef struct bl_stats {
@@ -393,6 +401,8 @@ typedef struct bl_stats {
     uint64_t extends;        /* lease renewals that succeeded */
     uint64_t lost;           /* held locks lost (on_lost calls) */
     uint64_t wakeups;        /* waiting requests woken by a release */
+    uint64_t direct_handoffs; /* of them, handed the lock by the release itself
+                               * (no attempt of their own: README, "Fairness") */
     uint64_t redis_errors;   /* error replies from Redis */
     uint64_t conn_errors;    /* operations failed by the connection */
     uint64_t errors;         /* redis_errors + conn_errors */

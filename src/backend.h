@@ -180,6 +180,12 @@ typedef struct bl_backend_host {
      * directed: the lock was handed to us (the oldest waiter goes);
      * otherwise everyone retries. */
     void (*wake)(void *ctx, const char *key, size_t keylen, int directed);
+    /* A release made us the holder of key (direct hand-off: for
+     * cfg->handoff_ms, with token). 1: a waiting request has it now, or
+     * one whose attempt is out will take it; 0: nobody here wants it, and
+     * the backend gives it back (a holder-checked release, which hands it
+     * on). NULL: the backend treats it as a directed wake. */
+    int (*granted)(void *ctx, const char *key, size_t keylen, uint64_t token);
     /* A shutdown finished: nothing is in flight and no callback will come. */
     void (*closed)(void *ctx);
     /* Something the engine counts or acts on (enum bl_be_event). */

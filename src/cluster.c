@@ -156,6 +156,12 @@ static cnode *node_get(cluster *cl, const char *ip, int port)
     return n;
 }
 
+static int node_granted(void *ctx, const char *key, size_t keylen, uint64_t token)
+{
+    cnode *n = ctx;
+    return n->cl->h.granted ? n->cl->h.granted(n->cl->h.ctx, key, keylen, token) : 0;
+}
+
 static void node_wake(void *ctx, const char *key, size_t keylen, int directed)
 {
     cnode *n = ctx;
@@ -217,6 +223,7 @@ static bl_backend *node_be(cnode *n)
     n->h = cl->h;
     n->h.ctx = n;
     n->h.wake = node_wake;
+    n->h.granted = node_granted;
     n->h.closed = node_closed;
     n->h.event = node_event;
     n->h.rand = node_rand;

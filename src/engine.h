@@ -135,6 +135,8 @@ void bl_lock_end_hold(bl_lock *lock);
 void bl_wq_join(bl_lock *lock);
 void bl_wq_leave(bl_lock *lock);
 void bl_wq_wake(bl_manager *m, const char *key, size_t keylen, int directed);
+/* A direct hand-off to us on key (backend.h, granted): 1 taken, 0 not. */
+int bl_wq_granted(bl_manager *m, const char *key, size_t keylen, uint64_t token);
 bl_wq *bl_wq_find(bl_manager *m, const char *key, size_t keylen);
 void bl_wq_free_all(bl_manager *m);
 /* lock.c: close and wake-up entry points */
@@ -142,6 +144,8 @@ void bl_lock_close_one(bl_lock *lock);
 void bl_lock_flush_ending(bl_lock *lock);
 void bl_lock_free(bl_lock *lock);
 void bl_lock_wake(bl_lock *lock, int directed);
+/* A direct hand-off for this waiting request: 1 if it holds the lock now. */
+int bl_lock_take_grant(bl_lock *lock, uint64_t token);
 /* The store may have lost what it had (a failover): a held, auto-extended
  * lock renews now instead of at its next tick. */
 void bl_lock_reverify(bl_lock *lock);

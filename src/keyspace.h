@@ -1,8 +1,9 @@
 /* keyspace.h - every name bidlock uses on the server, built and parsed in
  * one place (keyspace.c). A posting (prefix P, marketplace M, posting X),
  * with L = "P:M:X", the lock key:
- *   P:M:X          the lock: holder id, or "~"..holder while a release has
- *                  reserved it for that waiter (fair hand-off, short PX)
+ *   P:M:X          the lock: holder id (a waiter's, for handoff_ms, when a
+ *                  release handed it on), or "~"..holder while a group's
+ *                  release has reserved it for that waiter (short PX)
  *   {L}:q          waiters: sorted set holder -> arrival ms (server clock)
  *   {L}:fence      last fencing token handed out
  *   {L}:done       done marker (holder that marked it)

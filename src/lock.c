@@ -192,9 +192,18 @@ static void fire_acquire(bl_lock *lock, int status)
         lock->held_since = bl_mgr_now(m);
         m->stats.held++;
         bl_hist_add(&m->acquire_hist, (double)(bl_now_us() - lock->started_us) / 1000.0);
-        lock->lease_until = lock->op_sent + lock->ttl_ms;
-        if (lock->auto_extend)
-            m->loop.timer_start(lock->timer, lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1);
+        if (lock->op.kind == BL_OP_EXTEND) {
+            /* A direct hand-off: ours for handoff_ms, counted from when the
+             * message came (the release set it a little earlier: half of it
+             * is kept as the margin), until the takeover extension now out
+             * answers; the timer watches that lease meanwhile. */
+            lock->lease_until = lock->op_sent + m->cfg.handoff_ms / 2;
+            m->loop.timer_start(lock->timer, m->cfg.handoff_ms / 2);
+        } else {
+            lock->lease_until = lock->op_sent + lock->ttl_ms;
+            if (lock->auto_extend)
+                m->loop.timer_start(lock->timer, lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1);
+        }
         if (lock->sfn) {
             lock->in_section = 1;
             lock->sfn(lock, lock->sdata);
@@ -383,6 +392,8 @@ static void start_release_op(bl_lock *lock, enum bl_op_kind kind)
 static void extend_done(bl_lock *lock, const bl_op_result *r)
 {
     bl_manager *m = lock->m;
+    if (r->status == BL_OK)
+        m->stats.extends++;
     if (lock->release_after != BL_OP_NONE) { /* bl_release came meanwhile */
         enum bl_op_kind k = lock->release_after;
         lock->release_after = BL_OP_NONE;
@@ -394,14 +405,16 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
     m->loop.timer_stop(lock->timer);
     uint64_t now = bl_mgr_now(m);
     if (r->status == BL_OK) {
-        m->stats.extends++;
         lock->lease_until = lock->op_sent + lock->ttl_ms; /* counted from when we asked */
         uint64_t next = lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1;
         if (lock->reverify) { /* a failover came while this renewal was out */
             lock->reverify = 0;
             next = 0;
         }
-        m->loop.timer_start(lock->timer, next);
+        /* (Without auto_extend this was the takeover of a direct hand-off:
+         * the lease is the request's TTL now, and nothing renews it.) */
+        if (lock->auto_extend)
+            m->loop.timer_start(lock->timer, next);
     } else if (r->status == BL_ENOTHELD || now >= lock->lease_until) {
         lose(lock);
     } else {
@@ -559,6 +572,47 @@ void bl_lock_reverify(bl_lock *lock)
         lock->reverify = 1; /* the renewal out now went to the old master */
     else
         lock->m->loop.timer_start(lock->timer, 0);
+}
+
+/* From bl_wq_granted: a release made our holder id the holder (direct
+ * hand-off) and this request waited longest here. It holds the lock now:
+ * the takeover - an extension to its own TTL - goes out first, so that a
+ * release from inside the callback waits for it (release_after), then the
+ * callback runs. With WAIT on a grant must be acknowledged by replicas
+ * before it counts, so the request takes it by reclaiming instead (an
+ * attempt: SET with its TTL, then WAIT). 0 if it could not: the connection
+ * is down (the lease then ends by itself), or the request takes no
+ * hand-offs (try-once, a group). */
+int bl_lock_take_grant(bl_lock *lock, uint64_t token)
+{
+    bl_manager *m = lock->m;
+    if (lock->state != LS_WAITING || lock->try_once || lock->nkeys)
+        return 0;
+    m->stats.wakeups++;
+    if (m->wait_on) {
+        m->loop.timer_stop(lock->timer);
+        m->stats.waiting--;
+        lock->reclaim = 1;
+        attempt(lock);
+        return 1;
+    }
+    lock->op_sent = bl_mgr_now(m);
+    if (start_op(lock, BL_OP_EXTEND) != 0)
+        return 0;
+    m->loop.timer_stop(lock->timer);
+    m->stats.waiting--;
+    m->stats.direct_handoffs++;
+    lock->token = m->cfg.fencing_tokens ? token : 0;
+    /* Another request of ours on this key shared our place in the queue,
+     * which the release took: it goes again now, to queue behind us. */
+    bl_wq *w = lock->wq;
+    for (bl_lock *l = w ? w->head : NULL; l; l = l->wnext)
+        if (l != lock && l->state == LS_WAITING) {
+            bl_lock_wake(l, 0);
+            break;
+        }
+    fire_acquire(lock, BL_OK);
+    return 1;
 }
 
 /* Called from bl_wq_wake: a release on our key. */

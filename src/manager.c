@@ -93,6 +93,11 @@ static void host_wake(void *ctx, const char *key, size_t keylen, int directed)
     bl_wq_wake(ctx, key, keylen, directed);
 }
 
+static int host_granted(void *ctx, const char *key, size_t keylen, uint64_t token)
+{
+    return bl_wq_granted(ctx, key, keylen, token);
+}
+
 static void host_event(void *ctx, int ev)
 {
     bl_manager *m = ctx;
@@ -181,7 +186,7 @@ int bl_manager_new_with(const bl_loop *loop, const bl_config *cfg, bl_backend_fa
     }
     m->host_if = (bl_backend_host){
         .loop = &m->loop, .cfg = &m->cfg, .holder = m->holder, .holder_len = m->holder_len,
-        .prefix = m->prefix, .ctx = m, .wake = host_wake, .closed = host_closed,
+        .prefix = m->prefix, .ctx = m, .wake = host_wake, .granted = host_granted, .closed = host_closed,
         .event = host_event, .rand = host_rand, .log = host_log};
     int rc = oom ? BL_ENOMEM : BL_OK;
     if (rc == BL_OK) {

@@ -73,6 +73,8 @@ size_t bl_metrics_prometheus(const bl_metrics *mt, char *buf, size_t len)
     counter(&o, "extends_total", "Lease renewals that succeeded.", s->extends);
     counter(&o, "lost_total", "Held locks lost while held.", s->lost);
     counter(&o, "wakeups_total", "Waiting requests woken by a release.", s->wakeups);
+    counter(&o, "direct_handoffs_total",
+            "Waiting requests the release handed the lock to directly.", s->direct_handoffs);
     counter(&o, "redis_errors_total", "Error replies from Redis.", s->redis_errors);
     counter(&o, "connection_errors_total", "Operations failed by the connection.",
             s->conn_errors);

@@ -157,6 +157,7 @@ void redis_notify_closed(redis_be *r);
 void redis_load_scripts(redis_be *r);
 int redis_op_start(bl_backend *be, bl_op *op);
 void redis_op_leave(bl_backend *be, const bl_keys *keys);
+void redis_give_back(redis_be *r, const char *key, size_t keylen); /* redis_ops.c */
 void redis_ask_role(redis_be *r);        /* replica count, for WAIT */
 void redis_wait_fail_all(redis_be *r);   /* the connection is gone: held grants end */
 void redis_preq_flush(redis_be *r);      /* connected after a discovery: send them */

@@ -53,6 +53,28 @@ static void send_release(redis_be *r, bl_op *op)
     send_op(r, op, BL_OP_RELEASE, !r->sha_ok[BL_SCRIPT_RELEASE], NULL);
 }
 
+/* A direct hand-off nobody here wants (backend.h, granted): release it,
+ * holder-checked, which hands it on to the next waiter. Names from the lock
+ * key alone; where the 0.1 layout's names would go (one server), the new
+ * ones stand in: a plain release reads neither. */
+void redis_give_back(redis_be *r, const char *key, size_t keylen)
+{
+    enum { NAME_CAP = 640 }; /* a lock key is far shorter (ids.c bounds its parts) */
+    if (r->cmd.state != CONN_UP || !r->cmd.ac || keylen + 8 > NAME_CAP)
+        return; /* the lease ends by itself after handoff_ms */
+    char q[NAME_CAP], d[NAME_CAP], f[NAME_CAP];
+    bl_keys k = {{0}, {0}};
+    k.k[BL_KEY_LOCK] = key, k.len[BL_KEY_LOCK] = keylen;
+    k.len[BL_KEY_QUEUE] = (size_t)snprintf(q, sizeof q, "{%.*s}:q", (int)keylen, key);
+    k.len[BL_KEY_DONE] = (size_t)snprintf(d, sizeof d, "{%.*s}:done", (int)keylen, key);
+    k.len[BL_KEY_FENCE] = bl_keys_fence_of(f, sizeof f, key, keylen);
+    k.k[BL_KEY_QUEUE] = q, k.k[BL_KEY_DONE] = d, k.k[BL_KEY_FENCE] = f;
+    k.k[BL_KEY_OLD_DONE] = d, k.len[BL_KEY_OLD_DONE] = k.len[BL_KEY_DONE];
+    k.k[BL_KEY_OLD_FENCE] = f, k.len[BL_KEY_OLD_FENCE] = k.len[BL_KEY_FENCE];
+    bl_op op = {.kind = BL_OP_RELEASE, .keys = &k};
+    send_release(r, &op);
+}
+
 static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
@@ -195,15 +217,19 @@ static int send_op(redis_be *r, bl_op *op, enum bl_op_kind kind, int by_body,
         NUM(n2, BL_FENCE_TTL_MS);
         break;
     default:
-        ARG(r->legacy_keys && kind == BL_OP_RELEASE_DONE ? "4" : "3", 1);
+        ARG(r->legacy_keys ? "6" : "4", 1);
         KEY(BL_KEY_LOCK);
         KEY(BL_KEY_DONE);
         KEY(BL_KEY_QUEUE);
-        if (r->legacy_keys && kind == BL_OP_RELEASE_DONE)
+        KEY(BL_KEY_FENCE);
+        if (r->legacy_keys) {
             KEY(BL_KEY_OLD_DONE);
+            KEY(BL_KEY_OLD_FENCE);
+        }
         ARG(r->h.holder, r->h.holder_len);
         NUM(n1, kind == BL_OP_RELEASE_DONE ? cfg->done_ttl_ms : 0);
         NUM(n2, cfg->handoff_ms);
+        NUM(n3, BL_FENCE_TTL_MS);
         break;
     }
 #undef ARG

@@ -97,7 +97,25 @@ static void sub_cb(redisAsyncContext *ac, void *reply_, void *priv)
     if (!key)
         return;
     if (strcmp(type->str, "message") == 0) {
-        /* "": the lock was handed to us; "*": it is done, look again. */
+        /* "g<token>": a release made us the holder (direct hand-off);
+         * "": the lock is reserved for us (a group's release, a transfer);
+         * "*": it is done, look again. */
+        uint64_t token = 0;
+        if (arg->type == REDIS_REPLY_STRING && arg->len > 1 && arg->len <= 21 &&
+            arg->str[0] == 'g') {
+            for (size_t i = 1; i < arg->len && token != UINT64_MAX; i++)
+                token = arg->str[i] >= '0' && arg->str[i] <= '9' &&
+                                token <= (UINT64_MAX - 9) / 10
+                            ? token * 10 + (uint64_t)(arg->str[i] - '0')
+                            : UINT64_MAX;
+            if (token == UINT64_MAX)
+                token = 0;
+        }
+        if (token && r->h.granted) {
+            if (!r->h.granted(r->h.ctx, key, keylen, token))
+                redis_give_back(r, key, keylen);
+            return;
+        }
         int all = arg->type == REDIS_REPLY_STRING && arg->len == 1 && arg->str[0] == '*';
         r->h.wake(r->h.ctx, key, keylen, !all);
         return;

@@ -73,14 +73,19 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "  redis.call('SET', KEYS[2], string.format('%.0f', tok), 'PX', ARGV[3])\n"
         "end\n"
         "return tok\n"},
-    /* KEYS: lock done queue [old_done]
-     * ARGV: holder done_ttl_ms(0 = no) handoff_ms
-     * -> 0 not held | 1 released | 2 handed off to the longest waiter */
+    /* KEYS: lock done queue fence [old_done old_fence]
+     * ARGV: holder done_ttl_ms(0 = no) handoff_ms fence_ttl_ms
+     * -> 0 not held | 1 released | 2 handed off to the longest waiter
+     * The hand-off is a grant (direct hand-off): the waiter's holder id
+     * becomes the holder for handoff_ms, with the next fencing token, and
+     * the message "g<token>" on its channel tells it so; it extends the
+     * lease to its own TTL when it takes over. A waiter that has gone
+     * costs handoff_ms. */
     [BL_SCRIPT_RELEASE] = {"release",
         "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
         "if tonumber(ARGV[2]) > 0 then\n"
         "  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])\n"
-        "  if KEYS[4] then redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2]) end\n"
+        "  if KEYS[5] then redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[2]) end\n"
         "  redis.call('DEL', KEYS[1])\n"
         "  for _, w in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do\n"
         "    redis.call('PUBLISH', '{' .. KEYS[1] .. '}|' .. w, '*')\n"
@@ -90,8 +95,16 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "end\n"
         "local w = redis.call('ZPOPMIN', KEYS[3])\n"
         "if w[1] then\n"
-        "  redis.call('SET', KEYS[1], '~' .. w[1], 'PX', ARGV[3])\n"
-        "  redis.call('PUBLISH', '{' .. KEYS[1] .. '}|' .. w[1], '')\n"
+        "  redis.call('SET', KEYS[1], w[1], 'PX', ARGV[3])\n"
+        "  local t = redis.call('TIME')\n"
+        "  local tok = t[1] * 1000000 + t[2]\n"
+        "  local prev = tonumber(redis.call('SET', KEYS[4], string.format('%.0f', tok), 'PX', ARGV[4], 'GET'))\n"
+        "  if not prev and KEYS[6] then prev = tonumber(redis.call('GET', KEYS[6])) end\n"
+        "  if prev and prev >= tok then\n"
+        "    tok = prev + 1\n"
+        "    redis.call('SET', KEYS[4], string.format('%.0f', tok), 'PX', ARGV[4])\n"
+        "  end\n"
+        "  redis.call('PUBLISH', '{' .. KEYS[1] .. '}|' .. w[1], 'g' .. string.format('%.0f', tok))\n"
         "  return 2\n"
         "end\n"
         "redis.call('DEL', KEYS[1])\n"

@@ -96,6 +96,30 @@ void bl_wq_wake(bl_manager *m, const char *key, size_t keylen, int directed)
     }
 }
 
+int bl_wq_granted(bl_manager *m, const char *key, size_t keylen, uint64_t token)
+{
+    bl_wq *w = bl_wq_find(m, key, keylen);
+    if (!w)
+        return 0;
+    /* The oldest waiting request takes it. One with an attempt out will
+     * find the lock held under our id and reclaim it (lock.c): nothing to
+     * give back then. */
+    int out = 0;
+    for (bl_lock *l = w->head; l; l = l->wnext) {
+        if (l->state == LS_WAITING && bl_lock_take_grant(l, token))
+            return 1;
+        if (l->state == LS_ACQUIRING && !l->abandoned)
+            out = 1;
+    }
+    if (out)
+        for (bl_lock *l = w->head; l; l = l->wnext)
+            if (l->state == LS_ACQUIRING && !l->abandoned) {
+                bl_lock_wake(l, 1);
+                break;
+            }
+    return out;
+}
+
 /* Manager free: every request is gone, so every queue is empty already;
  * this only guards against a queue left by an out-of-memory path. */
 void bl_wq_free_all(bl_manager *m)

@@ -254,7 +254,7 @@ static int answered(void *m)
 {
     bl_stats s;
     bl_manager_stats(m, &s);
-    return s.attempts == s.acquired + s.done + s.abandoned + s.conflicts + s.errors_attempt;
+    return s.attempts + s.direct_handoffs == s.acquired + s.done + s.abandoned + s.conflicts + s.errors_attempt;
 }
 
 int wait_answered(bl_manager *m, int ms)
@@ -299,8 +299,8 @@ void assert_counters(bl_manager *m)
                  (unsigned long long)s.busy, (unsigned long long)s.timeouts,
                  (unsigned long long)s.cancelled, (unsigned long long)s.failed,
                  (unsigned long long)s.done);
-    cr_assert_eq(s.attempts, s.acquired + s.done + s.abandoned + s.conflicts + s.errors_attempt,
-                 "attempts %llu != acquired %llu + done %llu + abandoned %llu + conflicts %llu "
+    cr_assert_eq(s.attempts + s.direct_handoffs, s.acquired + s.done + s.abandoned + s.conflicts + s.errors_attempt,
+                 "attempts %llu (+ direct hand-offs) != acquired %llu + done %llu + abandoned %llu + conflicts %llu "
                  "+ errors_attempt %llu",
                  (unsigned long long)s.attempts, (unsigned long long)s.acquired,
                  (unsigned long long)s.done, (unsigned long long)s.abandoned,

@@ -416,7 +416,7 @@ Test(engine, counters_add_up)
     cr_assert_eq(s.busy, 1);
     cr_assert_eq(s.timeouts, 1);
     cr_assert_eq(s.requests, s.acquired + s.busy + s.timeouts + s.cancelled + s.failed);
-    cr_assert_eq(s.attempts, s.acquired + s.conflicts + s.errors_attempt + s.abandoned);
+    cr_assert_eq(s.attempts + s.direct_handoffs, s.acquired + s.conflicts + s.errors_attempt + s.abandoned);
     cr_assert(s.conflicts >= 3);
     cr_assert_eq(s.errors, 0);
     cr_assert_eq(s.releases, 1);

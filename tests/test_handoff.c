@@ -4,6 +4,7 @@
  * still waiting on the key; a lock left under that id by a grant whose
  * reply was lost is taken back by the next acquire, not waited out. */
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -77,8 +78,12 @@ Test(handoff, the_second_waiter_of_one_manager_is_handed_the_lock_too)
     cr_assert_eq(b1.n + b2.n, 1, "one of B's requests got it");
     rec *first = b1.n ? &b1 : &b2, *second = b1.n ? &b2 : &b1;
     cr_assert_eq(first->status, BL_OK);
+    /* The release handed B the lock directly and took B's entry out of the
+     * queue; B's other request goes again at once and queues behind. */
+    for (int i = 0; i < 1500 && !in_queue(bl_manager_holder(b)); i++)
+        tl_run_for(T, 10);
     cr_assert(in_queue(bl_manager_holder(b)),
-              "B keeps its place in the queue: its other request still waits");
+              "B is in the queue again: its other request still waits");
 
     rec rel1 = {0};
     cr_assert_eq(bl_release(first->lock, on_rel, &rel1), BL_OK);
@@ -208,4 +213,207 @@ Test(handoff, a_grant_whose_reply_died_with_the_connection_is_reclaimed)
     cr_assert(lost, "in 20 tries the connection never died between a grant and its reply");
     (void)drop;
     close_manager(T, m);
+}
+
+/* ---- direct hand-off: the release makes the longest waiter the holder ---- */
+
+static bl_stats stats_of(bl_manager *m)
+{
+    bl_stats s;
+    bl_manager_stats(m, &s);
+    return s;
+}
+
+static long long pttl_k(void)
+{
+    return rs_int(&srv, "PTTL bid_lock:mp:k");
+}
+
+static int holder_is(const char *holder)
+{
+    redisReply *r = rs_cmd(&srv, "GET bid_lock:mp:k");
+    int same = r->type == REDIS_REPLY_STRING && strcmp(r->str, holder) == 0;
+    freeReplyObject(r);
+    return same;
+}
+
+/* m's request waits on mp/k: queued on the server and subscribed. */
+static int waits_here(bl_manager *m)
+{
+    const char *h = bl_manager_holder(m);
+    for (int i = 0; i < 1000; i++) {
+        char ch[600];
+        snprintf(ch, sizeof ch, "{bid_lock:mp:k}|%s", h);
+        if (in_queue(h) && rs_subscribers(&srv, ch) >= 1 && wait_answered(m, 1))
+            return 1;
+        tl_run_for(T, 10);
+    }
+    return 0;
+}
+
+static bl_manager *slow_poller(uint32_t handoff_ms)
+{
+    bl_config c;
+    bl_config_init(&c);
+    c.backoff_initial_ms = c.backoff_max_ms = 5000; /* only a release moves it */
+    c.handoff_ms = handoff_ms;
+    return mk_manager(T, srv.port, &c);
+}
+
+Test(handoff, the_release_grants_the_waiter_which_then_takes_its_own_ttl)
+{
+    bl_manager *a = slow_poller(5000), *b = slow_poller(5000);
+    rec ra = acq_in(a, "mp", "k", 0, 0);
+    cr_assert_eq(ra.status, BL_OK);
+    rec rb = {0};
+    bl_acquire_opts o = acq_opts(30000, 60000); /* b's TTL: 60 s, far above handoff_ms */
+    cr_assert_eq(bl_acquire(b, "mp", "k", &o, on_acq, &rb, NULL), BL_OK);
+    cr_assert(waits_here(b), "b waits in the queue");
+    uint64_t attempts = stats_of(b).attempts;
+    cr_assert_eq(rel(ra.lock), BL_OK);
+    cr_assert(tl_wait(T, &rb.n, 1, 20000), "b was granted");
+    cr_assert_eq(rb.status, BL_OK, "%s", rb.errmsg);
+    bl_stats s = stats_of(b);
+    cr_assert_eq(s.direct_handoffs, 1, "by the release itself");
+    cr_assert_eq(s.attempts, attempts, "without an attempt of its own");
+    cr_assert_gt(rb.token, ra.token, "with a higher fencing token");
+    cr_assert(holder_is(bl_manager_holder(b)));
+    /* The takeover: b's own TTL replaces the hand-off's 5 s lease. */
+    for (int i = 0; i < 1000 && pttl_k() <= 5000; i++)
+        tl_run_for(T, 10);
+    cr_assert_gt(pttl_k(), 5000, "extended to b's TTL (PTTL %lld)", pttl_k());
+    cr_assert(wait_answered(b, 10000));
+    cr_assert_eq(stats_of(b).extends, 1, "one takeover extension");
+    cr_assert_eq(rel(rb.lock), BL_OK);
+    cr_assert_eq(rs_exists(&srv, "bid_lock:mp:k"), 0);
+    close_manager(T, a);
+    close_manager(T, b);
+}
+
+/* A waiter that died in the queue (its holder id there, nobody behind it
+ * to take the grant) keeps the lock for handoff_ms (3 s here), not for a
+ * TTL (the default, 300 s). */
+Test(handoff, a_grant_to_a_dead_waiter_ends_after_handoff_ms)
+{
+    bl_manager *a = slow_poller(3000);
+    rec ra = acq_in(a, "mp", "k", 0, 0);
+    cr_assert_eq(ra.status, BL_OK);
+    freeReplyObject(rs_cmd(&srv, "ZADD {bid_lock:mp:k}:q 1 gone-waiter"));
+    freeReplyObject(rs_cmd(&srv, "PEXPIRE {bid_lock:mp:k}:q 60000"));
+    cr_assert_eq(rel(ra.lock), BL_OK);
+    cr_assert(holder_is("gone-waiter"), "granted to the head of the queue");
+    long long pttl = pttl_k();
+    cr_assert(pttl > 0 && pttl <= 3000, "for handoff_ms only (PTTL %lld)", pttl);
+    redisReply *f = rs_cmd(&srv, "GET {bid_lock:mp:k}:fence");
+    cr_assert_eq(f->type, REDIS_REPLY_STRING);
+    long long tok = atoll(f->str);
+    freeReplyObject(f);
+    cr_assert_gt((uint64_t)tok, ra.token, "the grant took a token");
+    /* Then anyone may take it, with a token above the dead waiter's. */
+    bl_manager *c = mk_manager(T, srv.port, NULL);
+    rec rc = acq_in(c, "mp", "k", 20000, 0);
+    cr_assert_eq(rc.status, BL_OK, "%s", rc.errmsg);
+    cr_assert_gt(rc.token, (uint64_t)tok);
+    cr_assert_eq(rel(rc.lock), BL_OK);
+    close_manager(T, c);
+    close_manager(T, a);
+}
+
+/* The grant reaches a manager whose request has gone (cancelled) while its
+ * holder id was still queued: the manager gives it back at once, which
+ * hands it to the next waiter - long before handoff_ms (60 s) would. */
+Test(handoff, a_grant_nobody_wants_any_more_is_given_back_and_handed_on)
+{
+    bl_manager *a = slow_poller(60000), *b = slow_poller(60000), *c = slow_poller(60000);
+    rec ra = acq_in(a, "mp", "k", 0, 0);
+    cr_assert_eq(ra.status, BL_OK);
+    rec rb = {0}, rc = {0};
+    bl_lock *lb = NULL;
+    bl_acquire_opts o = acq_opts(30000, 0);
+    cr_assert_eq(bl_acquire(b, "mp", "k", &o, on_acq, &rb, &lb), BL_OK);
+    cr_assert(waits_here(b));
+    cr_assert_eq(bl_acquire(c, "mp", "k", &o, on_acq, &rc, NULL), BL_OK);
+    cr_assert(waits_here(c));
+    /* b cancels; its queue entry is put back, as if the cancel's ZREM had
+     * not arrived yet when the release ran. Its subscription lingers. */
+    redisReply *sc = rs_cmd(&srv, "ZSCORE {bid_lock:mp:k}:q %s", bl_manager_holder(c));
+    cr_assert_eq(sc->type, REDIS_REPLY_STRING);
+    double score = atof(sc->str);
+    freeReplyObject(sc);
+    cr_assert_eq(bl_cancel(lb), BL_OK);
+    cr_assert(tl_wait(T, &rb.n, 1, 5000));
+    cr_assert_eq(rb.status, BL_ECANCELED);
+    tl_run_for(T, 50); /* the cancel's ZREM reaches the server first */
+    freeReplyObject(rs_cmd(&srv, "ZADD {bid_lock:mp:k}:q %.0f %s", score - 1,
+                           bl_manager_holder(b)));
+    cr_assert_eq(rel(ra.lock), BL_OK);
+    cr_assert(tl_wait(T, &rc.n, 1, 20000), "c got it well before the 60 s lease");
+    cr_assert_eq(rc.status, BL_OK, "%s", rc.errmsg);
+    cr_assert_eq(rb.n, 1, "b's callback came once");
+    bl_stats sb = stats_of(b);
+    cr_assert_eq(sb.acquired, 0, "b took nothing");
+    cr_assert_eq(sb.releases + sb.not_held, 0, "the give-back is no release of b's");
+    cr_assert_eq(rel(rc.lock), BL_OK);
+    close_manager(T, a);
+    close_manager(T, b);
+    close_manager(T, c);
+}
+
+/* The waiter's manager closes while the release runs: every callback once;
+ * the next waiter gets the lock (given back by the closing manager if the
+ * message came in time, else when handoff_ms ends). */
+Test(handoff, a_waiter_closed_as_it_is_granted_ends_once_and_the_next_gets_it)
+{
+    bl_manager *a = slow_poller(500), *b = slow_poller(500), *c = slow_poller(500);
+    rec ra = acq_in(a, "mp", "k", 0, 0);
+    cr_assert_eq(ra.status, BL_OK);
+    rec rb = {0}, rc = {0};
+    bl_acquire_opts o = acq_opts(30000, 0);
+    cr_assert_eq(bl_acquire(b, "mp", "k", &o, on_acq, &rb, NULL), BL_OK);
+    cr_assert(waits_here(b));
+    cr_assert_eq(bl_acquire(c, "mp", "k", &o, on_acq, &rc, NULL), BL_OK);
+    cr_assert(waits_here(c));
+    rec released = {0};
+    cr_assert_eq(bl_release(ra.lock, on_rel, &released), BL_OK);
+    int closed = 0;
+    bl_manager_close(b, on_closed, &closed); /* in the same loop turn */
+    cr_assert(tl_wait(T, &closed, 1, 15000), "b closed");
+    cr_assert_eq(rb.n, 1, "b's request ended once");
+    cr_assert(rb.status == BL_ECANCELED || rb.status == BL_OK, "%s", bl_status_name(rb.status));
+    cr_assert(tl_wait(T, &rc.n, 1, 25000), "c got it");
+    cr_assert_eq(rc.status, BL_OK, "%s", rc.errmsg);
+    cr_assert_gt(rc.token, ra.token);
+    cr_assert_eq(rel(rc.lock), BL_OK);
+    cr_assert_eq(released.n, 1);
+    close_manager(T, a);
+    close_manager(T, c);
+}
+
+/* With auto_extend a directly granted lease is renewed like any other. */
+Test(handoff, a_directly_granted_lease_is_renewed)
+{
+    bl_manager *a = slow_poller(2000), *b = slow_poller(2000);
+    rec ra = acq_in(a, "mp", "k", 0, 0);
+    cr_assert_eq(ra.status, BL_OK);
+    rec held = {0}, lost = {0};
+    bl_acquire_opts o = acq_opts(30000, 1500);
+    o.auto_extend = 1;
+    o.on_lost = on_lost;
+    o.on_lost_data = &lost;
+    cr_assert_eq(bl_acquire(b, "mp", "k", &o, on_acq, &held, NULL), BL_OK);
+    cr_assert(waits_here(b));
+    cr_assert_eq(rel(ra.lock), BL_OK);
+    cr_assert(tl_wait(T, &held.n, 1, 20000));
+    cr_assert_eq(held.status, BL_OK);
+    cr_assert_eq(stats_of(b).direct_handoffs, 1);
+    /* The takeover, then renewals every ttl/3: counted, not timed. */
+    for (int i = 0; i < 1000 && stats_of(b).extends < 6; i++)
+        tl_run_for(T, 10);
+    cr_assert_geq(stats_of(b).extends, 6, "renewed (%llu)",
+                  (unsigned long long)stats_of(b).extends);
+    cr_assert_eq(lost.n, 0, "not lost");
+    cr_assert(holder_is(bl_manager_holder(b)));
+    cr_assert_eq(rel(held.lock), BL_OK);
+    close_manager(T, a);
+    close_manager(T, b);
 }

@@ -112,7 +112,7 @@ static int subscribed(void *arg)
     char channel[600];
     snprintf(channel, sizeof channel, "{bid_lock:ebay:%s}|%s", x->posting, bl_manager_holder(x->m));
     return st.waiting >= 1 &&
-           st.attempts == st.acquired + st.done + st.abandoned + st.conflicts + st.errors_attempt &&
+           st.attempts + st.direct_handoffs == st.acquired + st.done + st.abandoned + st.conflicts + st.errors_attempt &&
            rs_subscribers(x->s, channel) >= 1;
 }
 

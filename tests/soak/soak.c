@@ -17,7 +17,8 @@
  *    request started, a release callback for every release started, at most
  *    one on_lost per lock;
  *  - counters, once drained: for every manager requests == acquired + busy
- *    + timeouts + cancelled + failed + done, attempts == acquired + done +
+ *    + timeouts + cancelled + failed + done, attempts + direct_handoffs ==
+ *    acquired + done +
  *    abandoned + conflicts + errors_attempt, held == 0, waiting == 0; and
  *    the sums match this program's own tally of callbacks by status;
  *  - it drains (every slot idle) within 30 s of the end, and every manager
@@ -445,7 +446,7 @@ static void check_counters(void)
                   i, (unsigned long long)s.requests,
                   (unsigned long long)(s.acquired + s.busy + s.timeouts + s.cancelled + s.failed +
                                        s.done));
-        if (s.attempts != s.acquired + s.done + s.abandoned + s.conflicts + s.errors_attempt)
+        if (s.attempts + s.direct_handoffs != s.acquired + s.done + s.abandoned + s.conflicts + s.errors_attempt)
             failf("manager %d: attempts %llu != acquired+done+abandoned+conflicts+errors %llu", i,
                   (unsigned long long)s.attempts,
                   (unsigned long long)(s.acquired + s.done + s.abandoned + s.conflicts +
