@@ -444,7 +444,14 @@ typedef struct bl_acquire_opts {
      * once with BL_ELOST (the lock is no longer yours: stop the work) and
      * renewing stops. The handle stays valid until you call bl_release,
      * which then reports BL_ENOTHELD - or BL_OK if, after all, a late
-     * renewal had kept the lock yours. Default 0. */
+     * renewal had kept the lock yours. Default 0.
+     * on_lost is also called, with or without auto_extend, for a lock a
+     * release handed to this request directly (README, "Fairness") whose
+     * takeover failed: such a grant is held on the server for handoff_ms
+     * until the takeover - an extension to ttl_ms sent as the grant
+     * arrives, one round trip - answers, so a connection lost in that
+     * moment ends the lease after handoff_ms. NULL: not told (fencing
+     * tokens still protect what you write). */
     int auto_extend;
     void (*on_lost)(bl_lock *lock, int status, void *data);
     void *on_lost_data;

@@ -776,8 +776,8 @@ static int start_request(bl_manager *m, const bl_posting *p, size_t n, int group
     lock->started = bl_mgr_now(m);
     lock->started_us = bl_now_us();
     lock->deadline = lock->started + wait;
-    if (opts && opts->auto_extend) {
-        lock->auto_extend = 1;
+    if (opts) {
+        lock->auto_extend = opts->auto_extend != 0;
         lock->on_lost = opts->on_lost;
         lock->on_lost_data = opts->on_lost_data;
     }

@@ -417,3 +417,59 @@ Test(handoff, a_directly_granted_lease_is_renewed)
     close_manager(T, a);
     close_manager(T, b);
 }
+
+/* The takeover fails: someone else has the lock by the time the extension
+ * arrives (here: written by the test inside the grant's callback, before
+ * the loop sends the extension). The request learns it through on_lost -
+ * without auto_extend too - and its release says not held. */
+typedef struct grab {
+    rec r;
+    int lost, lost_status;
+} grab;
+
+static void grant_then_steal(bl_lock *lock, int status, void *data)
+{
+    grab *g = data;
+    g->r.n++;
+    g->r.status = status;
+    g->r.lock = status == BL_OK ? lock : NULL;
+    if (status == BL_OK)
+        freeReplyObject(rs_cmd(&srv, "SET bid_lock:mp:k intruder PX 60000"));
+}
+
+static void grab_lost(bl_lock *lock, int status, void *data)
+{
+    (void)lock;
+    grab *g = data;
+    g->lost++;
+    g->lost_status = status;
+}
+
+Test(handoff, a_failed_takeover_is_reported_lost)
+{
+    bl_manager *a = slow_poller(5000), *b = slow_poller(5000);
+    rec ra = acq_in(a, "mp", "k", 0, 0);
+    cr_assert_eq(ra.status, BL_OK);
+    grab g = {{0}, 0, 0};
+    bl_acquire_opts o = acq_opts(30000, 0); /* no auto_extend */
+    o.on_lost = grab_lost;
+    o.on_lost_data = &g;
+    cr_assert_eq(bl_acquire(b, "mp", "k", &o, grant_then_steal, &g, NULL), BL_OK);
+    cr_assert(waits_here(b));
+    cr_assert_eq(rel(ra.lock), BL_OK);
+    cr_assert(tl_wait(T, &g.r.n, 1, 20000));
+    cr_assert_eq(g.r.status, BL_OK);
+    cr_assert_eq(stats_of(b).direct_handoffs, 1);
+    cr_assert(tl_wait(T, &g.lost, 1, 20000), "on_lost came");
+    cr_assert_eq(g.lost_status, BL_ELOST);
+    tl_run_for(T, 100);
+    cr_assert_eq(g.lost, 1, "once");
+    cr_assert(holder_is("intruder"), "the takeover changed nothing");
+    rec rr = {0};
+    cr_assert_eq(bl_release(g.r.lock, on_rel, &rr), BL_OK);
+    cr_assert(tl_wait(T, &rr.n, 1, 5000));
+    cr_assert_eq(rr.status, BL_ENOTHELD);
+    cr_assert(holder_is("intruder"));
+    close_manager(T, a);
+    close_manager(T, b);
+}
