@@ -261,19 +261,26 @@ static int is_role(int port, const char *want)
 
 /* One look, no sleep: the port a live, unfrozen sentinel names other than
  * old_port, if that node says ROLE master; else -1. */
+/* The port live sentinel i names as the master, or -1. */
+static int sentinel_names(int i)
+{
+    if (!bed.sentinel[i].pid)
+        return -1;
+    redisReply *r = sb_cmd(bed.sentinel[i].port, "SENTINEL get-master-addr-by-name %s",
+                           SB_MASTER_NAME);
+    int port = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                       r->element[1]->type == REDIS_REPLY_STRING
+                   ? atoi(r->element[1]->str)
+                   : -1;
+    if (r)
+        freeReplyObject(r);
+    return port;
+}
+
 static int new_master_now(int old_port)
 {
     for (int i = 0; i < SB_SENTINELS; i++) {
-        if (!bed.sentinel[i].pid)
-            continue;
-        redisReply *r = sb_cmd(bed.sentinel[i].port, "SENTINEL get-master-addr-by-name %s",
-                               SB_MASTER_NAME);
-        int port = -1;
-        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-            r->element[1]->type == REDIS_REPLY_STRING)
-            port = atoi(r->element[1]->str);
-        if (r)
-            freeReplyObject(r);
+        int port = sentinel_names(i);
         if (port > 0 && port != old_port && is_role(port, "master"))
             return port;
     }
@@ -286,16 +293,7 @@ static int named_masters(int *out)
 {
     int n = 0;
     for (int i = 0; i < SB_SENTINELS; i++) {
-        if (!bed.sentinel[i].pid)
-            continue;
-        redisReply *r = sb_cmd(bed.sentinel[i].port, "SENTINEL get-master-addr-by-name %s",
-                               SB_MASTER_NAME);
-        int port = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-                           r->element[1]->type == REDIS_REPLY_STRING
-                       ? atoi(r->element[1]->str)
-                       : -1;
-        if (r)
-            freeReplyObject(r);
+        int port = sentinel_names(i);
         int dup = port <= 0;
         for (int j = 0; j < n && !dup; j++)
             dup = out[j] == port;
@@ -372,17 +370,7 @@ static void check_grant(const char *what, const char *key, const char *holder, i
 static int all_name(int port)
 {
     for (int i = 0; i < SB_SENTINELS; i++) {
-        if (!bed.sentinel[i].pid)
-            continue;
-        redisReply *r = sb_cmd(bed.sentinel[i].port, "SENTINEL get-master-addr-by-name %s",
-                               SB_MASTER_NAME);
-        int says = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-                           r->element[1]->type == REDIS_REPLY_STRING
-                       ? atoi(r->element[1]->str)
-                       : -1;
-        if (r)
-            freeReplyObject(r);
-        if (says != port)
+        if (bed.sentinel[i].pid && sentinel_names(i) != port)
             return 0;
     }
     return 1;
