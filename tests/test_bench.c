@@ -211,25 +211,30 @@ static w5_params w5_small(void)
     return p;
 }
 
-static void assert_w5_held(const w5_result *w, const w5_params *p)
+/* A W5 run of w5_small (batch and steal as given) that held every lock and
+ * renewed every lease. */
+static w5_result run_w5(int batch, int steal)
 {
-    cr_assert_eq(w->locks, p->locks);
-    cr_assert_eq(w->held, p->locks, "every lock granted");
-    cr_assert_eq(w->acquire_errors, 0);
-    cr_assert_geq(w->renewals_min, 1, "every lease renewed in the hold");
-    cr_assert_geq(w->renewals, (uint64_t)p->locks * 2);
-    cr_assert_geq(w->server_cmds, w->client_cmds);
-    cr_assert_geq(w->client_cmds, w->script_calls, "scripts are sent commands");
-    cr_assert_gt(w->max_gap_ms, 0);
+    bl_config c = defaults();
+    w5_params p = w5_small();
+    p.batch = batch;
+    p.steal = steal;
+    w5_result w;
+    cr_assert_eq(bench_w5(&c, &p, &w), 0);
+    cr_assert_eq(w.locks, p.locks);
+    cr_assert_eq(w.held, p.locks, "every lock granted");
+    cr_assert_eq(w.acquire_errors, 0);
+    cr_assert_geq(w.renewals_min, 1, "every lease renewed in the hold");
+    cr_assert_geq(w.renewals, (uint64_t)p.locks * 2);
+    cr_assert_geq(w.server_cmds, w.client_cmds);
+    cr_assert_geq(w.client_cmds, w.script_calls, "scripts are sent commands");
+    cr_assert_gt(w.max_gap_ms, 0);
+    return w;
 }
 
 Test(bench, w5_renews_every_lease_in_batches_and_loses_none)
 {
-    bl_config c = defaults();
-    w5_params p = w5_small();
-    w5_result w;
-    cr_assert_eq(bench_w5(&c, &p, &w), 0);
-    assert_w5_held(&w, &p);
+    w5_result w = run_w5(0, 0);
     cr_assert_eq(w.lost, 0);
     cr_log_info("%llu renewals in %llu script calls",
                 (unsigned long long)w.renewals, (unsigned long long)w.script_calls);
@@ -241,12 +246,7 @@ Test(bench, w5_renews_every_lease_in_batches_and_loses_none)
 
 Test(bench, w5_control_without_batching_makes_a_call_per_renewal)
 {
-    bl_config c = defaults();
-    w5_params p = w5_small();
-    p.batch = 1;
-    w5_result w;
-    cr_assert_eq(bench_w5(&c, &p, &w), 0);
-    assert_w5_held(&w, &p);
+    w5_result w = run_w5(1, 0);
     cr_assert_eq(w.lost, 0);
     cr_assert_geq(w.script_calls, w.renewals, "one call each: %llu calls for %llu renewals",
                   (unsigned long long)w.script_calls, (unsigned long long)w.renewals);
@@ -254,12 +254,7 @@ Test(bench, w5_control_without_batching_makes_a_call_per_renewal)
 
 Test(bench, w5_control_with_broken_leases_counts_each_lost)
 {
-    bl_config c = defaults();
-    w5_params p = w5_small();
-    p.steal = 10;
-    w5_result w;
-    cr_assert_eq(bench_w5(&c, &p, &w), 0);
-    assert_w5_held(&w, &p);
+    w5_result w = run_w5(0, 10);
     cr_assert_eq(w.lost, 10, "each deleted lease is lost once (%d)", w.lost);
 }
 

@@ -53,22 +53,10 @@ static int ours(bl_manager *m, int i)
     return yes;
 }
 
-typedef struct renewed_arg {
-    bl_manager *m;
-    uint64_t target;
-} renewed_arg;
-
-static int renewed_enough(void *arg)
-{
-    renewed_arg *a = arg;
-    return stats_of(a->m).extends >= a->target;
-}
-
 /* Run until m has renewed `more` leases beyond what it had, at most ms. */
 static int wait_renewals(bl_manager *m, uint64_t more, int ms)
 {
-    renewed_arg a = {m, stats_of(m).extends + more};
-    return tl_wait_for(T, renewed_enough, &a, ms);
+    return wait_renewed(m, stats_of(m).extends + more, ms);
 }
 
 typedef struct inflight_arg {
@@ -100,12 +88,12 @@ Test(renew, many_leases_stay_held_past_several_ttls_in_few_script_calls)
 {
     bl_manager *m = mk_manager(T, srv.port, NULL);
     static rec held[NLOCKS], lost[NLOCKS];
-    hold_many(m, NLOCKS, 900, held, lost);
+    hold_many(m, NLOCKS, 1200, held, lost);
     long long calls0 = script_calls(), pexpire0 = rs_calls(&srv, "pexpire");
     uint64_t ext0 = stats_of(m).extends;
-    /* Each lock renews at least every 300 ms: 2.7 s is three TTLs, and a
+    /* Each lock renews at least every 400 ms: 3.6 s is three TTLs, and a
      * lock not renewed for one TTL is gone from the server. */
-    tl_run_for(T, 2700);
+    tl_run_for(T, 3600);
     bl_stats s = stats_of(m);
     long long calls = script_calls() - calls0, pexpire = rs_calls(&srv, "pexpire") - pexpire0;
     uint64_t renewals = s.extends - ext0;
@@ -132,7 +120,7 @@ Test(renew, a_lease_stolen_from_a_batch_is_lost_once_and_the_others_go_on)
     enum { N = 50 };
     bl_manager *m = mk_manager(T, srv.port, NULL);
     rec held[N] = {{0}}, lost[N] = {{0}};
-    hold_many(m, N, 900, held, lost);
+    hold_many(m, N, 1200, held, lost);
     cr_assert(wait_renewals(m, 2 * N, 20000), "renewing");
     freeReplyObject(rs_cmd(&srv, "SET bid_lock:ebay:r17 thief PX 60000"));
     long long calls0 = script_calls();

@@ -170,17 +170,6 @@ Test(replicas, one_wait_covers_a_batch_of_grants)
     close_manager(T, m);
 }
 
-typedef struct renewed_arg {
-    bl_manager *m;
-    uint64_t target;
-} renewed_arg;
-
-static int renewed(void *arg)
-{
-    renewed_arg *a = arg;
-    return stats(a->m).extends >= a->target;
-}
-
 /* Batched renewals (one script call for many leases) count only once the
  * replica has them, as a lone renewal does: one WAIT covers the batch, and
  * while the replica is frozen none counts, none is lost, and they go
@@ -206,10 +195,10 @@ Test(replicas, batched_renewals_count_once_the_replica_has_them)
     for (int i = 0; i < N; i++)
         cr_assert_eq(held[i].status, BL_OK, "%d: %s", i, held[i].errmsg);
     long long waits0 = wait_calls();
-    renewed_arg a = {m, stats(m).extends + N};
+    uint64_t target = stats(m).extends + N;
     for (int i = 0; i < N; i++)
         bl_lock_reverify(held[i].lock);
-    cr_assert(tl_wait_for(T, renewed, &a, 15000), "all renewed");
+    cr_assert(wait_renewed(m, target, 15000), "all renewed");
     long long waits = wait_calls() - waits0;
     cr_assert(waits >= 1 && waits < 5, "%lld WAITs for one batch of %d renewals", waits, N);
 
@@ -224,8 +213,7 @@ Test(replicas, batched_renewals_count_once_the_replica_has_them)
     for (int i = 0; i < N; i++)
         cr_assert_eq(lost[i].n, 0, "a shortfall is not a loss while the lease runs");
     kill(replica.pid, SIGCONT);
-    a.target = ext + N;
-    cr_assert(tl_wait_for(T, renewed, &a, 20000), "renewed once the replica is back");
+    cr_assert(wait_renewed(m, ext + N, 20000), "renewed once the replica is back");
     for (int i = 0; i < N; i++)
         cr_assert_eq(lost[i].n, 0);
     close_manager(T, m);
