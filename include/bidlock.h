@@ -409,9 +409,9 @@ typedef struct bl_acquire_opts {
     /* Keep the lease alive while held: renew at about ttl/3 with a
      * holder-verified compare-and-pexpire. Renewals are spread and
      * batched: each lease renews at a random moment of the last quarter of
-     * every third of its ttl (of the last half after the grant), never
-     * later, so leases granted together do not renew together; a manager
-     * sends the renewals due within 50 ms of each other as one script call
+     * every third of its ttl, never later, so leases granted together do
+     * not renew together; a manager sends the renewals due within 50 ms of
+     * each other (rounded to 50 ms slots) as one script call
      * of up to 100 leases, in which each key is checked and renewed on its
      * own, so each lease still learns alone whether it is held. (In a
      * Redis Cluster each renews in its own call: keys of different slots

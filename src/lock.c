@@ -170,19 +170,23 @@ static void leave_server_queue(bl_lock *lock)
 #define RENEW_WINDOW_MS 50
 
 /* Arm the next renewal, at most ttl/3 after the last one answered. Each
- * lock picks its own moment in the last quarter of that third (the last
- * half after the grant): locks granted together drift apart at once and
- * keep drifting, so they never renew as one herd; a lease of ttl is
- * renewed three times over before it could run out. */
-static void schedule_renewal(bl_lock *lock, int first)
+ * lock picks its own moment in the last quarter of that third: locks
+ * granted together drift apart at once and keep drifting, so they never
+ * renew as one herd; a lease of ttl is renewed three times over before it
+ * could run out. The moment is rounded down to a multiple of the window on
+ * the loop clock: leases due within one window fire together, in one turn
+ * of the loop, rather than each waking it on its own millisecond. */
+static void schedule_renewal(bl_lock *lock)
 {
     bl_manager *m = lock->m;
-    uint64_t third = lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1;
-    uint64_t spread = first ? third / 2 : third / 4;
-    uint64_t w = third / 4 < RENEW_WINDOW_MS ? third / 4 : RENEW_WINDOW_MS;
+    uint64_t third = lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1, spread = third / 4;
+    uint64_t w = spread < RENEW_WINDOW_MS ? spread : RENEW_WINDOW_MS;
     uint64_t early = w + (spread ? bl_rand_next(&m->rng) % (spread + 1) : 0);
+    uint64_t now = bl_mgr_now(m), at = now + (third > early ? third - early : 0);
+    if (w)
+        at -= at % w;
     lock->renew_window = w;
-    m->loop.timer_start(lock->timer, third > early ? third - early : 0);
+    m->loop.timer_start(lock->timer, at > now ? at - now : 0);
 }
 
 static void renew_unqueue(bl_lock *lock)
@@ -347,7 +351,7 @@ static void fire_acquire(bl_lock *lock, int status)
         bl_hist_add(&m->acquire_hist, (double)(bl_now_us() - lock->started_us) / 1000.0);
         lock->lease_until = lock->op_sent + lock->ttl_ms;
         if (lock->auto_extend)
-            schedule_renewal(lock, 1);
+            schedule_renewal(lock);
         if (lock->sfn) {
             lock->in_section = 1;
             lock->sfn(lock, lock->sdata);
@@ -553,7 +557,7 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
             lock->reverify = 0;
             m->loop.timer_start(lock->timer, 0);
         } else {
-            schedule_renewal(lock, 0);
+            schedule_renewal(lock);
         }
     } else if (r->status == BL_ENOTHELD || now >= lock->lease_until) {
         lose(lock);

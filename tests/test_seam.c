@@ -327,9 +327,9 @@ Test(seam, a_try_once_without_an_answer_is_a_connection_error_after_command_time
 }
 
 /* Renewals are spread: each comes at most ttl/3 after the last one
- * answered, and no sooner than its spread (the last half of that third
- * after the grant, the last quarter later) and the queue's window (a
- * quarter of it, at most 50 ms) allow. */
+ * answered, and no sooner than its spread (the last quarter of that
+ * third), the queue's window (a quarter of it, at most 50 ms) and the
+ * rounding to a window allow. */
 Test(seam, a_lease_is_renewed_within_every_third_of_its_ttl)
 {
     rec r = {0};
@@ -341,7 +341,7 @@ Test(seam, a_lease_is_renewed_within_every_third_of_its_ttl)
     cr_assert_eq(r.status, BL_OK);
     cr_assert_eq(bl_lock_token(r.lock), 7);
     for (int i = 1; i <= 5; i++) {
-        int earliest = i == 1 ? 100 - 25 - 50 : 100 - 25 - 25;
+        int earliest = 100 - 25 - 25 - 25;
         advance((uint64_t)earliest - 1);
         cr_assert_eq(FB->nops, i, "not early (%d)", i);
         int waited = earliest - 1;
