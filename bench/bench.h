@@ -1,4 +1,4 @@
-/* bench.h - the W1-W4 workloads of shared/BENCH.md as functions, shared by
+/* bench.h - the W1-W5 workloads of shared/BENCH.md as functions, shared by
  * the bidlock-bench program and tests/test_bench.c.
  *
  * Every workload talks to a redis-server on 127.0.0.1:port that somebody
@@ -28,6 +28,8 @@
 #define BENCH_W4_COUNTER "bid_lock_bench:w4:counter" /* outside the lock prefix */
 
 uint64_t bench_now_us(void);
+/* CPU time this process used so far, user + system, in seconds. */
+double bench_cpu_s(void);
 
 /* ---- server.c: a private redis-server, blocking helpers, the limit ------- */
 
@@ -54,6 +56,7 @@ int bench_script_load(int port, int which, char sha[41]);
 typedef struct bench_cmdstats {
     uint64_t total;
     uint64_t evalsha, eval, subscribe, unsubscribe, publish, zrem;
+    uint64_t get, pexpire; /* W5: what the renewal scripts run inside */
 } bench_cmdstats;
 int bench_cmdstats_read(int port, bench_cmdstats *out);
 
@@ -174,5 +177,34 @@ typedef struct w4_result {
 } w4_result;
 /* W4 safety: procs x iterations of (acquire hot, GET, sleep, SET+1, release). */
 int bench_w4(const bl_config *cfg, const w4_params *p, w4_result *out);
+
+typedef struct w5_params {
+    int locks;       /* 10,000 */
+    int64_t ttl_ms;  /* 3000 */
+    double hold_s;   /* 30 */
+    int batch;       /* leases per renewal call; 1 = CONTROL: no batching */
+    int steal;       /* CONTROL: delete this many lock keys half-way (must be lost) */
+} w5_params;
+void w5_params_init(w5_params *p);
+
+typedef struct w5_result {
+    int locks, held, acquire_errors;
+    double elapsed_s;          /* the measured hold, after every lock was granted */
+    uint64_t renewals;         /* bl_stats.extends in the hold */
+    int renewals_min;          /* the least renewed lock's count */
+    double renewals_per_lock;  /* renewals / locks */
+    double max_gap_ms;         /* longest time between one lock's renewals (grant to
+                                * first included), from the lease each answer set */
+    int lost;                  /* on_lost calls */
+    /* server side, INFO commandstats deltas over the hold */
+    uint64_t server_cmds;      /* every command, those inside scripts too */
+    uint64_t script_calls;     /* EVALSHA + EVAL */
+    uint64_t client_cmds;      /* server_cmds less the GET and PEXPIRE the scripts ran */
+    double server_cmds_per_s, client_cmds_per_s, script_calls_per_s;
+    double client_cpu_pct;     /* this process, user + system, over the hold */
+} w5_result;
+/* W5 many-leases: p->locks locks on distinct keys (bid_lock:bench:lease_<i>),
+ * held with auto_extend on one manager for p->hold_s. */
+int bench_w5(const bl_config *cfg, const w5_params *p, w5_result *out);
 
 #endif

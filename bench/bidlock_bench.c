@@ -1,7 +1,8 @@
-/* bidlock-bench - the W1-W4 and W8 workloads of shared/BENCH.md.
+/* bidlock-bench - the W1-W5, W7 and W8 workloads of shared/BENCH.md.
  *
- *   bidlock-bench [--workload W1|W2|W3|W4|W7|W8|all] [--runs N] [--tuned]
- *                 [--lean] [--quick] [--no-lock] [--no-limit] [--port P]
+ *   bidlock-bench [--workload W1|W2|W3|W4|W5|W7|W8|all] [--runs N] [--tuned]
+ *                 [--lean] [--quick] [--no-lock] [--no-batch] [--steal N] [--no-limit]
+ *                 [--port P]
  *
  * Starts its own redis-server on a free 127.0.0.1 port (unless --port),
  * measures the limit with redis-benchmark, then runs each workload --runs
@@ -15,6 +16,9 @@
  *
  *   --quick     tiny sizes (tests, smoke runs): not BENCH.md's workloads
  *   --no-lock   W4 as a CONTROL run that skips the lock (must fail)
+ *   --no-batch  W5 as a CONTROL run that renews each lease in its own call
+ *   --steal N   W5 as a CONTROL run that deletes N lock keys half-way (lost)
+ *   --locks N   W5 size (analysis runs); not BENCH.md's workloads
  *   --no-limit  skip redis-benchmark (ratios are then left out)
  *   --port P    use a redis-server already listening on 127.0.0.1:P
  *   --cycles N  W1/W2 size (profiling runs); not BENCH.md's workloads
@@ -22,7 +26,7 @@
  *
  * W7 (W2 on a 3 masters + 3 replicas Redis Cluster it starts itself, and
  * on the one node above, in the same run) runs only when asked for: "all"
- * is W1-W4.
+ * is W1-W5 (W5 holds its leases for 30 s a run).
  * W8 (not in "all": it starts a server of its own, with a TLS port beside
  * the plaintext one and certificates made with the openssl command) runs
  * W1 and W2 in plaintext and over TLS, taking turns within each run, and
@@ -38,6 +42,7 @@
 #include <hiredis/hiredis.h>
 #include <openssl/crypto.h>
 
+#include "backend.h"
 #include "bed_cluster.h"
 #include "bench.h"
 #include "bench_loop.h"
@@ -139,16 +144,17 @@ static void emit_figs(FILE *o, const figset *f)
 /* ---- options --------------------------------------------------------------- */
 
 typedef struct opts {
-    int w[9]; /* w[1..4], w[7], w[8] */
+    int w[9]; /* w[1..5], w[7], w[8] */
     int runs, tuned, lean, quick, no_lock, no_limit, port, cycles, procs;
+    int no_batch, steal, locks;
 } opts;
 
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: bidlock-bench [--workload W1|W2|W3|W4|W7|W8|all] [--runs N] [--tuned]\n"
-            "                     [--lean] [--quick] [--no-lock] [--no-limit] [--port P] [--cycles N]\n"
-            "                     [--procs N]\n");
+            "usage: bidlock-bench [--workload W1|W2|W3|W4|W5|W7|W8|all] [--runs N] [--tuned]\n"
+            "                     [--lean] [--quick] [--no-lock] [--no-batch] [--steal N]\n"
+            "                     [--no-limit] [--port P] [--cycles N] [--procs N] [--locks N]\n");
 }
 
 static int parse(int argc, char **argv, opts *o)
@@ -161,9 +167,9 @@ static int parse(int argc, char **argv, opts *o)
         if (strcmp(a, "--workload") == 0 && i + 1 < argc) {
             const char *w = argv[++i];
             if (strcmp(w, "all") == 0)
-                o->w[1] = o->w[2] = o->w[3] = o->w[4] = 1;
+                o->w[1] = o->w[2] = o->w[3] = o->w[4] = o->w[5] = 1;
             else if ((w[0] == 'W' || w[0] == 'w') &&
-                     ((w[1] >= '1' && w[1] <= '4') || w[1] == '7' || w[1] == '8') && !w[2])
+                     ((w[1] >= '1' && w[1] <= '5') || w[1] == '7' || w[1] == '8') && !w[2])
                 o->w[w[1] - '0'] = 1;
             else
                 return -1;
@@ -184,6 +190,16 @@ static int parse(int argc, char **argv, opts *o)
             o->procs = atoi(argv[++i]);
             if (o->procs < 1 || o->procs > 64)
                 return -1;
+        } else if (strcmp(a, "--steal") == 0 && i + 1 < argc) {
+            o->steal = atoi(argv[++i]);
+            if (o->steal < 1)
+                return -1;
+        } else if (strcmp(a, "--locks") == 0 && i + 1 < argc) {
+            o->locks = atoi(argv[++i]);
+            if (o->locks < 1)
+                return -1;
+        } else if (strcmp(a, "--no-batch") == 0) {
+            o->no_batch = 1;
         } else if (strcmp(a, "--tuned") == 0) {
             o->tuned = 1;
         } else if (strcmp(a, "--lean") == 0) {
@@ -199,7 +215,7 @@ static int parse(int argc, char **argv, opts *o)
         }
     }
     if (!any)
-        o->w[1] = o->w[2] = o->w[3] = o->w[4] = 1;
+        o->w[1] = o->w[2] = o->w[3] = o->w[4] = o->w[5] = 1;
     return 0;
 }
 
@@ -646,6 +662,70 @@ static int run_w4(const opts *o, int port)
     return bad || (p.use_lock && passed != o->runs);
 }
 
+/* ---- W5: many leases renewed by one manager ------------------------------------ */
+
+static int run_w5(const opts *o, int port)
+{
+    w5_params p;
+    w5_params_init(&p);
+    if (o->quick) {
+        p.locks = 200;
+        p.ttl_ms = 300;
+        p.hold_s = 2;
+    }
+    if (o->locks)
+        p.locks = o->locks;
+    p.batch = o->no_batch ? 1 : 0;
+    p.steal = o->steal < p.locks ? o->steal : p.locks;
+    bl_config cfg;
+    bench_config(&cfg, port, BENCH_DEFAULT);
+    figset f = {0};
+    int bad = 0, lost_runs = 0;
+    /* What one call per lease and renewal would send: a lease renewed
+     * every ttl/3. */
+    double per_lock_rate = p.locks / ((double)(p.ttl_ms / 3) / 1000.0);
+    for (int r = 0; r < o->runs; r++) {
+        w5_result w;
+        bench_reset(port);
+        bad += bench_w5(&cfg, &p, &w) != 0;
+        lost_runs += w.lost > 0;
+        fig(&f, "held", w.held);
+        fig(&f, "elapsed_s", w.elapsed_s);
+        fig(&f, "client_cmds_per_s", w.client_cmds_per_s);
+        fig(&f, "script_calls_per_s", w.script_calls_per_s);
+        fig(&f, "server_cmds_per_s", w.server_cmds_per_s);
+        fig(&f, "client_cmds_vs_per_lock_rate", w.client_cmds_per_s / per_lock_rate);
+        fig(&f, "client_cpu_pct", w.client_cpu_pct);
+        fig(&f, "renewals", (double)w.renewals);
+        fig(&f, "renewals_per_lock", w.renewals_per_lock);
+        fig(&f, "renewals_per_lock_min", w.renewals_min);
+        fig(&f, "leases_per_script_call",
+            w.script_calls ? (double)w.renewals / (double)w.script_calls : 0);
+        fig(&f, "max_gap_ms", w.max_gap_ms);
+        fig(&f, "lost", w.lost);
+        fprintf(stderr,
+                "W5%s run %d/%d: %d/%d held, %.1f s: %.1f commands/s sent (%.1f script calls/s, "
+                "%.0f/s on the server with the scripts' own), %.2f renewals per lock (min %d), "
+                "max gap %.0f ms, %d lost, client CPU %.1f%%\n",
+                o->no_batch ? " CONTROL (no batching)" : o->steal ? " CONTROL (stolen leases)" : "",
+                r + 1, o->runs, w.held, w.locks, w.elapsed_s, w.client_cmds_per_s,
+                w.script_calls_per_s, w.server_cmds_per_s, w.renewals_per_lock, w.renewals_min,
+                w.max_gap_ms, w.lost, w.client_cpu_pct);
+    }
+    header("W5", "many-leases",
+           o->no_batch ? "control-no-batch" : o->steal ? "control-stolen" : "default", o->runs,
+           bad);
+    printf(",\"processes\":1,\"managers\":1,\"locks\":%d,\"ttl_ms\":%lld,\"hold_s\":%g,"
+           "\"renew_batch_max\":%d,\"stolen\":%d,\"per_lock_rate_cmds_per_s\":%g",
+           p.locks, (long long)p.ttl_ms, p.hold_s, p.batch ? p.batch : BL_RENEW_BATCH_MAX,
+           p.steal, per_lock_rate);
+    emit_figs(stdout, &f);
+    printf("}\n");
+    fflush(stdout);
+    /* A lost lease fails the run; the stealing control fails without one. */
+    return bad || (p.steal ? lost_runs != o->runs : lost_runs != 0);
+}
+
 /* ---- W8: W1 and W2 over TLS beside plaintext, on one server ------------------ */
 
 /* The manager's config for W8: plaintext on the port, or TLS on the TLS port. */
@@ -793,6 +873,8 @@ int main(int argc, char **argv)
     }
     if (o.w[4])
         bad |= run_w4(&o, port);
+    if (o.w[5])
+        bad |= run_w5(&o, port);
     if (o.w[7])
         bad |= run_w7(&o, port);
     if (o.w[8])

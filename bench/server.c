@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include <hiredis/hiredis.h>
@@ -19,6 +20,14 @@ uint64_t bench_now_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+double bench_cpu_s(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + (double)u.ru_utime.tv_usec / 1e6 +
+           (double)u.ru_stime.tv_sec + (double)u.ru_stime.tv_usec / 1e6;
 }
 
 /* The server itself comes from tests/rsrv (one launcher for the tests and
@@ -136,6 +145,8 @@ int bench_cmdstats_read(int port, bench_cmdstats *out)
         {"unsubscribe", offsetof(bench_cmdstats, unsubscribe)},
         {"publish", offsetof(bench_cmdstats, publish)},
         {"zrem", offsetof(bench_cmdstats, zrem)},
+        {"get", offsetof(bench_cmdstats, get)},
+        {"pexpire", offsetof(bench_cmdstats, pexpire)},
     };
     for (const char *p = strstr(r->str, "cmdstat_"); p; p = strstr(p + 1, "cmdstat_")) {
         const char *name = p + strlen("cmdstat_");

@@ -187,14 +187,6 @@ static void w2_start(w2_slot *s)
     }
 }
 
-static double cpu_s(void)
-{
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return (double)u.ru_utime.tv_sec + (double)u.ru_utime.tv_usec / 1e6 +
-           (double)u.ru_stime.tv_sec + (double)u.ru_stime.tv_usec / 1e6;
-}
-
 int bench_w2(const bl_config *cfg, int cycles, int inflight, w2_result *out)
 {
     memset(out, 0, sizeof *out);
@@ -207,7 +199,7 @@ int bench_w2(const bl_config *cfg, int cycles, int inflight, w2_result *out)
     int rc = -1;
     if (c.m) {
         uint64_t t0 = bench_now_us();
-        double cpu0 = cpu_s();
+        double cpu0 = bench_cpu_s();
         for (int i = 0; i < inflight; i++) {
             slots[i].c = &c;
             w2_start(&slots[i]);
@@ -218,7 +210,7 @@ int bench_w2(const bl_config *cfg, int cycles, int inflight, w2_result *out)
         bl_manager_stats(c.m, &st);
         out->redirects = st.redirects;
         out->map_refreshes = st.map_refreshes;
-        out->client_cpu_s = cpu_s() - cpu0;
+        out->client_cpu_s = bench_cpu_s() - cpu0;
         out->cycles = c.ncycle;
         out->errors = c.errors + (c.completed < c.n);
         out->cycles_per_s = c.ncycle / s;

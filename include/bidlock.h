@@ -439,7 +439,15 @@ typedef struct bl_acquire_opts {
      * taken); BL_WAIT_DEFAULT = the manager's default. Valid: up to 30 days. */
     int64_t wait_ms;
     /* Keep the lease alive while held: renew at about ttl/3 with a
-     * holder-verified compare-and-pexpire. If a renewal is refused, or
+     * holder-verified compare-and-pexpire. Renewals are spread and
+     * batched: each lease renews at a random moment of the last quarter of
+     * every third of its ttl, never later, so leases granted together do
+     * not renew together; a manager sends the renewals due within 50 ms of
+     * each other (rounded to 50 ms slots) as one script call
+     * of up to 100 leases, in which each key is checked and renewed on its
+     * own, so each lease still learns alone whether it is held. (In a
+     * Redis Cluster each renews in its own call: keys of different slots
+     * cannot share a script.) If a renewal is refused, or
      * renewals keep failing until the TTL has run out, on_lost is called
      * once with BL_ELOST (the lock is no longer yours: stop the work) and
      * renewing stops. The handle stays valid until you call bl_release,

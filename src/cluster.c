@@ -1390,6 +1390,8 @@ static void cl_free(bl_backend *be)
 static const bl_backend_vt cluster_vt = {
     "redis-cluster", cl_start,      cl_leave,    cl_watch,
     cl_admin,        cl_conn_state, cl_shutdown, cl_free,
+    NULL, /* start_many: leases of different slots cannot share a script; each
+           * renewal is routed to its own slot's master alone */
 };
 
 /* A seed's address: numeric as it is, a host name resolved once here

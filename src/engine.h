@@ -58,6 +58,9 @@ struct bl_lock {
     int auto_extend, lost;
     uint64_t lease_until;   /* loop clock: the lease surely ends by then */
     uint64_t op_sent;       /* loop clock: when the last operation was sent */
+    int renew_queued;       /* in the manager's renewal queue (renew_head..) */
+    bl_lock *rprev, *rnext; /* ...its neighbours there */
+    uint64_t renew_window;  /* ms the due renewal may wait there for others */
     void (*on_lost)(bl_lock *, int, void *);
     void *on_lost_data;
     enum bl_op_kind release_after; /* a release asked for while extending */
@@ -105,6 +108,15 @@ struct bl_manager {
     enum mgr_kick kick;
     int closing, shutdown_started, backend_closed;
     bl_lock *close_scan; /* close: the first request that may still be busy */
+    /* Lease renewals due within a few ms of each other, sent as one batch
+     * (lock.c, renew_enqueue): oldest first. */
+    bl_lock *renew_head, *renew_tail;
+    size_t renew_n;
+    size_t renew_batch;    /* leases per renewal call: BL_RENEW_BATCH_MAX; 1 = one call
+                            * each (the bench's control run sets it) */
+    bl_timer *renew_timer; /* sends the queue by the earliest deadline in it */
+    int renew_armed;
+    uint64_t renew_flush_at; /* loop clock: renew_timer's deadline while armed */
     bl_close_cb close_cb;
     void *close_data;
 };
@@ -149,5 +161,7 @@ int bl_lock_take_grant(bl_lock *lock, uint64_t token);
 /* The store may have lost what it had (a failover): a held, auto-extended
  * lock renews now instead of at its next tick. */
 void bl_lock_reverify(bl_lock *lock);
+/* renew_timer's callback: send every queued renewal now. */
+void bl_lock_renew_flush(void *manager);
 
 #endif

@@ -2,7 +2,7 @@
  *
  *  bl_acquire -> ACQUIRING --granted--> HELD --bl_release--> RELEASING --> DEAD
  *                  |    ^                 |  ^
- *           taken  v    | timer / wake    |  | renew timer (ttl/3): extend;
+ *           taken  v    | timer / wake    |  | renew timer (<= ttl/3): queue, extend;
  *               WAITING-+                 |  +- refused/expired -> on_lost once
  *                  +-- deadline/cancel --> ENDING --(timer 0)--> callback --> DEAD
  *
@@ -12,6 +12,11 @@
  * never run inside the call that started it). A request has at most one
  * backend operation in flight; the handle lives until the user is done with
  * it (DEAD) and that operation has answered.
+ *
+ * Lease renewals go through the manager's renewal queue: a lock whose
+ * renewal is due waits there a few ms for others, and the queue goes out
+ * as batches of up to BL_RENEW_BATCH_MAX leases per call (start_many).
+ * Each lock still has its own BL_OP_EXTEND in flight and its own answer.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,9 +29,12 @@ static void set_errmsg(char *dst, const char *msg)
     snprintf(dst, BL_ERRMSG_MAX, "%s", msg ? msg : "");
 }
 
+static void renew_unqueue(bl_lock *lock);
+
 void bl_lock_free(bl_lock *lock)
 {
     bl_manager *m = lock->m;
+    renew_unqueue(lock);
     if (lock->wq)
         bl_wq_leave(lock);
     if (lock->prev)
@@ -102,7 +110,8 @@ static int may_reclaim(const bl_lock *lock)
     return 1;
 }
 
-static int start_op(bl_lock *lock, enum bl_op_kind kind)
+/* Fill lock->op for kind; start_op sends it. */
+static void prep_op(bl_lock *lock, enum bl_op_kind kind)
 {
     bl_manager *m = lock->m;
     lock->op_sent = bl_mgr_now(m);
@@ -136,6 +145,12 @@ static int start_op(bl_lock *lock, enum bl_op_kind kind)
         if (keep > lock->op.queue_ttl_ms)
             lock->op.queue_ttl_ms = keep;
     }
+}
+
+static int start_op(bl_lock *lock, enum bl_op_kind kind)
+{
+    bl_manager *m = lock->m;
+    prep_op(lock, kind);
     int rc = m->be->vt->start(m->be, &lock->op);
     if (rc != 0)
         lock->op.kind = BL_OP_NONE;
@@ -145,6 +160,148 @@ static int start_op(bl_lock *lock, enum bl_op_kind kind)
 static void leave_server_queue(bl_lock *lock)
 {
     lock->m->be->vt->leave(lock->m->be, &lock->keys);
+}
+
+/* ---- lease renewal: spread, then batched --------------------------------- */
+
+/* The most a due renewal waits in the queue for others. Small against any
+ * lease worth renewing, and renewals are due early by as much (the timer
+ * fires that much sooner), so waiting never makes one late. */
+#define RENEW_WINDOW_MS 50
+
+/* Arm the next renewal, at most ttl/3 after the last one answered. Each
+ * lock picks its own moment in the last quarter of that third: locks
+ * granted together drift apart at once and keep drifting, so they never
+ * renew as one herd; a lease of ttl is renewed three times over before it
+ * could run out. The moment is rounded down to a multiple of the window on
+ * the loop clock: leases due within one window fire together, in one turn
+ * of the loop, rather than each waking it on its own millisecond. */
+static void schedule_renewal(bl_lock *lock)
+{
+    bl_manager *m = lock->m;
+    uint64_t third = lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1, spread = third / 4;
+    uint64_t w = spread < RENEW_WINDOW_MS ? spread : RENEW_WINDOW_MS;
+    uint64_t early = w + (spread ? bl_rand_next(&m->rng) % (spread + 1) : 0);
+    uint64_t now = bl_mgr_now(m), at = now + (third > early ? third - early : 0);
+    if (w)
+        at -= at % w;
+    lock->renew_window = w;
+    m->loop.timer_start(lock->timer, at > now ? at - now : 0);
+}
+
+static void renew_unqueue(bl_lock *lock)
+{
+    bl_manager *m = lock->m;
+    if (!lock->renew_queued)
+        return;
+    lock->renew_queued = 0;
+    if (lock->rprev)
+        lock->rprev->rnext = lock->rnext;
+    else
+        m->renew_head = lock->rnext;
+    if (lock->rnext)
+        lock->rnext->rprev = lock->rprev;
+    else
+        m->renew_tail = lock->rprev;
+    lock->rprev = lock->rnext = NULL;
+    if (--m->renew_n == 0 && m->renew_armed) {
+        m->renew_armed = 0;
+        m->loop.timer_stop(m->renew_timer);
+    }
+}
+
+static void extend_done(bl_lock *lock, const bl_op_result *r);
+
+/* The renewal is on the wire: while it is out, the timer bounds the lease
+ * (no answer by then: lost). */
+static void renewal_sent(bl_lock *lock)
+{
+    bl_manager *m = lock->m;
+    uint64_t now = bl_mgr_now(m);
+    m->loop.timer_start(lock->timer, lock->lease_until > now ? lock->lease_until - now : 1);
+}
+
+/* Send the renewals of locks[0..n) (n <= BL_RENEW_BATCH_MAX; a group only
+ * alone): one call if the backend batches, else one each. */
+static void renew_send(bl_manager *m, bl_lock **locks, size_t n)
+{
+    bl_op *ops[BL_RENEW_BATCH_MAX];
+    for (size_t i = 0; i < n; i++) {
+        prep_op(locks[i], BL_OP_EXTEND);
+        ops[i] = &locks[i]->op;
+    }
+    if (n > 1 && m->be->vt->start_many && m->be->vt->start_many(m->be, ops, n) == 0) {
+        for (size_t i = 0; i < n; i++)
+            renewal_sent(locks[i]);
+        return;
+    }
+    /* Every op goes out before any failure is handled: a failure may end
+     * in on_lost, whose callback may release or close anything. */
+    int failed[BL_RENEW_BATCH_MAX];
+    for (size_t i = 0; i < n; i++) {
+        failed[i] = m->be->vt->start(m->be, ops[i]) != 0;
+        if (failed[i])
+            locks[i]->op.kind = BL_OP_NONE;
+        else
+            renewal_sent(locks[i]);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (failed[i]) {
+            bl_op_result r = {BL_ECONN, 0, 0, "not connected", 0, 0};
+            extend_done(locks[i], &r);
+        }
+}
+
+void bl_lock_renew_flush(void *data)
+{
+    bl_manager *m = data;
+    bl_lock *chunk[BL_RENEW_BATCH_MAX];
+    size_t cap = m->renew_batch && m->renew_batch < BL_RENEW_BATCH_MAX ? m->renew_batch
+                                                                       : BL_RENEW_BATCH_MAX;
+    m->renew_armed = 0;
+    m->loop.timer_stop(m->renew_timer);
+    /* The head is read again after each send: a callback from one may have
+     * released (unqueued) others, or closed the manager (unqueued all). */
+    while (m->renew_head) {
+        size_t n = 0;
+        while (m->renew_head && n < cap) {
+            bl_lock *l = m->renew_head;
+            renew_unqueue(l);
+            if (l->nkeys) /* a group renews its postings in a script of its own */
+                renew_send(m, &l, 1);
+            else
+                chunk[n++] = l;
+        }
+        if (n)
+            renew_send(m, chunk, n);
+    }
+}
+
+/* The lock's renewal is due: queue it, and send the queue once it fills a
+ * batch or the earliest deadline in it comes. */
+static void renew_enqueue(bl_lock *lock)
+{
+    bl_manager *m = lock->m;
+    uint64_t w = lock->renew_window;
+    lock->renew_window = 0; /* a retry or a re-check waits for nobody */
+    lock->renew_queued = 1;
+    lock->rnext = NULL;
+    lock->rprev = m->renew_tail;
+    if (m->renew_tail)
+        m->renew_tail->rnext = lock;
+    else
+        m->renew_head = lock;
+    m->renew_tail = lock;
+    if (++m->renew_n >= (m->renew_batch ? m->renew_batch : 1)) {
+        bl_lock_renew_flush(m);
+        return;
+    }
+    uint64_t at = bl_mgr_now(m) + w;
+    if (!m->renew_armed || at < m->renew_flush_at) {
+        m->renew_armed = 1;
+        m->renew_flush_at = at;
+        m->loop.timer_start(m->renew_timer, w);
+    }
 }
 
 static void end_later(bl_lock *lock, enum bl_op_kind kind, int status)
@@ -202,7 +359,7 @@ static void fire_acquire(bl_lock *lock, int status)
         } else {
             lock->lease_until = lock->op_sent + lock->ttl_ms;
             if (lock->auto_extend)
-                m->loop.timer_start(lock->timer, lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1);
+                schedule_renewal(lock);
         }
         if (lock->sfn) {
             lock->in_section = 1;
@@ -406,15 +563,15 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
     uint64_t now = bl_mgr_now(m);
     if (r->status == BL_OK) {
         lock->lease_until = lock->op_sent + lock->ttl_ms; /* counted from when we asked */
-        uint64_t next = lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1;
-        if (lock->reverify) { /* a failover came while this renewal was out */
+        if (!lock->auto_extend) {
+            /* The takeover of a direct hand-off: the lease is the
+             * request's TTL now, and nothing renews it. */
+        } else if (lock->reverify) { /* a failover came while this renewal was out */
             lock->reverify = 0;
-            next = 0;
+            m->loop.timer_start(lock->timer, 0);
+        } else {
+            schedule_renewal(lock);
         }
-        /* (Without auto_extend this was the takeover of a direct hand-off:
-         * the lease is the request's TTL now, and nothing renews it.) */
-        if (lock->auto_extend)
-            m->loop.timer_start(lock->timer, next);
     } else if (r->status == BL_ENOTHELD || now >= lock->lease_until) {
         lose(lock);
     } else {
@@ -549,14 +706,7 @@ static void lock_timer_cb(void *data)
                 m->loop.timer_start(lock->timer, lock->lease_until - now);
             break;
         }
-        if (start_op(lock, BL_OP_EXTEND) < 0) {
-            bl_op_result r = {BL_ECONN, 0, 0, "not connected", 0, 0};
-            extend_done(lock, &r);
-        } else {
-            uint64_t now = bl_mgr_now(m);
-            m->loop.timer_start(lock->timer,
-                                lock->lease_until > now ? lock->lease_until - now : 1);
-        }
+        renew_enqueue(lock);
         break;
     default:
         break;
@@ -567,11 +717,18 @@ void bl_lock_reverify(bl_lock *lock)
 {
     if (lock->state != LS_HELD || !lock->auto_extend || lock->lost)
         return;
-    lock->m->stats.reverified++;
-    if (lock->op.kind != BL_OP_NONE)
+    bl_manager *m = lock->m;
+    m->stats.reverified++;
+    if (lock->op.kind != BL_OP_NONE) {
         lock->reverify = 1; /* the renewal out now went to the old master */
-    else
-        lock->m->loop.timer_start(lock->timer, 0);
+    } else if (lock->renew_queued) { /* due already: send the queue now */
+        m->renew_armed = 1;
+        m->renew_flush_at = bl_mgr_now(m);
+        m->loop.timer_start(m->renew_timer, 0);
+    } else {
+        lock->renew_window = 0;
+        m->loop.timer_start(lock->timer, 0);
+    }
 }
 
 /* From bl_wq_granted: a release made our holder id the holder (direct
@@ -654,6 +811,7 @@ void bl_lock_close_one(bl_lock *lock)
         /* Best effort: give the lock back now rather than at its TTL. */
         bl_lock_end_hold(lock);
         lock->abandoned = 1;
+        renew_unqueue(lock);
         m->loop.timer_stop(lock->timer);
         if (lock->op.kind == BL_OP_NONE && start_op(lock, BL_OP_RELEASE) != 0)
             m->stats.release_errors++;
@@ -849,6 +1007,7 @@ static int start_release(bl_lock *lock, enum bl_op_kind kind)
     lock->errmsg[0] = '\0';
     lock->started_us = bl_now_us();
     m->loop.timer_stop(lock->timer); /* lease renewal */
+    renew_unqueue(lock);
     if (lock->op.kind == BL_OP_EXTEND) {
         lock->release_after = kind; /* one operation at a time */
         arm_answer_deadline(lock);  /* ...and not forever behind a hung renewal */

@@ -71,6 +71,8 @@ static void manager_free(bl_manager *m)
         m->loop.timer_free(m->kick_timer);
     if (m->close_timer)
         m->loop.timer_free(m->close_timer);
+    if (m->renew_timer)
+        m->loop.timer_free(m->renew_timer);
     wipe(m->password);
     wipe(m->sentinel_password);
     free(m->sentinel_username);
@@ -175,6 +177,7 @@ int bl_manager_new_with(const bl_loop *loop, const bl_config *cfg, bl_backend_fa
     m->backoff.max_ms = cfg->backoff_max_ms;
     m->backoff.multiplier = cfg->backoff_multiplier;
     m->rng = bl_random_seed();
+    m->renew_batch = BL_RENEW_BATCH_MAX;
     m->wait_on = cfg->backend == BL_BACKEND_REDIS && bl_config_min_replicas(cfg) != 0;
     if (!oom)
         oom = bl_make_holder(m->holder, sizeof m->holder) != 0;
@@ -182,7 +185,8 @@ int bl_manager_new_with(const bl_loop *loop, const bl_config *cfg, bl_backend_fa
     if (!oom) {
         m->kick_timer = loop->timer_new(loop->impl, kick_cb, m);
         m->close_timer = loop->timer_new(loop->impl, close_timeout_cb, m);
-        oom = !m->kick_timer || !m->close_timer;
+        m->renew_timer = loop->timer_new(loop->impl, bl_lock_renew_flush, m);
+        oom = !m->kick_timer || !m->close_timer || !m->renew_timer;
     }
     m->host_if = (bl_backend_host){
         .loop = &m->loop, .cfg = &m->cfg, .holder = m->holder, .holder_len = m->holder_len,

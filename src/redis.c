@@ -71,6 +71,7 @@ static void be_free(bl_backend *be)
 static const bl_backend_vt redis_vt = {
     "redis",       redis_op_start, redis_op_leave, redis_sub_watch,
     redis_admin,   be_conn_state,  be_shutdown,    be_free,
+    redis_op_start_many,
 };
 
 static redis_be *be_alloc(const bl_backend_host *host)

@@ -37,7 +37,8 @@ enum timer_role { TR_NONE, TR_CONNECT_DEADLINE, TR_RECONNECT, TR_REDISCOVER };
 enum sub_state { SUB_NONE = 0, SUB_PENDING, SUB_ON, SUB_LEAVING };
 
 #define LINGER_MS 1000     /* keep a subscription this long after the last waiter */
-#define EVALSHA_SCRIPTS 6  /* acquire, release, extend and their group forms run by sha */
+#define EVALSHA_SCRIPTS 7  /* acquire, release, extend, their group forms and the
+                            * batched renewal run by sha */
 #define SUB_BUCKETS 256
 #define ADDRS_MAX 4        /* addresses of one host name, tried in turn */
 
@@ -156,6 +157,7 @@ void redis_notify_closed(redis_be *r);
 /* redis_ops.c */
 void redis_load_scripts(redis_be *r);
 int redis_op_start(bl_backend *be, bl_op *op);
+int redis_op_start_many(bl_backend *be, bl_op *const *ops, size_t n);
 void redis_op_leave(bl_backend *be, const bl_keys *keys);
 void redis_give_back(redis_be *r, const char *key, size_t keylen); /* redis_ops.c */
 void redis_ask_role(redis_be *r);        /* replica count, for WAIT */

@@ -75,6 +75,42 @@ void redis_give_back(redis_be *r, const char *key, size_t keylen)
     send_release(r, &op);
 }
 
+/* What a script call's reply says before its own answer is read:
+ * REPLY_FAILED (res says why; nothing was done), REPLY_NOSCRIPT (send the
+ * call again by body; the script cache is being reloaded), or
+ * REPLY_ANSWER. */
+enum { REPLY_ANSWER, REPLY_FAILED, REPLY_NOSCRIPT };
+static int reply_check(redisAsyncContext *ac, redisReply *reply, bl_op_result *res)
+{
+    conn *c = ac->data;
+    if (!reply) {
+        res->status = BL_ECONN;
+        res->errmsg = redis_conn_errmsg(c, ac);
+    } else if (c && c->ac == ac && c->setup_failed) {
+        /* AUTH/SELECT was refused on this connection: what follows it fails
+         * for that reason (NOAUTH, protocol errors), so say that. */
+        res->status = BL_ECONN;
+        res->errmsg = c->last_err;
+    } else if (reply->type == REDIS_REPLY_ERROR && c && c->r->sent &&
+               (strncmp(reply->str, "READONLY", 8) == 0 ||
+                strncmp(reply->str, "MASTERDOWN", 10) == 0)) {
+        /* Sentinel: this node is no longer the master (demoted, or cut off
+         * from it). Nothing was written; move, and let the engine retry
+         * as after a lost connection. */
+        res->status = BL_ECONN;
+        res->errmsg = reply->str;
+        redis_rediscover(c->r, reply->str);
+    } else if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
+               c && c->ac == ac) {
+        /* The server lost its script cache (restart, SCRIPT FLUSH). */
+        memset(c->r->sha_ok, 0, sizeof c->r->sha_ok);
+        return REPLY_NOSCRIPT;
+    } else {
+        return REPLY_ANSWER;
+    }
+    return REPLY_FAILED;
+}
+
 static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
 {
     redisReply *reply = reply_;
@@ -82,29 +118,12 @@ static void op_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
     conn *c = ac->data;
     bl_op_result res = {BL_EREDIS, 0, 0, NULL, 0, 0};
     char acl_msg[BL_ERRMSG_MAX];
+    int how = reply_check(ac, reply, &res);
 
-    if (!reply) {
-        res.status = BL_ECONN;
-        res.errmsg = redis_conn_errmsg(c, ac);
-    } else if (c && c->ac == ac && c->setup_failed) {
-        /* AUTH/SELECT was refused on this connection: what follows it fails
-         * for that reason (NOAUTH, protocol errors), so say that. */
-        res.status = BL_ECONN;
-        res.errmsg = c->last_err;
-    } else if (reply->type == REDIS_REPLY_ERROR && c && c->r->sent &&
-               (strncmp(reply->str, "READONLY", 8) == 0 ||
-                strncmp(reply->str, "MASTERDOWN", 10) == 0)) {
-        /* Sentinel: this node is no longer the master (demoted, or cut off
-         * from it). Nothing was written; move, and let the engine retry
-         * as after a lost connection. */
-        res.status = BL_ECONN;
-        res.errmsg = reply->str;
-        redis_rediscover(c->r, reply->str);
-    } else if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
-               c && c->ac == ac) {
-        /* The server lost its script cache (restart, SCRIPT FLUSH): run
-         * this call by body, which also caches it, and reload. */
-        memset(c->r->sha_ok, 0, sizeof c->r->sha_ok);
+    if (how == REPLY_FAILED) {
+        /* res says why */
+    } else if (how == REPLY_NOSCRIPT) {
+        /* Run this call by body, which also caches it, and reload. */
         if (send_op(c->r, op, op->kind, 1, op_reply_cb) == 0) {
             redis_load_scripts(c->r);
             return;
@@ -361,12 +380,19 @@ static int send_fast_acquire(redis_be *r, bl_op *op)
     return rc == REDIS_OK ? 0 : BL_ECONN;
 }
 
+/* Sentinel: a discovery is under way, or the connection is being made
+ * again (after a failover, most likely): an op waits for it (preq). */
+static int finding_master(const redis_be *r)
+{
+    return r->sent && !r->shutting &&
+           (r->cmd.awaiting || (r->cmd.state != CONN_UP && (r->cmd.role == TR_RECONNECT ||
+                                                            r->cmd.role == TR_REDISCOVER)));
+}
+
 int redis_op_start(bl_backend *be, bl_op *op)
 {
     redis_be *r = (redis_be *)be;
-    if (r->sent && !r->shutting &&
-        (r->cmd.awaiting ||
-         (r->cmd.state != CONN_UP && (r->cmd.role == TR_RECONNECT || r->cmd.role == TR_REDISCOVER)))) {
+    if (finding_master(r)) {
         /* Sentinel: a discovery is under way, or the connection is being
          * made again (after a failover, most likely): sent once connected,
          * failed with the discovery's reason if it finds no master. The
@@ -392,6 +418,109 @@ int redis_op_start(bl_backend *be, bl_op *op)
     if (fast_acquire(r, op))
         return send_fast_acquire(r, op);
     return send_op(r, op, op->kind, 0, op_reply_cb);
+}
+
+/* ---- batched lease renewal (start_many) ---------------------------------- */
+
+/* One extend_batch call on the wire: the ops it answers, in KEYS order. */
+typedef struct renew_batch {
+    redis_be *r;
+    size_t n;
+    bl_op *ops[];
+} renew_batch;
+
+static int send_batch(renew_batch *b, int by_body);
+
+static void batch_reply_cb(redisAsyncContext *ac, void *reply_, void *priv)
+{
+    redisReply *reply = reply_;
+    renew_batch *b = priv;
+    redis_be *r = b->r;
+    bl_op_result all = {BL_EREDIS, 0, 0, "unexpected reply to the renewal script", 0, 0};
+    char acl_msg[BL_ERRMSG_MAX];
+    int how = reply_check(ac, reply, &all);
+    if (how == REPLY_NOSCRIPT) {
+        if (send_batch(b, 1) == 0) {
+            redis_load_scripts(r);
+            return;
+        }
+        all.status = BL_ECONN;
+        all.errmsg = "connection to Redis lost while reloading scripts";
+    }
+    int per_key = how == REPLY_ANSWER && reply->type == REDIS_REPLY_ARRAY &&
+                  reply->elements == b->n;
+    if (how == REPLY_ANSWER && reply->type == REDIS_REPLY_ERROR) {
+        all.errmsg = reply->str;
+        if (bl_acl_denied(reply->str)) {
+            const bl_script *sc = &bl_scripts[BL_SCRIPT_EXTEND_BATCH];
+            all.errmsg = bl_acl_explain(acl_msg, sizeof acl_msg, reply->str, "EVALSHA", sc->name,
+                                        sc->body, r->h.prefix);
+        }
+    }
+    /* Each lease has its own answer, as if it had been renewed alone; a
+     * renewed one waits for WAIT like any renewal. */
+    for (size_t i = 0; i < b->n; i++) {
+        bl_op *op = b->ops[i];
+        bl_op_result res = all;
+        if (per_key) {
+            const redisReply *e = reply->element[i];
+            if (e->type == REDIS_REPLY_INTEGER) {
+                res.status = e->integer == 1 ? BL_OK : BL_ENOTHELD;
+                res.errmsg = NULL;
+            }
+        }
+        if (!hold_for_wait(r, ac, op, &res))
+            op->done(op, &res);
+    }
+    free(b);
+}
+
+static int send_batch(renew_batch *b, int by_body)
+{
+    redis_be *r = b->r;
+    enum { MAXARGS = 4 + 2 * BL_RENEW_BATCH_MAX };
+    const char *argv[MAXARGS];
+    size_t lens[MAXARGS];
+    char nk[24], ttl[BL_RENEW_BATCH_MAX][24];
+    int argc = script_head(r, BL_SCRIPT_EXTEND_BATCH, by_body, argv, lens);
+    argv[argc] = nk, lens[argc++] = bl_u64_dec(nk, b->n);
+    for (size_t i = 0; i < b->n; i++) {
+        const bl_keys *k = b->ops[i]->keys;
+        argv[argc] = k->k[BL_KEY_LOCK], lens[argc++] = k->len[BL_KEY_LOCK];
+    }
+    argv[argc] = r->h.holder, lens[argc++] = r->h.holder_len;
+    for (size_t i = 0; i < b->n; i++)
+        argv[argc] = ttl[i], lens[argc++] = bl_u64_dec(ttl[i], b->ops[i]->ttl_ms);
+    int rc = redisAsyncCommandArgv(r->cmd.ac, batch_reply_cb, b, argc, argv, lens);
+    return rc == REDIS_OK ? 0 : BL_ECONN;
+}
+
+int redis_op_start_many(bl_backend *be, bl_op *const *ops, size_t n)
+{
+    redis_be *r = (redis_be *)be;
+    /* Only on a connection that is up or being made: otherwise (down, a
+     * Sentinel discovery under way) each op goes its own way through
+     * redis_op_start, which knows what to do then. */
+    if (n < 1 || n > BL_RENEW_BATCH_MAX || r->cmd.state == CONN_DOWN || !r->cmd.ac ||
+        finding_master(r))
+        return BL_ECONN;
+    renew_batch *b = malloc(sizeof *b + n * sizeof b->ops[0]);
+    if (!b)
+        return BL_ENOMEM;
+    b->r = r;
+    b->n = n;
+    for (size_t i = 0; i < n; i++) {
+        if (ops[i]->kind != BL_OP_EXTEND || ops[i]->nkeys) {
+            free(b);
+            return BL_EINVAL;
+        }
+        b->ops[i] = ops[i];
+    }
+    if (send_batch(b, 0) != 0) {
+        free(b);
+        return BL_ECONN;
+    }
+    return 0;
 }
 
 int redis_op_start_asking(bl_backend *be, bl_op *op)

@@ -194,6 +194,20 @@ const bl_script bl_scripts[BL_SCRIPT_COUNT] = {
         "  end\n"
         "end\n"
         "return ok\n"},
+    /* Many leases of one holder, renewed as the extend script does, each on
+     * its own (not a group: one lost lease leaves the others renewed).
+     * KEYS: locks   ARGV: holder ttl_ms... (one per key, in KEYS order)
+     * -> {1 renewed | 0 not held, per key in KEYS order} */
+    [BL_SCRIPT_EXTEND_BATCH] = {"extend_batch",
+        "local out = {}\n"
+        "for i = 1, #KEYS do\n"
+        "  if redis.call('GET', KEYS[i]) == ARGV[1] then\n"
+        "    out[i] = redis.call('PEXPIRE', KEYS[i], ARGV[i + 1])\n"
+        "  else\n"
+        "    out[i] = 0\n"
+        "  end\n"
+        "end\n"
+        "return out\n"},
     /* KEYS: lock done fence [old_done old_fence]
      * -> {value|nil, pttl, done(0/1), token|nil}
      * A key of another type at the lock's name is an error (WRONGTYPE), as

@@ -186,6 +186,25 @@ irec inspect(bl_manager *m, const char *posting)
 
 /* ---- waits and checks ----------------------------------------------------------- */
 
+typedef struct renewed_arg {
+    bl_manager *m;
+    uint64_t extends;
+} renewed_arg;
+
+static int renewed(void *arg)
+{
+    renewed_arg *a = arg;
+    bl_stats s;
+    bl_manager_stats(a->m, &s);
+    return s.extends >= a->extends;
+}
+
+int wait_renewed(bl_manager *m, uint64_t extends, int ms)
+{
+    renewed_arg a = {m, extends};
+    return tl_wait_for(T, renewed, &a, ms);
+}
+
 typedef struct recs {
     rec *r;
     int n;

@@ -93,6 +93,9 @@ int wait_up(bl_manager *m, int ms);
  * server's own clock decides a TTL, so this waits for what Redis did, not
  * for a guess of how long that takes on a busy machine. */
 int wait_gone(const redis_srv *s, const char *key, int ms);
+/* Run T until m has renewed `extends` leases in all (bl_stats.extends), at
+ * most ms. */
+int wait_renewed(bl_manager *m, uint64_t extends, int ms);
 /* Run T until s holds no lock key (rs_lock_count), at most ms. */
 int wait_no_locks(const redis_srv *s, int ms);
 /* Run T until every attempt m has sent is answered (bl_stats: attempts add

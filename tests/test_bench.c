@@ -1,8 +1,10 @@
-/* The benchmark's own counters: tiny runs of the W1-W4 workloads against a
+/* The benchmark's own counters: tiny runs of the W1-W5 workloads against a
  * private redis-server, checking what the bench counts, never how fast it
- * went (timings are benchmark output, not assertions). Two CONTROL runs skip
- * the lock and must be caught: W4 must report a lost update, W3 an
- * exclusion violation - proof that those checks can fail. */
+ * went (timings are benchmark output, not assertions). CONTROL runs must be
+ * caught: without the lock W4 must report a lost update and W3 an exclusion
+ * violation; W5 without batching must show a call per renewal, and W5 with
+ * leases broken behind its back must count each lost - proof that those
+ * checks can fail. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,6 +225,67 @@ Test(bench, w4_control_without_the_lock_loses_updates)
     cr_assert_not(w.pass, "the check must catch it");
 }
 
+/* ---- W5: many leases, renewed in batches ---------------------------------------- */
+
+/* 200 leases of 1.5 s held for 3 s: each renews every 0.5 s at the latest,
+ * so a busy machine (or valgrind) still has a second to spare per lease. */
+static w5_params w5_small(void)
+{
+    w5_params p;
+    w5_params_init(&p);
+    p.locks = 200;
+    p.ttl_ms = 1500;
+    p.hold_s = 3;
+    return p;
+}
+
+/* A W5 run of w5_small (batch and steal as given) that held every lock and
+ * renewed every lease. */
+static w5_result run_w5(int batch, int steal)
+{
+    bl_config c = defaults();
+    w5_params p = w5_small();
+    p.batch = batch;
+    p.steal = steal;
+    w5_result w;
+    cr_assert_eq(bench_w5(&c, &p, &w), 0);
+    cr_assert_eq(w.locks, p.locks);
+    cr_assert_eq(w.held, p.locks, "every lock granted");
+    cr_assert_eq(w.acquire_errors, 0);
+    cr_assert_geq(w.renewals_min, 1, "every lease renewed in the hold");
+    cr_assert_geq(w.renewals, (uint64_t)p.locks * 2);
+    cr_assert_geq(w.server_cmds, w.client_cmds);
+    cr_assert_geq(w.client_cmds, w.script_calls, "scripts are sent commands");
+    cr_assert_gt(w.max_gap_ms, 0);
+    return w;
+}
+
+Test(bench, w5_renews_every_lease_in_batches_and_loses_none)
+{
+    w5_result w = run_w5(0, 0);
+    cr_assert_eq(w.lost, 0);
+    cr_log_info("%llu renewals in %llu script calls",
+                (unsigned long long)w.renewals, (unsigned long long)w.script_calls);
+    cr_assert_gt(w.script_calls, 0);
+    cr_assert_leq(w.script_calls * 5, w.renewals, "batched: %llu calls for %llu renewals",
+                  (unsigned long long)w.script_calls, (unsigned long long)w.renewals);
+    cr_assert_eq(rs_lock_count(&srv), 0, "the close gave every lease back");
+}
+
+Test(bench, w5_control_without_batching_makes_a_call_per_renewal)
+{
+    w5_result w = run_w5(1, 0);
+    cr_assert_eq(w.lost, 0);
+    cr_assert_geq(w.script_calls, w.renewals, "one call each: %llu calls for %llu renewals",
+                  (unsigned long long)w.script_calls, (unsigned long long)w.renewals);
+}
+
+Test(bench, w5_control_with_broken_leases_counts_each_lost)
+{
+    w5_result w = run_w5(0, 10);
+    cr_assert_eq(w.lost, 10, "each deleted lease is lost once (%d)", w.lost);
+}
+
 /* ---- the program: one JSON object per run-set on stdout ------------------------ */
 
 static char *run_bench(const char *args, int *status)
@@ -322,11 +385,14 @@ Test(bench, the_program_prints_one_json_object_per_run_set, .timeout = 300)
                                      NULL};
     static const char *const w4[] = {"pass", "final_counter", "acquisitions",
                                      "failed_acquisitions", NULL};
+    static const char *const w5[] = {"client_cmds_per_s", "server_cmds_per_s", "client_cpu_pct",
+                                     "renewals_per_lock", "max_gap_ms", "lost", NULL};
     struct {
         const char *w, *settings;
         const char *const *keys;
     } want[] = {{"limit", "", limit}, {"W1", "default", w1}, {"W2", "default", w2},
-                {"W3", "default", w3}, {"W3", "tuned", w3}, {"W4", "default", w4}};
+                {"W3", "default", w3}, {"W3", "tuned", w3}, {"W4", "default", w4},
+                {"W5", "default", w5}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         char *l = line_of(out, want[i].w, want[i].settings);
         cr_assert(l, "no %s %s line in:\n%s", want[i].w, want[i].settings, out);
@@ -344,7 +410,7 @@ Test(bench, the_program_prints_one_json_object_per_run_set, .timeout = 300)
     int lines = 0;
     for (char *p = out; *p; p++)
         lines += *p == '\n';
-    cr_assert_eq(lines, 6, "one line per run-set:\n%s", out);
+    cr_assert_eq(lines, 7, "one line per run-set:\n%s", out);
     free(out);
 }
 

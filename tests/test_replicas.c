@@ -12,6 +12,7 @@
 
 #include <criterion/criterion.h>
 
+#include "engine.h"
 #include "harness.h"
 #include "helpers.h"
 
@@ -166,6 +167,55 @@ Test(replicas, one_wait_covers_a_batch_of_grants)
     long long waits = wait_calls() - before;
     cr_assert_lt(waits, 20, "%lld WAITs for 100 grants in flight together", waits);
     tl_run_for(T, 50);
+    close_manager(T, m);
+}
+
+/* Batched renewals (one script call for many leases) count only once the
+ * replica has them, as a lone renewal does: one WAIT covers the batch, and
+ * while the replica is frozen none counts, none is lost, and they go
+ * through once it is back. */
+Test(replicas, batched_renewals_count_once_the_replica_has_them)
+{
+    enum { N = 30 };
+    bl_manager *m = mk(1);
+    rec held[N] = {{0}}, lost[N] = {{0}};
+    char posting[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(posting, sizeof posting, "lease-%d", i);
+        bl_acquire_opts o;
+        bl_acquire_opts_init(&o);
+        o.wait_ms = 0;
+        o.ttl_ms = 30000;
+        o.auto_extend = 1;
+        o.on_lost = on_lost;
+        o.on_lost_data = &lost[i];
+        cr_assert_eq(bl_acquire(m, "mp", posting, &o, on_acq, &held[i], NULL), BL_OK);
+    }
+    cr_assert(wait_all(held, N, 15000));
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(held[i].status, BL_OK, "%d: %s", i, held[i].errmsg);
+    long long waits0 = wait_calls();
+    uint64_t target = stats(m).extends + N;
+    for (int i = 0; i < N; i++)
+        bl_lock_reverify(held[i].lock);
+    cr_assert(wait_renewed(m, target, 15000), "all renewed");
+    long long waits = wait_calls() - waits0;
+    cr_assert(waits >= 1 && waits < 5, "%lld WAITs for one batch of %d renewals", waits, N);
+
+    kill(replica.pid, SIGSTOP);
+    uint64_t ext = stats(m).extends, short0 = stats(m).replica_shortfalls;
+    for (int i = 0; i < N; i++)
+        bl_lock_reverify(held[i].lock);
+    for (int k = 0; k < 3000 && stats(m).replica_shortfalls < short0 + N; k++)
+        tl_run_for(T, 5);
+    cr_assert_geq(stats(m).replica_shortfalls, short0 + N, "each renewal fell short");
+    cr_assert_eq(stats(m).extends, ext, "not acknowledged: none counts");
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(lost[i].n, 0, "a shortfall is not a loss while the lease runs");
+    kill(replica.pid, SIGCONT);
+    cr_assert(wait_renewed(m, ext + N, 20000), "renewed once the replica is back");
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(lost[i].n, 0);
     close_manager(T, m);
 }
 

@@ -85,7 +85,7 @@ static const bl_loop floop = {NULL, ft_attach, ft_new, ft_start, ft_stop, ft_fre
 
 /* ---- a fake backend: records what the engine asks ------------------------ */
 
-#define MAX_OPS 256
+#define MAX_OPS 1024
 typedef struct fake_be {
     bl_backend base;
     bl_backend_host h;
@@ -94,6 +94,7 @@ typedef struct fake_be {
     uint64_t sent_at[MAX_OPS];
     int nops;
     int watch_on, watch_off, leaves;
+    int batches, batch_max, batch_fails; /* start_many (fb_vt_many) */
 } fake_be;
 
 static fake_be *FB;
@@ -140,7 +141,26 @@ static void fb_shutdown(bl_backend *be, int force)
 }
 static void fb_free(bl_backend *be) { free(be); }
 static const bl_backend_vt fb_vt = {"fake", fb_start, fb_leave, fb_watch, fb_admin,
-                                    fb_state, fb_shutdown, fb_free};
+                                    fb_state, fb_shutdown, fb_free, NULL};
+/* A backend that batches renewals: each op is recorded as start does. */
+static int fb_start_many(bl_backend *be, bl_op *const *ops, size_t n)
+{
+    fake_be *f = (fake_be *)be;
+    cr_assert(n >= 2 && n <= BL_RENEW_BATCH_MAX, "%zu ops in a batch", n);
+    if (f->batch_fails)
+        return BL_ECONN;
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(ops[i]->kind, BL_OP_EXTEND);
+        cr_assert_eq(ops[i]->nkeys, 0, "a group renews alone");
+        fb_start(be, ops[i]);
+    }
+    f->batches++;
+    if ((int)n > f->batch_max)
+        f->batch_max = (int)n;
+    return 0;
+}
+static const bl_backend_vt fb_vt_many = {"fake", fb_start, fb_leave, fb_watch, fb_admin,
+                                         fb_state, fb_shutdown, fb_free, fb_start_many};
 static int fb_make(const bl_backend_host *h, bl_backend **out)
 {
     fake_be *f = calloc(1, sizeof *f);
@@ -306,7 +326,11 @@ Test(seam, a_try_once_without_an_answer_is_a_connection_error_after_command_time
     cr_assert_eq(r.calls, 1);
 }
 
-Test(seam, a_lease_is_renewed_every_third_of_its_ttl)
+/* Renewals are spread: each comes at most ttl/3 after the last one
+ * answered, and no sooner than its spread (the last quarter of that
+ * third), the queue's window (a quarter of it, at most 50 ms) and the
+ * rounding to a window allow. */
+Test(seam, a_lease_is_renewed_within_every_third_of_its_ttl)
 {
     rec r = {0};
     bl_acquire_opts o = opts(300, 0);
@@ -317,10 +341,15 @@ Test(seam, a_lease_is_renewed_every_third_of_its_ttl)
     cr_assert_eq(r.status, BL_OK);
     cr_assert_eq(bl_lock_token(r.lock), 7);
     for (int i = 1; i <= 5; i++) {
-        advance(99);
+        int earliest = 100 - 25 - 25 - 25;
+        advance((uint64_t)earliest - 1);
         cr_assert_eq(FB->nops, i, "not early (%d)", i);
-        advance(1);
-        cr_assert_eq(FB->nops, i + 1, "renewal %d at ttl/3", i);
+        int waited = earliest - 1;
+        while (FB->nops == i && waited < 100) {
+            advance(1);
+            waited++;
+        }
+        cr_assert_eq(FB->nops, i + 1, "renewal %d within ttl/3 (%d ms)", i, waited);
         cr_assert_eq(FB->kinds[i], BL_OP_EXTEND);
         cr_assert_eq(FB->ops[i]->ttl_ms, 300);
         answer(i, BL_OK, 0);
@@ -395,6 +424,82 @@ Test(seam, a_release_during_a_renewal_goes_after_it)
     answer(2, BL_OK, 0);
     cr_assert_eq(rr.calls, 1);
     cr_assert_eq(rr.status, BL_OK);
+}
+
+/* n locks "l<i>" granted together with auto_extend (ttl), ops 0..n-1. */
+static void grant_many(int n, int64_t ttl, rec *r)
+{
+    bl_acquire_opts o = opts(ttl, 0);
+    o.auto_extend = 1;
+    o.on_lost = on_lost;
+    char name[16];
+    for (int i = 0; i < n; i++) {
+        snprintf(name, sizeof name, "l%d", i);
+        cr_assert_eq(bl_acquire(M, "mp", name, &o, on_acq, &r[i], NULL), BL_OK);
+    }
+    for (int i = 0; i < n; i++)
+        answer(i, BL_OK, 100 + (uint64_t)i);
+}
+
+/* Distinct send times among ops[from..to). */
+static int instants(int from, int to)
+{
+    int k = 0;
+    for (int i = from; i < to; i++) {
+        int seen = 0;
+        for (int j = from; j < i && !seen; j++)
+            seen = FB->sent_at[j] == FB->sent_at[i];
+        k += !seen;
+    }
+    return k;
+}
+
+Test(seam, leases_granted_together_renew_spread_out_in_few_batches_never_late)
+{
+    enum { N = 100 };
+    FB->base.vt = &fb_vt_many;
+    rec r[N] = {{0}};
+    grant_many(N, 3000, r);
+    for (int round = 0; round < 3; round++) {
+        uint64_t from = fnow;
+        int first = FB->nops, batches = FB->batches;
+        while (FB->nops < first + N && fnow < from + 1000)
+            advance(1);
+        cr_assert_eq(FB->nops, first + N, "round %d: every lease renewed within ttl/3", round);
+        int calls = FB->batches - batches;
+        int at = instants(first, first + N);
+        cr_log_info("round %d: %d batches at %d instants over %llu ms", round, calls, at,
+                    (unsigned long long)(fnow - from));
+        cr_assert_geq(at, 2, "round %d: not one herd", round);
+        cr_assert_lt(calls, N / 4, "round %d: batched (%d calls)", round, calls);
+        for (int i = first; i < first + N; i++) {
+            cr_assert_eq(FB->kinds[i], BL_OP_EXTEND);
+            cr_assert_leq(FB->sent_at[i], from + 1000, "never later than ttl/3");
+        }
+        for (int i = first; i < first + N; i++)
+            answer(i, BL_OK, 0);
+    }
+    cr_assert_leq(FB->batch_max, BL_RENEW_BATCH_MAX);
+    cr_assert_eq(lost_calls, 0);
+    bl_stats s;
+    bl_manager_stats(M, &s);
+    cr_assert_eq(s.extends, 3 * N);
+}
+
+Test(seam, a_batch_the_backend_refuses_goes_out_one_by_one)
+{
+    enum { N = 20 };
+    FB->base.vt = &fb_vt_many;
+    FB->batch_fails = 1;
+    rec r[N] = {{0}};
+    grant_many(N, 300, r);
+    while (FB->nops < 2 * N && fnow < 1000000 + 100)
+        advance(1);
+    cr_assert_eq(FB->nops, 2 * N, "every renewal went out alone");
+    cr_assert_eq(FB->batches, 0);
+    for (int i = N; i < 2 * N; i++)
+        answer(i, i == N + 3 ? BL_ENOTHELD : BL_OK, 0);
+    cr_assert_eq(lost_calls, 1, "each lease answered on its own");
 }
 
 Test(seam, a_directed_wake_sends_the_oldest_waiter_which_keeps_the_queue_for_the_next)
