@@ -17,50 +17,44 @@ enum lock_state {
     LS_DEAD       /* the user is done with it; freed once nothing is in flight */
 };
 
-/* The requests of this manager that wait on one key, oldest first. */
+/* One key of this manager's: the names of its posting, built once per key
+ * and shared by every single-posting request on it (a group's postings have
+ * their own, in the group's block), and the requests that wait on it,
+ * oldest first. refs counts those requests: the entry goes with the last
+ * of them (bl_lock_free), so it outlives every operation in flight on the
+ * key, and the bl_op.keys a backend is given (&names) stays valid until
+ * that operation's done, as backend.h asks. Owned by the engine (waitq.c);
+ * a backend only ever reads the names. */
 typedef struct bl_wq {
     bl_lock *head, *tail;
     int nwait;
+    unsigned refs;
     struct bl_wq *hnext; /* hash chain */
-    size_t keylen;
-    char key[];
+    bl_keys names;       /* names.k[BL_KEY_LOCK] is the key */
+    char block[];        /* the names' bytes */
 } bl_wq;
 
+/* Pointers and 64-bit fields first, then the small ones packed together:
+ * a request that waits is all this struct (with its timer), so its padding
+ * is paid 100,000 times by a manager with that many pending. */
 struct bl_lock {
     bl_manager *m;
     bl_lock *prev, *next;   /* manager's list of live requests */
     bl_lock *wprev, *wnext; /* its wait queue (while wq != NULL) */
-    bl_wq *wq;
-    enum lock_state state;
+    bl_wq *wq;              /* = kq while in its key's wait queue, else NULL */
+    bl_wq *kq;              /* its key's entry (a single posting; NULL for a group) */
     bl_op op;               /* the backend operation; op.kind != NONE while in flight */
-    int abandoned;          /* user no longer waits for this grant/lock: give it back */
-    bl_keys keys;           /* the posting's names (a group's first posting) */
+    const bl_keys *keys;    /* the posting's names (&kq->names; a group's: &gkeys[0]) */
     size_t nkeys;           /* bl_acquire_many: postings in gkeys; 0 = one, in keys */
     bl_keys *gkeys;         /* a group's names, in the same block */
     uint64_t *gtokens;      /* a group's tokens once held */
-    int done_index;         /* after BL_EDONE: which posting was done; else -1 */
     uint64_t ttl_ms;
-    uint64_t started;       /* loop clock, bl_acquire */
     uint64_t started_us;
     uint64_t deadline;      /* loop clock */
-    int try_once;
-    int queued;             /* joined the server's wait queue */
-    int reclaim;            /* the next attempt may take a lock held under our id */
-    int reverify;           /* renew at once after the renewal now in flight */
-    int wake_pending;       /* a release came while an attempt was out: 1 any, 2 directed */
     double step;            /* backoff state */
     bl_timer *timer;        /* backoff, deferred completion, lease renewal */
-    int pending_status;
-    enum bl_op_kind pending_kind; /* which callback ENDING fires */
     uint64_t token;
     uint64_t held_since;    /* loop clock when granted; 0 when not held */
-    /* lease */
-    int auto_extend, lost;
-    uint64_t lease_until;   /* loop clock: the lease surely ends by then */
-    uint64_t op_sent;       /* loop clock: when the last operation was sent */
-    void (*on_lost)(bl_lock *, int, void *);
-    void *on_lost_data;
-    enum bl_op_kind release_after; /* a release asked for while extending */
     char *transfer_to;      /* bl_transfer: the receiving holder id (malloc'd) */
     uint64_t transfer_ms;   /* ...and its lease */
     /* callbacks */
@@ -72,14 +66,34 @@ struct bl_lock {
     bl_section_fn sfn;
     bl_section_done_cb sdone;
     void *sdata;
-    int in_section;
+    /* Why it ended, kept only once there is something to say: a buffer
+     * (BL_ERRMSG_MAX) per request cost more than the rest of a pending
+     * request. NULL: "" (bl_lock_errmsg). */
+    char *errmsg;
+    enum lock_state state;
+    enum bl_op_kind pending_kind; /* which callback ENDING fires */
+    int pending_status;
+    int done_index;         /* after BL_EDONE: which posting was done; else -1 */
     int section_status;
-    char errmsg[BL_ERRMSG_MAX];
+    unsigned abandoned : 1; /* user no longer waits for this grant/lock: give it back */
+    unsigned try_once : 1;
+    unsigned queued : 1;    /* joined the server's wait queue */
+    unsigned reclaim : 1;   /* the next attempt may take a lock held under our id */
+    unsigned reverify : 1;  /* renew at once after the renewal now in flight */
+    unsigned wake_pending : 2; /* a release came while an attempt was out: 1 any, 2 directed */
+    unsigned in_section : 1;
+    /* lease */
+    int auto_extend, lost;
+    uint64_t lease_until;   /* loop clock: the lease surely ends by then */
+    uint64_t op_sent;       /* loop clock: when the last operation was sent */
+    void (*on_lost)(bl_lock *, int, void *);
+    void *on_lost_data;
+    enum bl_op_kind release_after; /* a release asked for while extending */
 };
 
 enum mgr_kick { KICK_NONE, KICK_SHUTDOWN, KICK_FINISH };
 
-#define BL_WQ_BUCKETS 256
+#define BL_WQ_BUCKETS 256 /* to start with: the table doubles as keys are added */
 
 struct bl_manager {
     bl_loop loop;
@@ -93,7 +107,9 @@ struct bl_manager {
     bl_backend *be;
     bl_backend_host host_if; /* what the backend was given */
     bl_lock *locks;
-    bl_wq *wq[BL_WQ_BUCKETS];
+    bl_wq **wq;          /* the keys' entries: a hash table of nbuckets chains */
+    size_t nbuckets, nkq;
+    char op_err[BL_ERRMSG_MAX]; /* bl_op.errbuf: a start that fails says why here */
     bl_stats stats;
     bl_histogram acquire_hist, release_hist, hold_hist;
     bl_backoff backoff;
@@ -132,6 +148,10 @@ void bl_hist_add_to(bl_histogram *h, const double *bounds, double ms);
 /* The lock stops being held (released, given back, lost): count the hold. */
 void bl_lock_end_hold(bl_lock *lock);
 /* waitq.c: the engine's wait queues */
+/* The entry of "<prefix>:<mp>:<posting>", made (names and all) if this is
+ * its first request, with one more reference; NULL on out of memory. */
+bl_wq *bl_wq_ref(bl_manager *m, const char *mp, const char *posting);
+void bl_wq_unref(bl_manager *m, bl_wq *w);
 void bl_wq_join(bl_lock *lock);
 void bl_wq_leave(bl_lock *lock);
 void bl_wq_wake(bl_manager *m, const char *key, size_t keylen, int directed);

@@ -19,9 +19,25 @@
 
 #include "engine.h"
 
-static void set_errmsg(char *dst, const char *msg)
+/* Keep why the request ended. The buffer is made the first time there is
+ * something to keep and reused after; without memory the message is lost,
+ * not the status. */
+static void set_errmsg(bl_lock *lock, const char *msg)
 {
-    snprintf(dst, BL_ERRMSG_MAX, "%s", msg ? msg : "");
+    if (!lock->errmsg && !(lock->errmsg = malloc(BL_ERRMSG_MAX)))
+        return;
+    snprintf(lock->errmsg, BL_ERRMSG_MAX, "%s", msg ? msg : "");
+}
+
+static int has_errmsg(const bl_lock *lock)
+{
+    return lock->errmsg && lock->errmsg[0];
+}
+
+static void clear_errmsg(bl_lock *lock)
+{
+    if (lock->errmsg)
+        lock->errmsg[0] = '\0';
 }
 
 void bl_lock_free(bl_lock *lock)
@@ -35,8 +51,10 @@ void bl_lock_free(bl_lock *lock)
         m->locks = lock->next;
     if (lock->next)
         lock->next->prev = lock->prev;
+    bl_wq_unref(m, lock->kq);
     m->loop.timer_free(lock->timer);
     free(lock->transfer_to);
+    free(lock->errmsg);
     free(lock);
 }
 
@@ -71,8 +89,7 @@ static int others_wait(bl_lock *lock)
 {
     if (lock->wq)
         return lock->wq->nwait > 1;
-    bl_wq *w = bl_wq_find(lock->m, lock->keys.k[BL_KEY_LOCK], lock->keys.len[BL_KEY_LOCK]);
-    return w && w->nwait > 0;
+    return lock->kq && lock->kq->nwait > 0;
 }
 
 static void op_done(bl_op *op, const bl_op_result *r);
@@ -84,7 +101,7 @@ static void op_done(bl_op *op, const bl_op_result *r);
  * of the manager's requests is fine. */
 static int has_key(const bl_lock *l, const char *key, size_t n)
 {
-    const bl_keys *k = l->nkeys ? l->gkeys : &l->keys;
+    const bl_keys *k = l->nkeys ? l->gkeys : l->keys;
     for (size_t i = 0; i < (l->nkeys ? l->nkeys : 1); i++)
         if (k[i].len[BL_KEY_LOCK] == n && memcmp(k[i].k[BL_KEY_LOCK], key, n) == 0)
             return 1;
@@ -93,8 +110,8 @@ static int has_key(const bl_lock *l, const char *key, size_t n)
 
 static int may_reclaim(const bl_lock *lock)
 {
-    const char *key = lock->keys.k[BL_KEY_LOCK];
-    size_t n = lock->keys.len[BL_KEY_LOCK];
+    const char *key = lock->keys->k[BL_KEY_LOCK];
+    size_t n = lock->keys->len[BL_KEY_LOCK];
     for (const bl_lock *l = lock->m->locks; l; l = l->next)
         if (l != lock && has_key(l, key, n) &&
             (l->op.kind != BL_OP_NONE || l->state == LS_HELD || l->state == LS_RELEASING))
@@ -106,9 +123,9 @@ static int start_op(bl_lock *lock, enum bl_op_kind kind)
 {
     bl_manager *m = lock->m;
     lock->op_sent = bl_mgr_now(m);
-    lock->op = (bl_op){.kind = kind, .keys = lock->nkeys ? lock->gkeys : &lock->keys,
+    lock->op = (bl_op){.kind = kind, .keys = lock->nkeys ? lock->gkeys : lock->keys,
                        .nkeys = lock->nkeys, .tokens = lock->gtokens, .ttl_ms = lock->ttl_ms,
-                       .errbuf = lock->errmsg, .done = op_done};
+                       .errbuf = m->op_err, .done = op_done};
     if (kind == BL_OP_TRANSFER) {
         lock->op.ttl_ms = lock->transfer_ms;
         lock->op.target = lock->transfer_to;
@@ -123,8 +140,7 @@ static int start_op(bl_lock *lock, enum bl_op_kind kind)
          * ours on this key: while another one waits, a grant keeps the
          * entry (moved to the back), for as long as the longest of them
          * may wait, so the next release wakes it. */
-        bl_wq *w = lock->wq ? lock->wq
-                            : bl_wq_find(m, lock->keys.k[BL_KEY_LOCK], lock->keys.len[BL_KEY_LOCK]);
+        const bl_wq *w = lock->kq;
         const bl_lock *longest = NULL;
         for (const bl_lock *l = w ? w->head : NULL; l; l = l->wnext)
             if (l != lock && !l->try_once && (!longest || l->deadline > longest->deadline))
@@ -136,15 +152,19 @@ static int start_op(bl_lock *lock, enum bl_op_kind kind)
         if (keep > lock->op.queue_ttl_ms)
             lock->op.queue_ttl_ms = keep;
     }
+    m->op_err[0] = '\0';
     int rc = m->be->vt->start(m->be, &lock->op);
-    if (rc != 0)
+    if (rc != 0) {
         lock->op.kind = BL_OP_NONE;
+        if (m->op_err[0])
+            set_errmsg(lock, m->op_err);
+    }
     return rc;
 }
 
 static void leave_server_queue(bl_lock *lock)
 {
-    lock->m->be->vt->leave(lock->m->be, &lock->keys);
+    lock->m->be->vt->leave(lock->m->be, lock->keys);
 }
 
 static void end_later(bl_lock *lock, enum bl_op_kind kind, int status)
@@ -276,7 +296,7 @@ static void lose(bl_lock *lock)
         return;
     lock->lost = 1;
     lock->m->stats.lost++;
-    bl_log(lock->m, BL_LOG_WARN, "lock %s was lost while held", lock->keys.k[BL_KEY_LOCK]);
+    bl_log(lock->m, BL_LOG_WARN, "lock %s was lost while held", lock->keys->k[BL_KEY_LOCK]);
     if (lock->on_lost)
         lock->on_lost(lock, BL_ELOST, lock->on_lost_data);
 }
@@ -305,7 +325,7 @@ static void attempt(bl_lock *lock)
     bl_manager *m = lock->m;
     lock->state = LS_ACQUIRING;
     lock->wake_pending = 0; /* this attempt sees every release before it */
-    lock->errmsg[0] = '\0';
+    clear_errmsg(lock);
     m->stats.attempts++;
     int rc = start_op(lock, BL_OP_ACQUIRE);
     if (rc == 0)
@@ -313,8 +333,8 @@ static void attempt(bl_lock *lock)
     if (rc < 0) {
         m->stats.errors_attempt++;
         bl_mgr_count_error(m, rc);
-        if (!lock->errmsg[0])
-            set_errmsg(lock->errmsg, "not connected to Redis");
+        if (!has_errmsg(lock))
+            set_errmsg(lock, "not connected to Redis");
         /* A request already waiting whose retry finds the connection down
          * (dropped, being re-made): nothing reached the server, so keep
          * waiting; the deadline still ends it, then with BL_ECONN. A first
@@ -373,8 +393,8 @@ static void start_release_op(bl_lock *lock, enum bl_op_kind kind)
         arm_answer_deadline(lock);
     if (rc < 0) {
         bl_mgr_count_error(m, rc);
-        if (!lock->errmsg[0])
-            set_errmsg(lock->errmsg, "not connected to Redis");
+        if (!has_errmsg(lock))
+            set_errmsg(lock, "not connected to Redis");
         end_later(lock, BL_OP_RELEASE, rc);
     }
 }
@@ -424,7 +444,7 @@ static void op_done(bl_op *op, const bl_op_result *r)
     if (err)
         bl_mgr_count_error(m, r->status);
     if (err || r->status == BL_ENOMEM)
-        set_errmsg(lock->errmsg, r->errmsg ? r->errmsg : "out of memory");
+        set_errmsg(lock, r->errmsg ? r->errmsg : "out of memory");
     if (kind == BL_OP_ACQUIRE) {
         if (r->status == BL_EBUSY)
             m->stats.conflicts++;
@@ -432,7 +452,7 @@ static void op_done(bl_op *op, const bl_op_result *r)
             m->stats.errors_attempt++;
     }
     if (r->status == BL_ENOREPL)
-        set_errmsg(lock->errmsg, r->errmsg);
+        set_errmsg(lock, r->errmsg);
     if (r->handed_off)
         m->stats.handoffs++;
 
@@ -465,7 +485,7 @@ static void op_done(bl_op *op, const bl_op_result *r)
         if (r->status == BL_EBUSY && r->ours && !op->reclaim && may_reclaim(lock)) {
             m->stats.reclaims++;
             bl_log(m, BL_LOG_INFO, "lock %s is held under our id by no request: reclaiming",
-                   lock->keys.k[BL_KEY_LOCK]);
+                   lock->keys->k[BL_KEY_LOCK]);
             lock->reclaim = 1;
             /* The busy answer put us in the server's queue (unless try
              * once): the reclaiming attempt must take that entry out. */
@@ -504,7 +524,7 @@ static void lock_timer_cb(void *data)
         if (lock->op.kind != BL_OP_ACQUIRE)
             break;
         lock->abandoned = 1;
-        set_errmsg(lock->errmsg, "Redis did not answer in time");
+        set_errmsg(lock, "Redis did not answer in time");
         if (lock->try_once) {
             bl_mgr_count_error(m, BL_ECONN);
         }
@@ -515,8 +535,7 @@ static void lock_timer_cb(void *data)
             break;
         lock->abandoned = 1;
         bl_mgr_count_error(m, BL_ECONN);
-        set_errmsg(lock->errmsg, "Redis did not answer the release in time; the lock ends "
-                                 "with its TTL");
+        set_errmsg(lock, "Redis did not answer the release in time; the lock ends with its TTL");
         fire_release(lock, BL_ECONN);
         break;
     case LS_ENDING:
@@ -687,41 +706,48 @@ static int start_request(bl_manager *m, const bl_posting *p, size_t n, int group
         if (opts->auto_extend && ttl < 3)
             return bl_mgr_fail(m, BL_EINVAL, "auto_extend needs ttl_ms >= 3");
     }
-    /* One block: the request, for a group its names and tokens, then the
-     * names' bytes. */
-    size_t plen = strlen(m->prefix), bytes = 0;
-    for (size_t i = 0; i < n; i++)
-        bytes += bl_keys_size(plen, strlen(p[i].marketplace), strlen(p[i].posting));
-    size_t head = sizeof(bl_lock) + (group ? n * (sizeof(bl_keys) + sizeof(uint64_t)) : 0);
+    /* One block: the request, and for a group its names, tokens and the
+     * names' bytes. A single posting's names are its key's, shared with
+     * every other request of this manager on that key (waitq.c). */
+    size_t plen = strlen(m->prefix), bytes = 0, head = sizeof(bl_lock);
+    if (group) {
+        for (size_t i = 0; i < n; i++)
+            bytes += bl_keys_size(plen, strlen(p[i].marketplace), strlen(p[i].posting));
+        head += n * (sizeof(bl_keys) + sizeof(uint64_t));
+    }
     bl_lock *lock = calloc(1, head + bytes);
     if (!lock)
         return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
-    char *names = (char *)lock + head;
     if (group) {
+        char *names = (char *)lock + head;
         lock->nkeys = n;
         lock->gkeys = (bl_keys *)(lock + 1);
         lock->gtokens = (uint64_t *)(lock->gkeys + n);
+        for (size_t i = 0; i < n; i++) {
+            size_t mlen = strlen(p[i].marketplace), xlen = strlen(p[i].posting);
+            bl_keys_build(&lock->gkeys[i], names, m->prefix, plen, p[i].marketplace, mlen,
+                          p[i].posting, xlen);
+            names += bl_keys_size(plen, mlen, xlen);
+        }
+        lock->keys = &lock->gkeys[0]; /* the first names the group in logs */
+    } else if (!(lock->kq = bl_wq_ref(m, p->marketplace, p->posting))) {
+        free(lock);
+        return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
+    } else {
+        lock->keys = &lock->kq->names;
     }
-    for (size_t i = 0; i < n; i++) {
-        size_t mlen = strlen(p[i].marketplace), xlen = strlen(p[i].posting);
-        bl_keys_build(group ? &lock->gkeys[i] : &lock->keys, names, m->prefix, plen,
-                      p[i].marketplace, mlen, p[i].posting, xlen);
-        names += bl_keys_size(plen, mlen, xlen);
-    }
-    if (group)
-        lock->keys = lock->gkeys[0]; /* the first names the group in logs */
     lock->done_index = -1;
     lock->m = m;
     lock->timer = m->loop.timer_new(m->loop.impl, lock_timer_cb, lock);
     if (!lock->timer) {
+        bl_wq_unref(m, lock->kq);
         free(lock);
         return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
     }
     lock->ttl_ms = ttl;
     lock->try_once = wait == 0;
-    lock->started = bl_mgr_now(m);
     lock->started_us = bl_now_us();
-    lock->deadline = lock->started + wait;
+    lock->deadline = bl_mgr_now(m) + wait;
     if (opts && opts->auto_extend) {
         lock->auto_extend = 1;
         lock->on_lost = opts->on_lost;
@@ -792,7 +818,7 @@ static int start_release(bl_lock *lock, enum bl_op_kind kind)
     bl_manager *m = lock->m;
     lock->state = LS_RELEASING;
     bl_lock_end_hold(lock);
-    lock->errmsg[0] = '\0';
+    clear_errmsg(lock);
     lock->started_us = bl_now_us();
     m->loop.timer_stop(lock->timer); /* lease renewal */
     if (lock->op.kind == BL_OP_EXTEND) {
@@ -896,8 +922,8 @@ int bl_cancel(bl_lock *lock)
     }
 }
 
-const char *bl_lock_key(const bl_lock *lock) { return lock->keys.k[BL_KEY_LOCK]; }
-const char *bl_lock_errmsg(const bl_lock *lock) { return lock->errmsg; }
+const char *bl_lock_key(const bl_lock *lock) { return lock->keys->k[BL_KEY_LOCK]; }
+const char *bl_lock_errmsg(const bl_lock *lock) { return lock->errmsg ? lock->errmsg : ""; }
 bl_manager *bl_lock_manager(const bl_lock *lock) { return lock->m; }
 uint64_t bl_lock_token(const bl_lock *lock) { return lock->token; }
 size_t bl_lock_postings(const bl_lock *lock) { return lock->nkeys ? lock->nkeys : 1; }
@@ -906,7 +932,7 @@ const char *bl_lock_key_at(const bl_lock *lock, size_t i)
 {
     if (i >= bl_lock_postings(lock))
         return NULL;
-    return lock->nkeys ? lock->gkeys[i].k[BL_KEY_LOCK] : lock->keys.k[BL_KEY_LOCK];
+    return lock->nkeys ? lock->gkeys[i].k[BL_KEY_LOCK] : lock->keys->k[BL_KEY_LOCK];
 }
 
 uint64_t bl_lock_token_at(const bl_lock *lock, size_t i)
