@@ -180,6 +180,7 @@ typedef struct w6_result {
     long long heap_delta;
     double heap_bytes_per_pending;
     int pending_measured; /* requests pending when the heap was read */
+    int waiting_measured; /* ...of which between attempts (the rest had a retry out) */
     double setup_s;       /* bl_acquire x n until all were pending */
     /* release of each key by the holder -> the first grant on it */
     int wakes, wake_misses, release_errors;

@@ -410,6 +410,7 @@ static int run_w6_size(const opts *o, int port, int n, int keys)
         fig(&f, "heap_bytes_per_pending", w.heap_bytes_per_pending);
         fig(&f, "heap_delta_bytes", (double)w.heap_delta);
         fig(&f, "pending_measured", w.pending_measured);
+        fig(&f, "waiting_measured", w.waiting_measured);
         fig(&f, "setup_s", w.setup_s);
         fig(&f, "wake_ms.p50", w.wake_ms_p50);
         fig(&f, "wake_ms.p99", w.wake_ms_p99);
