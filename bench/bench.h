@@ -197,5 +197,8 @@ typedef struct w6_result {
  * holder releases the keys one by one, then the manager closes. 0 when
  * every callback came exactly once and nothing failed. */
 int bench_w6(const bl_config *cfg, int requests, int keys, w6_result *out);
+/* The same with the requests' wait (the CONTROL of tests/test_bench.c: 0,
+ * so nothing is left pending to wake). */
+int bench_w6_opts(const bl_config *cfg, int requests, int keys, int64_t wait_ms, w6_result *out);
 
 #endif

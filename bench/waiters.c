@@ -130,6 +130,11 @@ static size_t heap_when_quiet(struct ev_loop *loop, w6_ctx *c, double window_s, 
 
 int bench_w6(const bl_config *cfg, int requests, int keys, w6_result *out)
 {
+    return bench_w6_opts(cfg, requests, keys, 60000, out);
+}
+
+int bench_w6_opts(const bl_config *cfg, int requests, int keys, int64_t wait_ms, w6_result *out)
+{
     memset(out, 0, sizeof *out);
     out->requests = requests;
     out->keys = keys;
@@ -170,7 +175,7 @@ int bench_w6(const bl_config *cfg, int requests, int keys, w6_result *out)
     bl_acquire_opts wait;
     bl_acquire_opts_init(&wait);
     wait.ttl_ms = BENCH_TTL_MS;
-    wait.wait_ms = 60000;
+    wait.wait_ms = wait_ms;
     size_t before = heap_in_use();
     uint64_t t0 = bench_now_us();
     for (int i = 0; i < requests; i++) {
@@ -204,7 +209,8 @@ int bench_w6(const bl_config *cfg, int requests, int keys, w6_result *out)
         if (bl_release(slots[k].lock, released_cb, &c) != BL_OK)
             c.rel_errors++;
     }
-    bench_run_until(loop, &c.all_woken, 30.0);
+    if (c.calls < requests) /* else nobody is left to wake (the CONTROL) */
+        bench_run_until(loop, &c.all_woken, 30.0);
     out->wake_misses = keys - c.nwake;
     out->release_errors = c.rel_errors;
     out->wakes = c.nwake;
