@@ -34,6 +34,13 @@ typedef struct bl_wq {
     char block[];        /* the names' bytes */
 } bl_wq;
 
+/* A request's timer (ltimer.c): its due time on the loop clock, its place
+ * in the manager's heap (slot - 1; 0 = not armed), and when it was armed. */
+typedef struct bl_ltimer {
+    uint64_t due;
+    uint32_t slot, seq;
+} bl_ltimer;
+
 /* Pointers and 64-bit fields first, then the small ones packed together:
  * a request that waits is all this struct (with its timer), so its padding
  * is paid 100,000 times by a manager with that many pending. */
@@ -52,7 +59,6 @@ struct bl_lock {
     uint64_t started_us;
     uint64_t deadline;      /* loop clock */
     double step;            /* backoff state */
-    bl_timer *timer;        /* backoff, deferred completion, lease renewal */
     uint64_t token;
     uint64_t held_since;    /* loop clock when granted; 0 when not held */
     char *transfer_to;      /* bl_transfer: the receiving holder id (malloc'd) */
@@ -75,6 +81,7 @@ struct bl_lock {
     int pending_status;
     int done_index;         /* after BL_EDONE: which posting was done; else -1 */
     int section_status;
+    bl_ltimer lt;           /* backoff, deferred completion, lease renewal (ltimer.c) */
     unsigned abandoned : 1; /* user no longer waits for this grant/lock: give it back */
     unsigned try_once : 1;
     unsigned queued : 1;    /* joined the server's wait queue */
@@ -116,6 +123,13 @@ struct bl_manager {
     int wait_on;   /* min_replicas resolves to non-zero: grants wait for WAIT */
     uint64_t rng;
     int admin_inflight;
+    /* the requests' timers (ltimer.c) */
+    bl_timer *lt_tick;     /* the loop's one timer for them all */
+    bl_lock **lt_heap;     /* armed ones, a binary min-heap of lt_n */
+    size_t lt_n, lt_cap, lt_count; /* lt_count: requests, each with a slot reserved */
+    uint64_t lt_tick_due;  /* what lt_tick is armed for; UINT64_MAX: not armed */
+    uint32_t lt_seq;
+    int lt_firing;
     bl_timer *kick_timer;  /* deferred shutdown / finish of close */
     bl_timer *close_timer; /* close deadline */
     enum mgr_kick kick;
@@ -157,8 +171,17 @@ void bl_wq_leave(bl_lock *lock);
 void bl_wq_wake(bl_manager *m, const char *key, size_t keylen, int directed);
 bl_wq *bl_wq_find(bl_manager *m, const char *key, size_t keylen);
 void bl_wq_free_all(bl_manager *m);
+/* ltimer.c: the requests' timers. bl_lt_reserve makes room for one more
+ * request's (0, or -1 out of memory); bl_lt_release gives it back. */
+int bl_lt_init(bl_manager *m);
+void bl_lt_free_all(bl_manager *m);
+int bl_lt_reserve(bl_manager *m);
+void bl_lt_release(bl_lock *lock);
+void bl_lt_start(bl_lock *lock, uint64_t after_ms);
+void bl_lt_stop(bl_lock *lock);
 /* lock.c: close and wake-up entry points */
 void bl_lock_close_one(bl_lock *lock);
+void bl_lock_timer_cb(void *data); /* the request's timer fired */
 void bl_lock_flush_ending(bl_lock *lock);
 void bl_lock_free(bl_lock *lock);
 void bl_lock_wake(bl_lock *lock, int directed);

@@ -52,7 +52,7 @@ void bl_lock_free(bl_lock *lock)
     if (lock->next)
         lock->next->prev = lock->prev;
     bl_wq_unref(m, lock->kq);
-    m->loop.timer_free(lock->timer);
+    bl_lt_release(lock);
     free(lock->transfer_to);
     free(lock->errmsg);
     free(lock);
@@ -172,7 +172,7 @@ static void end_later(bl_lock *lock, enum bl_op_kind kind, int status)
     lock->state = LS_ENDING;
     lock->pending_kind = kind;
     lock->pending_status = status;
-    lock->m->loop.timer_start(lock->timer, 0);
+    bl_lt_start(lock, 0);
 }
 
 /* ---- wait queues ------------------------------------------------------- */
@@ -214,7 +214,7 @@ static void fire_acquire(bl_lock *lock, int status)
         bl_hist_add(&m->acquire_hist, (double)(bl_now_us() - lock->started_us) / 1000.0);
         lock->lease_until = lock->op_sent + lock->ttl_ms;
         if (lock->auto_extend)
-            m->loop.timer_start(lock->timer, lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1);
+            bl_lt_start(lock, lock->ttl_ms / 3 ? lock->ttl_ms / 3 : 1);
         if (lock->sfn) {
             lock->in_section = 1;
             lock->sfn(lock, lock->sdata);
@@ -317,7 +317,7 @@ static void arm_answer_deadline(bl_lock *lock)
         if (m->wait_on)
             limit += 2 * m->cfg.replica_timeout_ms + 50;
     }
-    m->loop.timer_start(lock->timer, limit);
+    bl_lt_start(lock, limit);
 }
 
 static void attempt(bl_lock *lock)
@@ -343,7 +343,7 @@ static void attempt(bl_lock *lock)
         if (rc == BL_ECONN && !lock->try_once && lock->step > 0 && now < lock->deadline) {
             lock->state = LS_WAITING;
             m->stats.waiting++;
-            m->loop.timer_start(lock->timer, bl_backoff_next(&m->backoff, &lock->step,
+            bl_lt_start(lock, bl_backoff_next(&m->backoff, &lock->step,
                                                              bl_rand_next(&m->rng), now,
                                                              lock->deadline));
             return;
@@ -382,7 +382,7 @@ static void wait_or_give_up(bl_lock *lock, int why)
     lock->wake_pending = 0;
     lock->state = LS_WAITING;
     m->stats.waiting++;
-    m->loop.timer_start(lock->timer, pause);
+    bl_lt_start(lock, pause);
 }
 
 static void start_release_op(bl_lock *lock, enum bl_op_kind kind)
@@ -411,7 +411,7 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
     }
     if (lock->state != LS_HELD || lock->lost)
         return;
-    m->loop.timer_stop(lock->timer);
+    bl_lt_stop(lock);
     uint64_t now = bl_mgr_now(m);
     if (r->status == BL_OK) {
         m->stats.extends++;
@@ -421,14 +421,14 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
             lock->reverify = 0;
             next = 0;
         }
-        m->loop.timer_start(lock->timer, next);
+        bl_lt_start(lock, next);
     } else if (r->status == BL_ENOTHELD || now >= lock->lease_until) {
         lose(lock);
     } else {
         /* Transient failure: try again soon, while the lease still runs. */
         uint64_t left = lock->lease_until - now;
         uint64_t again = lock->ttl_ms / 10 < 10 ? 10 : lock->ttl_ms / 10;
-        m->loop.timer_start(lock->timer, again < left ? again : left);
+        bl_lt_start(lock, again < left ? again : left);
     }
 }
 
@@ -439,7 +439,7 @@ static void op_done(bl_op *op, const bl_op_result *r)
     enum bl_op_kind kind = lock->op.kind;
     lock->op.kind = BL_OP_NONE;
     if (!lock->abandoned && (lock->state == LS_ACQUIRING || lock->state == LS_RELEASING))
-        m->loop.timer_stop(lock->timer); /* the answer came in time */
+        bl_lt_stop(lock); /* the answer came in time */
     int err = r->status == BL_ECONN || r->status == BL_EREDIS;
     if (err)
         bl_mgr_count_error(m, r->status);
@@ -511,7 +511,7 @@ static void op_done(bl_op *op, const bl_op_result *r)
     }
 }
 
-static void lock_timer_cb(void *data)
+void bl_lock_timer_cb(void *data)
 {
     bl_lock *lock = data;
     bl_manager *m = lock->m;
@@ -552,7 +552,7 @@ static void lock_timer_cb(void *data)
             if (now >= lock->lease_until)
                 lose(lock);
             else
-                m->loop.timer_start(lock->timer, lock->lease_until - now);
+                bl_lt_start(lock, lock->lease_until - now);
             break;
         }
         if (start_op(lock, BL_OP_EXTEND) < 0) {
@@ -560,8 +560,7 @@ static void lock_timer_cb(void *data)
             extend_done(lock, &r);
         } else {
             uint64_t now = bl_mgr_now(m);
-            m->loop.timer_start(lock->timer,
-                                lock->lease_until > now ? lock->lease_until - now : 1);
+            bl_lt_start(lock, lock->lease_until > now ? lock->lease_until - now : 1);
         }
         break;
     default:
@@ -577,7 +576,7 @@ void bl_lock_reverify(bl_lock *lock)
     if (lock->op.kind != BL_OP_NONE)
         lock->reverify = 1; /* the renewal out now went to the old master */
     else
-        lock->m->loop.timer_start(lock->timer, 0);
+        bl_lt_start(lock, 0);
 }
 
 /* Called from bl_wq_wake: a release on our key. */
@@ -597,12 +596,12 @@ void bl_lock_wake(bl_lock *lock, int directed)
     }
     if (directed) {
         /* The lock is reserved for us: go now. */
-        m->loop.timer_stop(lock->timer);
+        bl_lt_stop(lock);
         m->stats.waiting--;
         attempt(lock);
     } else {
         /* Everyone was woken: spread the retries over a few ms. */
-        m->loop.timer_start(lock->timer, bl_rand_next(&m->rng) % 4);
+        bl_lt_start(lock, bl_rand_next(&m->rng) % 4);
     }
 }
 
@@ -619,7 +618,7 @@ void bl_lock_close_one(bl_lock *lock)
         /* Best effort: give the lock back now rather than at its TTL. */
         bl_lock_end_hold(lock);
         lock->abandoned = 1;
-        m->loop.timer_stop(lock->timer);
+        bl_lt_stop(lock);
         if (lock->op.kind == BL_OP_NONE && start_op(lock, BL_OP_RELEASE) != 0)
             m->stats.release_errors++;
         if (lock->in_section)
@@ -637,8 +636,8 @@ void bl_lock_flush_ending(bl_lock *lock)
 {
     if (lock->state != LS_ENDING)
         return;
-    lock->m->loop.timer_stop(lock->timer);
-    lock_timer_cb(lock);
+    bl_lt_stop(lock);
+    bl_lock_timer_cb(lock);
 }
 
 /* ---- public: requests ---------------------------------------------------- */
@@ -738,8 +737,7 @@ static int start_request(bl_manager *m, const bl_posting *p, size_t n, int group
     }
     lock->done_index = -1;
     lock->m = m;
-    lock->timer = m->loop.timer_new(m->loop.impl, lock_timer_cb, lock);
-    if (!lock->timer) {
+    if (bl_lt_reserve(m) != 0) {
         bl_wq_unref(m, lock->kq);
         free(lock);
         return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
@@ -815,12 +813,11 @@ int bl_with_lock(bl_manager *m, const char *marketplace, const char *posting,
 
 static int start_release(bl_lock *lock, enum bl_op_kind kind)
 {
-    bl_manager *m = lock->m;
     lock->state = LS_RELEASING;
     bl_lock_end_hold(lock);
     clear_errmsg(lock);
     lock->started_us = bl_now_us();
-    m->loop.timer_stop(lock->timer); /* lease renewal */
+    bl_lt_stop(lock); /* lease renewal */
     if (lock->op.kind == BL_OP_EXTEND) {
         lock->release_after = kind; /* one operation at a time */
         arm_answer_deadline(lock);  /* ...and not forever behind a hung renewal */
@@ -910,7 +907,7 @@ int bl_cancel(bl_lock *lock)
     switch (lock->state) {
     case LS_WAITING:
         lock->m->stats.waiting--;
-        lock->m->loop.timer_stop(lock->timer);
+        bl_lt_stop(lock);
         end_later(lock, BL_OP_ACQUIRE, BL_ECANCELED);
         return BL_OK;
     case LS_ACQUIRING:
