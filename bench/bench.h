@@ -177,6 +177,7 @@ typedef struct w6_result {
     int requests, keys;
     /* heap (mallinfo2: in-use small chunks + mmapped blocks) added by the
      * requests once every one had its first busy answer, and per request */
+    int heap_measurable;  /* 0: mallinfo2 sees no allocation (ASan, valgrind): ignore both */
     long long heap_delta;
     double heap_bytes_per_pending;
     int pending_measured; /* requests pending when the heap was read */

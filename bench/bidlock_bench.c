@@ -407,6 +407,7 @@ static int run_w6_size(const opts *o, int port, int n, int keys)
         w6_result w;
         bench_reset(port);
         bad += bench_w6(&cfg, n, keys, &w) != 0;
+        fig(&f, "heap_measurable", w.heap_measurable);
         fig(&f, "heap_bytes_per_pending", w.heap_bytes_per_pending);
         fig(&f, "heap_delta_bytes", (double)w.heap_delta);
         fig(&f, "pending_measured", w.pending_measured);

@@ -91,6 +91,17 @@ static size_t heap_in_use(void)
     return mi.uordblks + mi.hblkhd; /* small chunks + mmapped ones */
 }
 
+/* 1 if mallinfo2 sees this process's allocations: not under ASan or
+ * valgrind, whose allocators glibc's statistics know nothing of. */
+static int heap_measurable(void)
+{
+    size_t before = heap_in_use();
+    char *volatile p = malloc(4096);
+    int seen = p && heap_in_use() >= before + 4096;
+    free(p);
+    return seen;
+}
+
 /* Run the loop until the manager has had n busy answers (every request's
  * first attempt came back: it is pending), or timeout_s. */
 static int run_until_pending(struct ev_loop *loop, w6_ctx *c, double timeout_s)
@@ -196,6 +207,7 @@ int bench_w6_opts(const bl_config *cfg, int requests, int keys, int64_t wait_ms,
     out->setup_s = (double)(bench_now_us() - t0) / 1e6;
     out->pending_measured = requests - c.calls;
     size_t after = heap_when_quiet(loop, &c, 2.0, &out->waiting_measured);
+    out->heap_measurable = heap_measurable();
     out->heap_delta = (long long)after - (long long)before;
     out->heap_bytes_per_pending = (double)out->heap_delta / requests;
 

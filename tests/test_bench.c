@@ -197,6 +197,12 @@ Test(bench, w4_control_without_the_lock_loses_updates)
 
 /* ---- W6: every pending request ends exactly once, and the heap is read ------ */
 
+#if defined(__SANITIZE_ADDRESS__)
+#define ASAN_BUILD 1
+#else
+#define ASAN_BUILD 0
+#endif
+
 /* n requests on k keys: each callback once, the counts add up, one grant
  * per key after its release (the key stays held by that request, so no
  * second one on it), the rest cancelled by the close, and a heap figure.
@@ -218,9 +224,16 @@ static void check_w6(const w6_result *w, int n, int k)
     cr_assert_eq(w->cancelled, w->pending_at_close, "the close ended every pending one");
     cr_assert_eq(w->pending_measured, n, "all were pending when the heap was read");
     cr_assert(w->waiting_measured > 0 && w->waiting_measured <= n);
-    cr_assert_gt(w->heap_delta, 0);
-    cr_assert_gt(w->heap_bytes_per_pending, 0);
-    cr_assert_lt(w->heap_bytes_per_pending, 4096);
+    /* ASan and valgrind bring allocators of their own, which mallinfo2
+     * does not see; anywhere else the heap must be read. */
+    const char *pre = getenv("LD_PRELOAD");
+    int foreign = (pre && strstr(pre, "vgpreload")) || ASAN_BUILD;
+    cr_assert(w->heap_measurable || foreign, "mallinfo2 saw no allocation");
+    if (w->heap_measurable) {
+        cr_assert_gt(w->heap_delta, 0);
+        cr_assert_gt(w->heap_bytes_per_pending, 0);
+        cr_assert_lt(w->heap_bytes_per_pending, 4096);
+    }
     cr_assert_geq(w->attempts, (uint64_t)n, "every request tried at least once");
     cr_assert_eq(w->errors, 0);
 }
