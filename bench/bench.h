@@ -24,6 +24,7 @@
 #define BENCH_MARKETPLACE "bench"
 #define BENCH_HOT "hot"                        /* bid_lock:bench:hot (W3, W4) */
 #define BENCH_JOB_FMT "job_%d"                 /* bid_lock:bench:job_<i> (W1, W2) */
+#define BENCH_W6_FMT "w6_%d"                   /* bid_lock:bench:w6_<k> (W6) */
 #define BENCH_TTL_MS 30000                     /* "TTL 30 s unless stated" */
 #define BENCH_W4_COUNTER "bid_lock_bench:w4:counter" /* outside the lock prefix */
 
@@ -206,5 +207,34 @@ typedef struct w5_result {
 /* W5 many-leases: p->locks locks on distinct keys (bid_lock:bench:lease_<i>),
  * held with auto_extend on one manager for p->hold_s. */
 int bench_w5(const bl_config *cfg, const w5_params *p, w5_result *out);
+
+typedef struct w6_result {
+    int requests, keys;
+    /* heap (mallinfo2: in-use small chunks + mmapped blocks) added by the
+     * requests once every one had its first busy answer, and per request */
+    int heap_measurable;  /* 0: mallinfo2 sees no allocation (ASan, valgrind): ignore both */
+    long long heap_delta;
+    double heap_bytes_per_pending;
+    int pending_measured; /* requests pending when the heap was read */
+    int waiting_measured; /* ...of which between attempts (the rest had a retry out) */
+    double setup_s;       /* bl_acquire x n until all were pending */
+    /* release of each key by the holder -> the first grant on it */
+    int wakes, wake_misses, release_errors;
+    double wake_ms_p50, wake_ms_p99, wake_ms_max;
+    int pending_at_close;
+    double close_ms;      /* bl_manager_close -> its callback */
+    uint64_t attempts, wakeups; /* the waiting manager's bl_stats before close */
+    /* every request's callback: once each */
+    int callbacks, twice, missing, granted, cancelled, other;
+    int errors;
+} w6_result;
+/* W6 many-waiters: a second manager holds bid_lock:bench:w6_<k>, k < keys;
+ * `requests` acquires (wait 60 s) spread over them on one manager; then the
+ * holder releases the keys one by one, then the manager closes. 0 when
+ * every callback came exactly once and nothing failed. */
+int bench_w6(const bl_config *cfg, int requests, int keys, w6_result *out);
+/* The same with the requests' wait (the CONTROL of tests/test_bench.c: 0,
+ * so nothing is left pending to wake). */
+int bench_w6_opts(const bl_config *cfg, int requests, int keys, int64_t wait_ms, w6_result *out);
 
 #endif

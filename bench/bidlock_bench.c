@@ -1,8 +1,8 @@
-/* bidlock-bench - the W1-W5, W7 and W8 workloads of shared/BENCH.md.
+/* bidlock-bench - the W1-W8 workloads of shared/BENCH.md.
  *
- *   bidlock-bench [--workload W1|W2|W3|W4|W5|W7|W8|all] [--runs N] [--tuned]
+ *   bidlock-bench [--workload W1|W2|W3|W4|W5|W6|W7|W8|all] [--runs N] [--tuned]
  *                 [--lean] [--quick] [--no-lock] [--no-batch] [--steal N] [--no-limit]
- *                 [--port P]
+ *                 [--port P] [--waiters N] [--keys K]
  *
  * Starts its own redis-server on a free 127.0.0.1 port (unless --port),
  * measures the limit with redis-benchmark, then runs each workload --runs
@@ -23,6 +23,13 @@
  *   --port P    use a redis-server already listening on 127.0.0.1:P
  *   --cycles N  W1/W2 size (profiling runs); not BENCH.md's workloads
  *   --procs N   W3/W4 processes (analysis runs); not BENCH.md's workloads
+ *   --waiters N, --keys K
+ *               W6 with N requests on K keys only (K = 1: one hot key);
+ *               without them W6 runs BENCH.md's n = 10,000 and n = 100,000
+ *               on 1,000 keys
+ *
+ * W6 (not in "all": the 100,000 run takes longer than the others together)
+ * prints one line per size.
  *
  * W7 (W2 on a 3 masters + 3 replicas Redis Cluster it starts itself, and
  * on the one node above, in the same run) runs only when asked for: "all"
@@ -144,17 +151,18 @@ static void emit_figs(FILE *o, const figset *f)
 /* ---- options --------------------------------------------------------------- */
 
 typedef struct opts {
-    int w[9]; /* w[1..5], w[7], w[8] */
+    int w[9]; /* w[1..8] */
     int runs, tuned, lean, quick, no_lock, no_limit, port, cycles, procs;
-    int no_batch, steal, locks;
+    int no_batch, steal, locks, waiters, keys;
 } opts;
 
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: bidlock-bench [--workload W1|W2|W3|W4|W5|W7|W8|all] [--runs N] [--tuned]\n"
-            "                     [--lean] [--quick] [--no-lock] [--no-batch] [--steal N]\n"
-            "                     [--no-limit] [--port P] [--cycles N] [--procs N] [--locks N]\n");
+            "usage: bidlock-bench [--workload W1|W2|W3|W4|W5|W6|W7|W8|all] [--runs N]\n"
+            "                     [--tuned] [--lean] [--quick] [--no-lock] [--no-batch]\n"
+            "                     [--steal N] [--no-limit] [--port P] [--cycles N] [--procs N]\n"
+            "                     [--locks N] [--waiters N] [--keys K]\n");
 }
 
 static int parse(int argc, char **argv, opts *o)
@@ -169,7 +177,7 @@ static int parse(int argc, char **argv, opts *o)
             if (strcmp(w, "all") == 0)
                 o->w[1] = o->w[2] = o->w[3] = o->w[4] = o->w[5] = 1;
             else if ((w[0] == 'W' || w[0] == 'w') &&
-                     ((w[1] >= '1' && w[1] <= '5') || w[1] == '7' || w[1] == '8') && !w[2])
+                     w[1] >= '1' && w[1] <= '8' && !w[2])
                 o->w[w[1] - '0'] = 1;
             else
                 return -1;
@@ -200,6 +208,14 @@ static int parse(int argc, char **argv, opts *o)
                 return -1;
         } else if (strcmp(a, "--no-batch") == 0) {
             o->no_batch = 1;
+        } else if (strcmp(a, "--waiters") == 0 && i + 1 < argc) {
+            o->waiters = atoi(argv[++i]);
+            if (o->waiters < 1)
+                return -1;
+        } else if (strcmp(a, "--keys") == 0 && i + 1 < argc) {
+            o->keys = atoi(argv[++i]);
+            if (o->keys < 1)
+                return -1;
         } else if (strcmp(a, "--tuned") == 0) {
             o->tuned = 1;
         } else if (strcmp(a, "--lean") == 0) {
@@ -403,6 +419,70 @@ static int run_w2(const opts *o, int port, const limit *L, enum bench_settings s
     printf("}}\n");
     fflush(stdout);
     return bad;
+}
+
+/* W6 at one size: one line. */
+static int run_w6_size(const opts *o, int port, int n, int keys)
+{
+    int bad = 0;
+    bl_config cfg;
+    bench_config(&cfg, port, BENCH_DEFAULT);
+    figset f = {0};
+    for (int r = 0; r < o->runs; r++) {
+        w6_result w;
+        bench_reset(port);
+        bad += bench_w6(&cfg, n, keys, &w) != 0;
+        fig(&f, "heap_measurable", w.heap_measurable);
+        fig(&f, "heap_bytes_per_pending", w.heap_bytes_per_pending);
+        fig(&f, "heap_delta_bytes", (double)w.heap_delta);
+        fig(&f, "pending_measured", w.pending_measured);
+        fig(&f, "waiting_measured", w.waiting_measured);
+        fig(&f, "setup_s", w.setup_s);
+        fig(&f, "wake_ms.p50", w.wake_ms_p50);
+        fig(&f, "wake_ms.p99", w.wake_ms_p99);
+        fig(&f, "wake_ms.max", w.wake_ms_max);
+        fig(&f, "wakes", w.wakes);
+        fig(&f, "wake_misses", w.wake_misses);
+        fig(&f, "pending_at_close", w.pending_at_close);
+        fig(&f, "close_ms", w.close_ms);
+        fig(&f, "close_us_per_pending",
+            w.pending_at_close ? w.close_ms * 1000.0 / w.pending_at_close : 0);
+        fig(&f, "attempts_per_request", (double)w.attempts / n);
+        fig(&f, "callbacks.total", w.callbacks);
+        fig(&f, "callbacks.twice", w.twice);
+        fig(&f, "callbacks.missing", w.missing);
+        fig(&f, "callbacks.granted", w.granted);
+        fig(&f, "callbacks.cancelled", w.cancelled);
+        fig(&f, "callbacks.other", w.other);
+        fig(&f, "errors", w.errors);
+        fprintf(stderr,
+                "W6 run %d/%d n=%d keys=%d: %.0f B/pending, wake p50 %.2f ms p99 %.2f ms, "
+                "close %.1f ms with %d pending%s\n",
+                r + 1, o->runs, n, keys, w.heap_bytes_per_pending, w.wake_ms_p50, w.wake_ms_p99,
+                w.close_ms, w.pending_at_close, w.errors || w.twice || w.missing ? " ERRORS" : "");
+    }
+    header("W6", "many-waiters", "default", o->runs, bad);
+    printf(",\"processes\":1,\"managers\":2,\"requests\":%d,\"keys\":%d,"
+           "\"key\":\"bid_lock:bench:w6_<k>\",\"wait_ms\":60000,\"heap\":\"mallinfo2 "
+           "uordblks+hblkhd\"",
+           n, keys);
+    emit_figs(stdout, &f);
+    printf("}\n");
+    fflush(stdout);
+    return bad;
+}
+
+/* W6: BENCH.md's sizes, or the one asked for. */
+static int run_w6(const opts *o, int port)
+{
+    if (o->waiters || o->keys) {
+        int n = o->waiters ? o->waiters : o->quick ? 2000 : 100000;
+        int k = o->keys ? o->keys : n < 1000 ? n : 1000;
+        return run_w6_size(o, port, n, k > n ? n : k);
+    }
+    if (o->quick)
+        return run_w6_size(o, port, 2000, 20);
+    return run_w6_size(o, port, 10000, 1000) | run_w6_size(o, port, 100000, 1000);
 }
 
 /* INFO cpu of a server: used_cpu_sys + used_cpu_user, seconds; -1 if it
@@ -875,6 +955,8 @@ int main(int argc, char **argv)
         bad |= run_w4(&o, port);
     if (o.w[5])
         bad |= run_w5(&o, port);
+    if (o.w[6])
+        bad |= run_w6(&o, port);
     if (o.w[7])
         bad |= run_w7(&o, port);
     if (o.w[8])

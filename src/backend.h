@@ -67,22 +67,26 @@ typedef struct bl_op_result {
  * done has been called. */
 typedef struct bl_op {
     enum bl_op_kind kind;
-    const bl_keys *keys;   /* nkeys names for a group, else one */
+    unsigned queued : 1;   /* acquire: an earlier attempt of this request queued us */
+    unsigned keep_queued : 1; /* acquire: another request of ours waits on this key, so
+                            * a grant must keep our place in the queue */
+    unsigned reclaim : 1;  /* acquire: take the lock if it is held under our own
+                            * holder id (no request of ours holds or is getting it:
+                            * it is a grant whose reply was lost) */
+    const bl_keys *keys;   /* nkeys names for a group, else one; the engine's (a single
+                            * posting's are shared by all its requests on the key):
+                            * read them, never keep the pointer past done */
     size_t nkeys;          /* a group (bl_acquire_many): acquire, release, extend all of
                             * keys[0..nkeys) in one script; 0 = one posting */
     uint64_t *tokens;      /* group acquire: the backend writes each posting's token here
                             * before done(BL_OK), and sets result.token = tokens[0] */
     uint64_t ttl_ms;       /* acquire, extend: the lease */
     uint64_t queue_ttl_ms; /* acquire: lifetime of our wait-queue entry; 0 = try once */
-    int queued;            /* acquire: an earlier attempt of this request queued us */
-    int keep_queued;       /* acquire: another request of ours waits on this key, so
-                            * a grant must keep our place in the queue */
-    int reclaim;           /* acquire: take the lock if it is held under our own
-                            * holder id (no request of ours holds or is getting it:
-                            * it is a grant whose reply was lost) */
     const char *target;    /* transfer: the receiving holder id (target_len bytes) */
     size_t target_len;
-    char *errbuf;          /* BL_ERRMSG_MAX bytes: why a start failed synchronously */
+    char *errbuf;          /* BL_ERRMSG_MAX bytes: why a start failed synchronously;
+                            * written only inside start (the engine shares one
+                            * buffer between operations and copies it out) */
     void (*done)(struct bl_op *op, const bl_op_result *r);
 } bl_op;
 

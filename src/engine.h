@@ -17,53 +17,50 @@ enum lock_state {
     LS_DEAD       /* the user is done with it; freed once nothing is in flight */
 };
 
-/* The requests of this manager that wait on one key, oldest first. */
+/* One key of this manager's: the names of its posting, built once per key
+ * and shared by every single-posting request on it (a group's postings have
+ * their own, in the group's block), and the requests that wait on it,
+ * oldest first. refs counts those requests: the entry goes with the last
+ * of them (bl_lock_free), so it outlives every operation in flight on the
+ * key, and the bl_op.keys a backend is given (&names) stays valid until
+ * that operation's done, as backend.h asks. Owned by the engine (waitq.c);
+ * a backend only ever reads the names. */
 typedef struct bl_wq {
     bl_lock *head, *tail;
     int nwait;
+    unsigned refs;
     struct bl_wq *hnext; /* hash chain */
-    size_t keylen;
-    char key[];
+    bl_keys names;       /* names.k[BL_KEY_LOCK] is the key */
+    char block[];        /* the names' bytes */
 } bl_wq;
 
+/* A request's timer (ltimer.c): its due time on the loop clock, its place
+ * in the manager's heap (slot - 1; 0 = not armed), and when it was armed. */
+typedef struct bl_ltimer {
+    uint64_t due;
+    uint32_t slot, seq;
+} bl_ltimer;
+
+/* Pointers and 64-bit fields first, then the small ones packed together:
+ * a request that waits is all this struct (with its timer), so its padding
+ * is paid 100,000 times by a manager with that many pending. */
 struct bl_lock {
     bl_manager *m;
     bl_lock *prev, *next;   /* manager's list of live requests */
     bl_lock *wprev, *wnext; /* its wait queue (while wq != NULL) */
-    bl_wq *wq;
-    enum lock_state state;
+    bl_wq *wq;              /* = kq while in its key's wait queue, else NULL */
+    bl_wq *kq;              /* its key's entry (a single posting; NULL for a group) */
     bl_op op;               /* the backend operation; op.kind != NONE while in flight */
-    int abandoned;          /* user no longer waits for this grant/lock: give it back */
-    bl_keys keys;           /* the posting's names (a group's first posting) */
+    const bl_keys *keys;    /* the posting's names (&kq->names; a group's: &gkeys[0]) */
     size_t nkeys;           /* bl_acquire_many: postings in gkeys; 0 = one, in keys */
     bl_keys *gkeys;         /* a group's names, in the same block */
     uint64_t *gtokens;      /* a group's tokens once held */
-    int done_index;         /* after BL_EDONE: which posting was done; else -1 */
     uint64_t ttl_ms;
-    uint64_t started;       /* loop clock, bl_acquire */
     uint64_t started_us;
     uint64_t deadline;      /* loop clock */
-    int try_once;
-    int queued;             /* joined the server's wait queue */
-    int reclaim;            /* the next attempt may take a lock held under our id */
-    int reverify;           /* renew at once after the renewal now in flight */
-    int wake_pending;       /* a release came while an attempt was out: 1 any, 2 directed */
     double step;            /* backoff state */
-    bl_timer *timer;        /* backoff, deferred completion, lease renewal */
-    int pending_status;
-    enum bl_op_kind pending_kind; /* which callback ENDING fires */
     uint64_t token;
     uint64_t held_since;    /* loop clock when granted; 0 when not held */
-    /* lease */
-    int auto_extend, lost;
-    uint64_t lease_until;   /* loop clock: the lease surely ends by then */
-    uint64_t op_sent;       /* loop clock: when the last operation was sent */
-    int renew_queued;       /* in the manager's renewal queue (renew_head..) */
-    bl_lock *rprev, *rnext; /* ...its neighbours there */
-    uint64_t renew_window;  /* ms the due renewal may wait there for others */
-    void (*on_lost)(bl_lock *, int, void *);
-    void *on_lost_data;
-    enum bl_op_kind release_after; /* a release asked for while extending */
     char *transfer_to;      /* bl_transfer: the receiving holder id (malloc'd) */
     uint64_t transfer_ms;   /* ...and its lease */
     /* callbacks */
@@ -75,14 +72,38 @@ struct bl_lock {
     bl_section_fn sfn;
     bl_section_done_cb sdone;
     void *sdata;
-    int in_section;
+    /* Why it ended, kept only once there is something to say: a buffer
+     * (BL_ERRMSG_MAX) per request cost more than the rest of a pending
+     * request. NULL: "" (bl_lock_errmsg). */
+    char *errmsg;
+    enum lock_state state;
+    enum bl_op_kind pending_kind; /* which callback ENDING fires */
+    int pending_status;
+    int done_index;         /* after BL_EDONE: which posting was done; else -1 */
     int section_status;
-    char errmsg[BL_ERRMSG_MAX];
+    bl_ltimer lt;           /* backoff, deferred completion, lease renewal (ltimer.c) */
+    unsigned abandoned : 1; /* user no longer waits for this grant/lock: give it back */
+    unsigned try_once : 1;
+    unsigned queued : 1;    /* joined the server's wait queue */
+    unsigned reclaim : 1;   /* the next attempt may take a lock held under our id */
+    unsigned reverify : 1;  /* renew at once after the renewal now in flight */
+    unsigned wake_pending : 2; /* a release came while an attempt was out: 1 any, 2 directed */
+    unsigned in_section : 1;
+    /* lease */
+    int auto_extend, lost;
+    uint64_t lease_until;   /* loop clock: the lease surely ends by then */
+    uint64_t op_sent;       /* loop clock: when the last operation was sent */
+    void (*on_lost)(bl_lock *, int, void *);
+    void *on_lost_data;
+    enum bl_op_kind release_after; /* a release asked for while extending */
+    int renew_queued;       /* in the manager's renewal queue (renew_head..) */
+    bl_lock *rprev, *rnext; /* ...its neighbours there */
+    uint64_t renew_window;  /* ms the due renewal may wait there for others */
 };
 
 enum mgr_kick { KICK_NONE, KICK_SHUTDOWN, KICK_FINISH };
 
-#define BL_WQ_BUCKETS 256
+#define BL_WQ_BUCKETS 256 /* to start with: the table doubles as keys are added */
 
 struct bl_manager {
     bl_loop loop;
@@ -96,13 +117,22 @@ struct bl_manager {
     bl_backend *be;
     bl_backend_host host_if; /* what the backend was given */
     bl_lock *locks;
-    bl_wq *wq[BL_WQ_BUCKETS];
+    bl_wq **wq;          /* the keys' entries: a hash table of nbuckets chains */
+    size_t nbuckets, nkq;
+    char op_err[BL_ERRMSG_MAX]; /* bl_op.errbuf: a start that fails says why here */
     bl_stats stats;
     bl_histogram acquire_hist, release_hist, hold_hist;
     bl_backoff backoff;
     int wait_on;   /* min_replicas resolves to non-zero: grants wait for WAIT */
     uint64_t rng;
     int admin_inflight;
+    /* the requests' timers (ltimer.c) */
+    bl_timer *lt_tick;     /* the loop's one timer for them all */
+    bl_lock **lt_heap;     /* armed ones, a binary min-heap of lt_n */
+    size_t lt_n, lt_cap, lt_count; /* lt_count: requests, each with a slot reserved */
+    uint64_t lt_tick_due;  /* what lt_tick is armed for; UINT64_MAX: not armed */
+    uint32_t lt_seq;
+    int lt_firing;
     bl_timer *kick_timer;  /* deferred shutdown / finish of close */
     bl_timer *close_timer; /* close deadline */
     enum mgr_kick kick;
@@ -144,6 +174,10 @@ void bl_hist_add_to(bl_histogram *h, const double *bounds, double ms);
 /* The lock stops being held (released, given back, lost): count the hold. */
 void bl_lock_end_hold(bl_lock *lock);
 /* waitq.c: the engine's wait queues */
+/* The entry of "<prefix>:<mp>:<posting>", made (names and all) if this is
+ * its first request, with one more reference; NULL on out of memory. */
+bl_wq *bl_wq_ref(bl_manager *m, const char *mp, const char *posting);
+void bl_wq_unref(bl_manager *m, bl_wq *w);
 void bl_wq_join(bl_lock *lock);
 void bl_wq_leave(bl_lock *lock);
 void bl_wq_wake(bl_manager *m, const char *key, size_t keylen, int directed);
@@ -151,8 +185,17 @@ void bl_wq_wake(bl_manager *m, const char *key, size_t keylen, int directed);
 int bl_wq_granted(bl_manager *m, const char *key, size_t keylen, uint64_t token);
 bl_wq *bl_wq_find(bl_manager *m, const char *key, size_t keylen);
 void bl_wq_free_all(bl_manager *m);
+/* ltimer.c: the requests' timers. bl_lt_reserve makes room for one more
+ * request's (0, or -1 out of memory); bl_lt_release gives it back. */
+int bl_lt_init(bl_manager *m);
+void bl_lt_free_all(bl_manager *m);
+int bl_lt_reserve(bl_manager *m);
+void bl_lt_release(bl_lock *lock);
+void bl_lt_start(bl_lock *lock, uint64_t after_ms);
+void bl_lt_stop(bl_lock *lock);
 /* lock.c: close and wake-up entry points */
 void bl_lock_close_one(bl_lock *lock);
+void bl_lock_timer_cb(void *data); /* the request's timer fired */
 void bl_lock_flush_ending(bl_lock *lock);
 void bl_lock_free(bl_lock *lock);
 void bl_lock_wake(bl_lock *lock, int directed);

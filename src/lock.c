@@ -24,9 +24,25 @@
 
 #include "engine.h"
 
-static void set_errmsg(char *dst, const char *msg)
+/* Keep why the request ended. The buffer is made the first time there is
+ * something to keep and reused after; without memory the message is lost,
+ * not the status. */
+static void set_errmsg(bl_lock *lock, const char *msg)
 {
-    snprintf(dst, BL_ERRMSG_MAX, "%s", msg ? msg : "");
+    if (!lock->errmsg && !(lock->errmsg = malloc(BL_ERRMSG_MAX)))
+        return;
+    snprintf(lock->errmsg, BL_ERRMSG_MAX, "%s", msg ? msg : "");
+}
+
+static int has_errmsg(const bl_lock *lock)
+{
+    return lock->errmsg && lock->errmsg[0];
+}
+
+static void clear_errmsg(bl_lock *lock)
+{
+    if (lock->errmsg)
+        lock->errmsg[0] = '\0';
 }
 
 static void renew_unqueue(bl_lock *lock);
@@ -43,8 +59,10 @@ void bl_lock_free(bl_lock *lock)
         m->locks = lock->next;
     if (lock->next)
         lock->next->prev = lock->prev;
-    m->loop.timer_free(lock->timer);
+    bl_wq_unref(m, lock->kq);
+    bl_lt_release(lock);
     free(lock->transfer_to);
+    free(lock->errmsg);
     free(lock);
 }
 
@@ -79,8 +97,7 @@ static int others_wait(bl_lock *lock)
 {
     if (lock->wq)
         return lock->wq->nwait > 1;
-    bl_wq *w = bl_wq_find(lock->m, lock->keys.k[BL_KEY_LOCK], lock->keys.len[BL_KEY_LOCK]);
-    return w && w->nwait > 0;
+    return lock->kq && lock->kq->nwait > 0;
 }
 
 static void op_done(bl_op *op, const bl_op_result *r);
@@ -92,7 +109,7 @@ static void op_done(bl_op *op, const bl_op_result *r);
  * of the manager's requests is fine. */
 static int has_key(const bl_lock *l, const char *key, size_t n)
 {
-    const bl_keys *k = l->nkeys ? l->gkeys : &l->keys;
+    const bl_keys *k = l->nkeys ? l->gkeys : l->keys;
     for (size_t i = 0; i < (l->nkeys ? l->nkeys : 1); i++)
         if (k[i].len[BL_KEY_LOCK] == n && memcmp(k[i].k[BL_KEY_LOCK], key, n) == 0)
             return 1;
@@ -101,8 +118,8 @@ static int has_key(const bl_lock *l, const char *key, size_t n)
 
 static int may_reclaim(const bl_lock *lock)
 {
-    const char *key = lock->keys.k[BL_KEY_LOCK];
-    size_t n = lock->keys.len[BL_KEY_LOCK];
+    const char *key = lock->keys->k[BL_KEY_LOCK];
+    size_t n = lock->keys->len[BL_KEY_LOCK];
     for (const bl_lock *l = lock->m->locks; l; l = l->next)
         if (l != lock && has_key(l, key, n) &&
             (l->op.kind != BL_OP_NONE || l->state == LS_HELD || l->state == LS_RELEASING))
@@ -115,9 +132,9 @@ static void prep_op(bl_lock *lock, enum bl_op_kind kind)
 {
     bl_manager *m = lock->m;
     lock->op_sent = bl_mgr_now(m);
-    lock->op = (bl_op){.kind = kind, .keys = lock->nkeys ? lock->gkeys : &lock->keys,
+    lock->op = (bl_op){.kind = kind, .keys = lock->nkeys ? lock->gkeys : lock->keys,
                        .nkeys = lock->nkeys, .tokens = lock->gtokens, .ttl_ms = lock->ttl_ms,
-                       .errbuf = lock->errmsg, .done = op_done};
+                       .errbuf = m->op_err, .done = op_done};
     if (kind == BL_OP_TRANSFER) {
         lock->op.ttl_ms = lock->transfer_ms;
         lock->op.target = lock->transfer_to;
@@ -132,8 +149,7 @@ static void prep_op(bl_lock *lock, enum bl_op_kind kind)
          * ours on this key: while another one waits, a grant keeps the
          * entry (moved to the back), for as long as the longest of them
          * may wait, so the next release wakes it. */
-        bl_wq *w = lock->wq ? lock->wq
-                            : bl_wq_find(m, lock->keys.k[BL_KEY_LOCK], lock->keys.len[BL_KEY_LOCK]);
+        const bl_wq *w = lock->kq;
         const bl_lock *longest = NULL;
         for (const bl_lock *l = w ? w->head : NULL; l; l = l->wnext)
             if (l != lock && !l->try_once && (!longest || l->deadline > longest->deadline))
@@ -151,15 +167,19 @@ static int start_op(bl_lock *lock, enum bl_op_kind kind)
 {
     bl_manager *m = lock->m;
     prep_op(lock, kind);
+    m->op_err[0] = '\0';
     int rc = m->be->vt->start(m->be, &lock->op);
-    if (rc != 0)
+    if (rc != 0) {
         lock->op.kind = BL_OP_NONE;
+        if (m->op_err[0])
+            set_errmsg(lock, m->op_err);
+    }
     return rc;
 }
 
 static void leave_server_queue(bl_lock *lock)
 {
-    lock->m->be->vt->leave(lock->m->be, &lock->keys);
+    lock->m->be->vt->leave(lock->m->be, lock->keys);
 }
 
 /* ---- lease renewal: spread, then batched --------------------------------- */
@@ -186,7 +206,7 @@ static void schedule_renewal(bl_lock *lock)
     if (w)
         at -= at % w;
     lock->renew_window = w;
-    m->loop.timer_start(lock->timer, at > now ? at - now : 0);
+    bl_lt_start(lock, at > now ? at - now : 0);
 }
 
 static void renew_unqueue(bl_lock *lock)
@@ -218,7 +238,7 @@ static void renewal_sent(bl_lock *lock)
 {
     bl_manager *m = lock->m;
     uint64_t now = bl_mgr_now(m);
-    m->loop.timer_start(lock->timer, lock->lease_until > now ? lock->lease_until - now : 1);
+    bl_lt_start(lock, lock->lease_until > now ? lock->lease_until - now : 1);
 }
 
 /* Send the renewals of locks[0..n) (n <= BL_RENEW_BATCH_MAX; a group only
@@ -309,7 +329,7 @@ static void end_later(bl_lock *lock, enum bl_op_kind kind, int status)
     lock->state = LS_ENDING;
     lock->pending_kind = kind;
     lock->pending_status = status;
-    lock->m->loop.timer_start(lock->timer, 0);
+    bl_lt_start(lock, 0);
 }
 
 /* ---- wait queues ------------------------------------------------------- */
@@ -355,7 +375,7 @@ static void fire_acquire(bl_lock *lock, int status)
              * is kept as the margin), until the takeover extension now out
              * answers; the timer watches that lease meanwhile. */
             lock->lease_until = lock->op_sent + m->cfg.handoff_ms / 2;
-            m->loop.timer_start(lock->timer, m->cfg.handoff_ms / 2);
+            bl_lt_start(lock, m->cfg.handoff_ms / 2);
         } else {
             lock->lease_until = lock->op_sent + lock->ttl_ms;
             if (lock->auto_extend)
@@ -442,7 +462,7 @@ static void lose(bl_lock *lock)
         return;
     lock->lost = 1;
     lock->m->stats.lost++;
-    bl_log(lock->m, BL_LOG_WARN, "lock %s was lost while held", lock->keys.k[BL_KEY_LOCK]);
+    bl_log(lock->m, BL_LOG_WARN, "lock %s was lost while held", lock->keys->k[BL_KEY_LOCK]);
     if (lock->on_lost)
         lock->on_lost(lock, BL_ELOST, lock->on_lost_data);
 }
@@ -463,7 +483,7 @@ static void arm_answer_deadline(bl_lock *lock)
         if (m->wait_on)
             limit += 2 * m->cfg.replica_timeout_ms + 50;
     }
-    m->loop.timer_start(lock->timer, limit);
+    bl_lt_start(lock, limit);
 }
 
 static void attempt(bl_lock *lock)
@@ -471,7 +491,7 @@ static void attempt(bl_lock *lock)
     bl_manager *m = lock->m;
     lock->state = LS_ACQUIRING;
     lock->wake_pending = 0; /* this attempt sees every release before it */
-    lock->errmsg[0] = '\0';
+    clear_errmsg(lock);
     m->stats.attempts++;
     int rc = start_op(lock, BL_OP_ACQUIRE);
     if (rc == 0)
@@ -479,8 +499,8 @@ static void attempt(bl_lock *lock)
     if (rc < 0) {
         m->stats.errors_attempt++;
         bl_mgr_count_error(m, rc);
-        if (!lock->errmsg[0])
-            set_errmsg(lock->errmsg, "not connected to Redis");
+        if (!has_errmsg(lock))
+            set_errmsg(lock, "not connected to Redis");
         /* A request already waiting whose retry finds the connection down
          * (dropped, being re-made): nothing reached the server, so keep
          * waiting; the deadline still ends it, then with BL_ECONN. A first
@@ -489,7 +509,7 @@ static void attempt(bl_lock *lock)
         if (rc == BL_ECONN && !lock->try_once && lock->step > 0 && now < lock->deadline) {
             lock->state = LS_WAITING;
             m->stats.waiting++;
-            m->loop.timer_start(lock->timer, bl_backoff_next(&m->backoff, &lock->step,
+            bl_lt_start(lock, bl_backoff_next(&m->backoff, &lock->step,
                                                              bl_rand_next(&m->rng), now,
                                                              lock->deadline));
             return;
@@ -528,7 +548,7 @@ static void wait_or_give_up(bl_lock *lock, int why)
     lock->wake_pending = 0;
     lock->state = LS_WAITING;
     m->stats.waiting++;
-    m->loop.timer_start(lock->timer, pause);
+    bl_lt_start(lock, pause);
 }
 
 static void start_release_op(bl_lock *lock, enum bl_op_kind kind)
@@ -539,8 +559,8 @@ static void start_release_op(bl_lock *lock, enum bl_op_kind kind)
         arm_answer_deadline(lock);
     if (rc < 0) {
         bl_mgr_count_error(m, rc);
-        if (!lock->errmsg[0])
-            set_errmsg(lock->errmsg, "not connected to Redis");
+        if (!has_errmsg(lock))
+            set_errmsg(lock, "not connected to Redis");
         end_later(lock, BL_OP_RELEASE, rc);
     }
 }
@@ -559,7 +579,7 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
     }
     if (lock->state != LS_HELD || lock->lost)
         return;
-    m->loop.timer_stop(lock->timer);
+    bl_lt_stop(lock);
     uint64_t now = bl_mgr_now(m);
     if (r->status == BL_OK) {
         lock->lease_until = lock->op_sent + lock->ttl_ms; /* counted from when we asked */
@@ -568,7 +588,7 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
              * request's TTL now, and nothing renews it. */
         } else if (lock->reverify) { /* a failover came while this renewal was out */
             lock->reverify = 0;
-            m->loop.timer_start(lock->timer, 0);
+            bl_lt_start(lock, 0);
         } else {
             schedule_renewal(lock);
         }
@@ -578,7 +598,7 @@ static void extend_done(bl_lock *lock, const bl_op_result *r)
         /* Transient failure: try again soon, while the lease still runs. */
         uint64_t left = lock->lease_until - now;
         uint64_t again = lock->ttl_ms / 10 < 10 ? 10 : lock->ttl_ms / 10;
-        m->loop.timer_start(lock->timer, again < left ? again : left);
+        bl_lt_start(lock, again < left ? again : left);
     }
 }
 
@@ -589,12 +609,12 @@ static void op_done(bl_op *op, const bl_op_result *r)
     enum bl_op_kind kind = lock->op.kind;
     lock->op.kind = BL_OP_NONE;
     if (!lock->abandoned && (lock->state == LS_ACQUIRING || lock->state == LS_RELEASING))
-        m->loop.timer_stop(lock->timer); /* the answer came in time */
+        bl_lt_stop(lock); /* the answer came in time */
     int err = r->status == BL_ECONN || r->status == BL_EREDIS;
     if (err)
         bl_mgr_count_error(m, r->status);
     if (err || r->status == BL_ENOMEM)
-        set_errmsg(lock->errmsg, r->errmsg ? r->errmsg : "out of memory");
+        set_errmsg(lock, r->errmsg ? r->errmsg : "out of memory");
     if (kind == BL_OP_ACQUIRE) {
         if (r->status == BL_EBUSY)
             m->stats.conflicts++;
@@ -602,7 +622,7 @@ static void op_done(bl_op *op, const bl_op_result *r)
             m->stats.errors_attempt++;
     }
     if (r->status == BL_ENOREPL)
-        set_errmsg(lock->errmsg, r->errmsg);
+        set_errmsg(lock, r->errmsg);
     if (r->handed_off)
         m->stats.handoffs++;
 
@@ -635,7 +655,7 @@ static void op_done(bl_op *op, const bl_op_result *r)
         if (r->status == BL_EBUSY && r->ours && !op->reclaim && may_reclaim(lock)) {
             m->stats.reclaims++;
             bl_log(m, BL_LOG_INFO, "lock %s is held under our id by no request: reclaiming",
-                   lock->keys.k[BL_KEY_LOCK]);
+                   lock->keys->k[BL_KEY_LOCK]);
             lock->reclaim = 1;
             /* The busy answer put us in the server's queue (unless try
              * once): the reclaiming attempt must take that entry out. */
@@ -661,7 +681,7 @@ static void op_done(bl_op *op, const bl_op_result *r)
     }
 }
 
-static void lock_timer_cb(void *data)
+void bl_lock_timer_cb(void *data)
 {
     bl_lock *lock = data;
     bl_manager *m = lock->m;
@@ -674,7 +694,7 @@ static void lock_timer_cb(void *data)
         if (lock->op.kind != BL_OP_ACQUIRE)
             break;
         lock->abandoned = 1;
-        set_errmsg(lock->errmsg, "Redis did not answer in time");
+        set_errmsg(lock, "Redis did not answer in time");
         if (lock->try_once) {
             bl_mgr_count_error(m, BL_ECONN);
         }
@@ -685,8 +705,7 @@ static void lock_timer_cb(void *data)
             break;
         lock->abandoned = 1;
         bl_mgr_count_error(m, BL_ECONN);
-        set_errmsg(lock->errmsg, "Redis did not answer the release in time; the lock ends "
-                                 "with its TTL");
+        set_errmsg(lock, "Redis did not answer the release in time; the lock ends with its TTL");
         fire_release(lock, BL_ECONN);
         break;
     case LS_ENDING:
@@ -703,7 +722,7 @@ static void lock_timer_cb(void *data)
             if (now >= lock->lease_until)
                 lose(lock);
             else
-                m->loop.timer_start(lock->timer, lock->lease_until - now);
+                bl_lt_start(lock, lock->lease_until - now);
             break;
         }
         renew_enqueue(lock);
@@ -727,7 +746,7 @@ void bl_lock_reverify(bl_lock *lock)
         m->loop.timer_start(m->renew_timer, 0);
     } else {
         lock->renew_window = 0;
-        m->loop.timer_start(lock->timer, 0);
+        bl_lt_start(lock, 0);
     }
 }
 
@@ -747,7 +766,7 @@ int bl_lock_take_grant(bl_lock *lock, uint64_t token)
         return 0;
     m->stats.wakeups++;
     if (m->wait_on) {
-        m->loop.timer_stop(lock->timer);
+        bl_lt_stop(lock);
         m->stats.waiting--;
         lock->reclaim = 1;
         attempt(lock);
@@ -756,7 +775,7 @@ int bl_lock_take_grant(bl_lock *lock, uint64_t token)
     lock->op_sent = bl_mgr_now(m);
     if (start_op(lock, BL_OP_EXTEND) != 0)
         return 0;
-    m->loop.timer_stop(lock->timer);
+    bl_lt_stop(lock);
     m->stats.waiting--;
     m->stats.direct_handoffs++;
     lock->token = m->cfg.fencing_tokens ? token : 0;
@@ -789,12 +808,12 @@ void bl_lock_wake(bl_lock *lock, int directed)
     }
     if (directed) {
         /* The lock is reserved for us: go now. */
-        m->loop.timer_stop(lock->timer);
+        bl_lt_stop(lock);
         m->stats.waiting--;
         attempt(lock);
     } else {
         /* Everyone was woken: spread the retries over a few ms. */
-        m->loop.timer_start(lock->timer, bl_rand_next(&m->rng) % 4);
+        bl_lt_start(lock, bl_rand_next(&m->rng) % 4);
     }
 }
 
@@ -812,7 +831,7 @@ void bl_lock_close_one(bl_lock *lock)
         bl_lock_end_hold(lock);
         lock->abandoned = 1;
         renew_unqueue(lock);
-        m->loop.timer_stop(lock->timer);
+        bl_lt_stop(lock);
         if (lock->op.kind == BL_OP_NONE && start_op(lock, BL_OP_RELEASE) != 0)
             m->stats.release_errors++;
         if (lock->in_section)
@@ -830,8 +849,8 @@ void bl_lock_flush_ending(bl_lock *lock)
 {
     if (lock->state != LS_ENDING)
         return;
-    lock->m->loop.timer_stop(lock->timer);
-    lock_timer_cb(lock);
+    bl_lt_stop(lock);
+    bl_lock_timer_cb(lock);
 }
 
 /* ---- public: requests ---------------------------------------------------- */
@@ -899,41 +918,47 @@ static int start_request(bl_manager *m, const bl_posting *p, size_t n, int group
         if (opts->auto_extend && ttl < 3)
             return bl_mgr_fail(m, BL_EINVAL, "auto_extend needs ttl_ms >= 3");
     }
-    /* One block: the request, for a group its names and tokens, then the
-     * names' bytes. */
-    size_t plen = strlen(m->prefix), bytes = 0;
-    for (size_t i = 0; i < n; i++)
-        bytes += bl_keys_size(plen, strlen(p[i].marketplace), strlen(p[i].posting));
-    size_t head = sizeof(bl_lock) + (group ? n * (sizeof(bl_keys) + sizeof(uint64_t)) : 0);
+    /* One block: the request, and for a group its names, tokens and the
+     * names' bytes. A single posting's names are its key's, shared with
+     * every other request of this manager on that key (waitq.c). */
+    size_t plen = strlen(m->prefix), bytes = 0, head = sizeof(bl_lock);
+    if (group) {
+        for (size_t i = 0; i < n; i++)
+            bytes += bl_keys_size(plen, strlen(p[i].marketplace), strlen(p[i].posting));
+        head += n * (sizeof(bl_keys) + sizeof(uint64_t));
+    }
     bl_lock *lock = calloc(1, head + bytes);
     if (!lock)
         return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
-    char *names = (char *)lock + head;
     if (group) {
+        char *names = (char *)lock + head;
         lock->nkeys = n;
         lock->gkeys = (bl_keys *)(lock + 1);
         lock->gtokens = (uint64_t *)(lock->gkeys + n);
+        for (size_t i = 0; i < n; i++) {
+            size_t mlen = strlen(p[i].marketplace), xlen = strlen(p[i].posting);
+            bl_keys_build(&lock->gkeys[i], names, m->prefix, plen, p[i].marketplace, mlen,
+                          p[i].posting, xlen);
+            names += bl_keys_size(plen, mlen, xlen);
+        }
+        lock->keys = &lock->gkeys[0]; /* the first names the group in logs */
+    } else if (!(lock->kq = bl_wq_ref(m, p->marketplace, p->posting))) {
+        free(lock);
+        return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
+    } else {
+        lock->keys = &lock->kq->names;
     }
-    for (size_t i = 0; i < n; i++) {
-        size_t mlen = strlen(p[i].marketplace), xlen = strlen(p[i].posting);
-        bl_keys_build(group ? &lock->gkeys[i] : &lock->keys, names, m->prefix, plen,
-                      p[i].marketplace, mlen, p[i].posting, xlen);
-        names += bl_keys_size(plen, mlen, xlen);
-    }
-    if (group)
-        lock->keys = lock->gkeys[0]; /* the first names the group in logs */
     lock->done_index = -1;
     lock->m = m;
-    lock->timer = m->loop.timer_new(m->loop.impl, lock_timer_cb, lock);
-    if (!lock->timer) {
+    if (bl_lt_reserve(m) != 0) {
+        bl_wq_unref(m, lock->kq);
         free(lock);
         return bl_mgr_fail(m, BL_ENOMEM, "out of memory");
     }
     lock->ttl_ms = ttl;
     lock->try_once = wait == 0;
-    lock->started = bl_mgr_now(m);
     lock->started_us = bl_now_us();
-    lock->deadline = lock->started + wait;
+    lock->deadline = bl_mgr_now(m) + wait;
     if (opts) {
         lock->auto_extend = opts->auto_extend != 0;
         lock->on_lost = opts->on_lost;
@@ -1001,12 +1026,11 @@ int bl_with_lock(bl_manager *m, const char *marketplace, const char *posting,
 
 static int start_release(bl_lock *lock, enum bl_op_kind kind)
 {
-    bl_manager *m = lock->m;
     lock->state = LS_RELEASING;
     bl_lock_end_hold(lock);
-    lock->errmsg[0] = '\0';
+    clear_errmsg(lock);
     lock->started_us = bl_now_us();
-    m->loop.timer_stop(lock->timer); /* lease renewal */
+    bl_lt_stop(lock); /* lease renewal */
     renew_unqueue(lock);
     if (lock->op.kind == BL_OP_EXTEND) {
         lock->release_after = kind; /* one operation at a time */
@@ -1100,7 +1124,7 @@ int bl_cancel(bl_lock *lock)
     switch (lock->state) {
     case LS_WAITING:
         lock->m->stats.waiting--;
-        lock->m->loop.timer_stop(lock->timer);
+        bl_lt_stop(lock);
         end_later(lock, BL_OP_ACQUIRE, BL_ECANCELED);
         return BL_OK;
     case LS_ACQUIRING:
@@ -1112,8 +1136,8 @@ int bl_cancel(bl_lock *lock)
     }
 }
 
-const char *bl_lock_key(const bl_lock *lock) { return lock->keys.k[BL_KEY_LOCK]; }
-const char *bl_lock_errmsg(const bl_lock *lock) { return lock->errmsg; }
+const char *bl_lock_key(const bl_lock *lock) { return lock->keys->k[BL_KEY_LOCK]; }
+const char *bl_lock_errmsg(const bl_lock *lock) { return lock->errmsg ? lock->errmsg : ""; }
 bl_manager *bl_lock_manager(const bl_lock *lock) { return lock->m; }
 uint64_t bl_lock_token(const bl_lock *lock) { return lock->token; }
 size_t bl_lock_postings(const bl_lock *lock) { return lock->nkeys ? lock->nkeys : 1; }
@@ -1122,7 +1146,7 @@ const char *bl_lock_key_at(const bl_lock *lock, size_t i)
 {
     if (i >= bl_lock_postings(lock))
         return NULL;
-    return lock->nkeys ? lock->gkeys[i].k[BL_KEY_LOCK] : lock->keys.k[BL_KEY_LOCK];
+    return lock->nkeys ? lock->gkeys[i].k[BL_KEY_LOCK] : lock->keys->k[BL_KEY_LOCK];
 }
 
 uint64_t bl_lock_token_at(const bl_lock *lock, size_t i)

@@ -67,6 +67,7 @@ static void manager_free(bl_manager *m)
     if (m->be)
         m->be->vt->free(m->be);
     bl_wq_free_all(m);
+    bl_lt_free_all(m);
     if (m->kick_timer)
         m->loop.timer_free(m->kick_timer);
     if (m->close_timer)
@@ -186,7 +187,7 @@ int bl_manager_new_with(const bl_loop *loop, const bl_config *cfg, bl_backend_fa
         m->kick_timer = loop->timer_new(loop->impl, kick_cb, m);
         m->close_timer = loop->timer_new(loop->impl, close_timeout_cb, m);
         m->renew_timer = loop->timer_new(loop->impl, bl_lock_renew_flush, m);
-        oom = !m->kick_timer || !m->close_timer || !m->renew_timer;
+        oom = !m->kick_timer || !m->close_timer || !m->renew_timer || bl_lt_init(m) != 0;
     }
     m->host_if = (bl_backend_host){
         .loop = &m->loop, .cfg = &m->cfg, .holder = m->holder, .holder_len = m->holder_len,

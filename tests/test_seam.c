@@ -867,3 +867,81 @@ Test(seam, a_kept_queue_entry_is_dropped_when_the_other_waiter_left_during_the_g
     cr_assert_eq(bl_release(a.lock, on_rel, &ra), BL_OK);
     answer(3, BL_OK, 0);
 }
+
+/* ---- allocations: per pending request, and none per retry ------------------ */
+
+/* Linked with -Wl,--wrap=malloc,calloc,realloc (tests/meson.build): every
+ * call from this file and the static library lands here first. */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t k, size_t n);
+void *__real_realloc(void *p, size_t n);
+static unsigned long nallocs;
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t k, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+void *__wrap_malloc(size_t n)
+{
+    nallocs++;
+    return __real_malloc(n);
+}
+void *__wrap_calloc(size_t k, size_t n)
+{
+    nallocs++;
+    return __real_calloc(k, n);
+}
+void *__wrap_realloc(void *p, size_t n)
+{
+    nallocs++;
+    return __real_realloc(p, n);
+}
+
+Test(seam, a_pending_request_costs_one_allocation_and_its_retries_none)
+{
+    enum { N = 20 }; /* (N + 1) x 6 operations stay under MAX_OPS */
+    rec r[N + 1];
+    memset(r, 0, sizeof r);
+    bl_acquire_opts o = opts(30000, 600000);
+    /* CONTROL, and the per-key cost: the first request on a key makes the
+     * key's entry (names and wait queue) beside its handle; the very first
+     * one also the key table and the timer heap. The counter sees them. */
+    cr_assert_eq(bl_acquire(M, "mp", "other", &o, on_acq, &r[N], NULL), BL_OK);
+    unsigned long before = nallocs;
+    cr_assert_eq(bl_acquire(M, "mp", "hot", &o, on_acq, &r[0], NULL), BL_OK);
+    cr_assert_eq(nallocs - before, 2, "handle, key entry");
+    /* Every further request on the key: its handle only (the names are the
+     * key's, the timer is inside the handle with its heap slot reserved,
+     * 64 at first; the error buffer waits for an error). */
+    before = nallocs;
+    for (int i = 1; i < N; i++)
+        cr_assert_eq(bl_acquire(M, "mp", "hot", &o, on_acq, &r[i], NULL), BL_OK);
+    cr_assert_eq(nallocs - before, N - 1);
+    /* Busy answers, backoff pauses and the retries they send: nothing. */
+    before = nallocs;
+    int answered = 0;
+    for (int round = 0; round < 5; round++) {
+        int upto = FB->nops;
+        for (int i = answered; i < upto; i++)
+            answer(i, BL_EBUSY, 0);
+        answered = upto;
+        advance(1000); /* every waiter's pause (at most backoff_max_ms) ends */
+        cr_assert_gt(FB->nops, upto, "round %d sent retries", round);
+    }
+    cr_assert_geq(FB->nops, 5 * (N + 1), "each request retried");
+    cr_assert_eq(nallocs - before, 0, "%lu allocations for %d attempts", nallocs - before,
+                 FB->nops - N - 1);
+    for (int i = 0; i <= N; i++)
+        cr_assert_eq(r[i].calls, 0, "still pending");
+    cr_assert_eq(FB->watch_on, 2, "one subscription per key");
+    /* Closed here, not by teardown: the records live on this stack. The
+     * answers still out come back; the close ends each request once. */
+    cr_assert_eq(bl_manager_close(M, on_closed, NULL), BL_OK);
+    for (int i = answered; i < FB->nops; i++)
+        answer(i, BL_EBUSY, 0);
+    advance(10000);
+    cr_assert_eq(closed_calls, 1);
+    M = NULL;
+    for (int i = 0; i <= N; i++) {
+        cr_assert_eq(r[i].calls, 1, "request %d ended once", i);
+        cr_assert_eq(r[i].status, BL_ECANCELED);
+    }
+}
