@@ -244,7 +244,13 @@ static int waits_here(bl_manager *m)
     for (int i = 0; i < 1000; i++) {
         char ch[600];
         snprintf(ch, sizeof ch, "{bid_lock:mp:k}|%s", h);
-        if (in_queue(h) && rs_subscribers(&srv, ch) >= 1 && wait_answered(m, 1))
+        /* ...and the retry its subscription's confirmation asked for has
+         * been answered (on a slow machine it may still be out, and a
+         * grant then goes the reclaim way instead of the direct one). */
+        bl_stats st;
+        bl_manager_stats(m, &st);
+        if (in_queue(h) && rs_subscribers(&srv, ch) >= 1 && st.wakeups >= 1 &&
+            st.attempts >= 2 && st.waiting >= 1 && wait_answered(m, 1))
             return 1;
         tl_run_for(T, 10);
     }

@@ -259,6 +259,10 @@ static void next_cycle(slot *s)
     o.ttl_ms = 5000;
     o.wait_ms = 0;
     snprintf(posting, sizeof posting, "hot%d", rand() % 40);
+    /* Every request hears of a loss: a directly handed-off lock whose
+     * takeover failed is lost with or without auto_extend (bidlock.h). */
+    o.on_lost = on_lost;
+    o.on_lost_data = s;
     switch (s->mode) {
     case M_ONCE: break;
     case M_WAIT: o.wait_ms = 50 + rand() % 950; break;
@@ -266,8 +270,6 @@ static void next_cycle(slot *s)
         o.ttl_ms = 150 + rand() % 150;
         o.wait_ms = rand() % 300;
         o.auto_extend = 1;
-        o.on_lost = on_lost;
-        o.on_lost_data = s;
         break;
     case M_DONE:
         snprintf(posting, sizeof posting, "d%llu", (unsigned long long)++S.seq);
