@@ -169,14 +169,19 @@ unsigned bl_key_slot(const char *key, size_t n)
     return bl_crc16(key, n) & (BL_CLUSTER_SLOTS - 1);
 }
 
-size_t bl_keys_fence_of(char *dst, size_t cap, const char *key, size_t n)
+size_t bl_keys_tagged_of(char *dst, size_t cap, const char *key, size_t n, const char *suffix)
 {
-    static const char tail[] = "}:fence";
-    size_t len = 1 + n + sizeof tail - 1;
+    size_t sl = strlen(suffix), len = 1 + n + 1 + sl;
     if (len + 1 > cap)
         return 0;
     dst[0] = '{';
     memcpy(dst + 1, key, n);
-    memcpy(dst + 1 + n, tail, sizeof tail); /* with its NUL */
+    dst[1 + n] = '}';
+    memcpy(dst + 2 + n, suffix, sl + 1); /* with its NUL */
     return len;
+}
+
+size_t bl_keys_fence_of(char *dst, size_t cap, const char *key, size_t n)
+{
+    return bl_keys_tagged_of(dst, cap, key, n, ":fence");
 }

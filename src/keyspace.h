@@ -78,6 +78,9 @@ const char *bl_keys_channel_key(const char *ch, size_t n, const char *holder, si
 /* The fence counter "{<lock key>}:fence" of lock key key[0..n) into dst
  * (cap bytes, NUL-terminated); its length, or 0 if it does not fit. */
 size_t bl_keys_fence_of(char *dst, size_t cap, const char *key, size_t n);
+/* The same for any of a lock's tagged names: "{<lock key>}<suffix>"
+ * (suffix ":q", ":fence", ":done"). */
+size_t bl_keys_tagged_of(char *dst, size_t cap, const char *key, size_t n, const char *suffix);
 
 /* Redis Cluster: CRC16 (XMODEM: poly 0x1021, init 0, no reflection) of
  * s[0..n), and the slot (0..16383) of a key - of its hash tag, the bytes

@@ -65,9 +65,9 @@ void redis_give_back(redis_be *r, const char *key, size_t keylen)
     char q[NAME_CAP], d[NAME_CAP], f[NAME_CAP];
     bl_keys k = {{0}, {0}};
     k.k[BL_KEY_LOCK] = key, k.len[BL_KEY_LOCK] = keylen;
-    k.len[BL_KEY_QUEUE] = (size_t)snprintf(q, sizeof q, "{%.*s}:q", (int)keylen, key);
-    k.len[BL_KEY_DONE] = (size_t)snprintf(d, sizeof d, "{%.*s}:done", (int)keylen, key);
-    k.len[BL_KEY_FENCE] = bl_keys_fence_of(f, sizeof f, key, keylen);
+    k.len[BL_KEY_QUEUE] = bl_keys_tagged_of(q, sizeof q, key, keylen, ":q");
+    k.len[BL_KEY_DONE] = bl_keys_tagged_of(d, sizeof d, key, keylen, ":done");
+    k.len[BL_KEY_FENCE] = bl_keys_tagged_of(f, sizeof f, key, keylen, ":fence");
     k.k[BL_KEY_QUEUE] = q, k.k[BL_KEY_DONE] = d, k.k[BL_KEY_FENCE] = f;
     k.k[BL_KEY_OLD_DONE] = d, k.len[BL_KEY_OLD_DONE] = k.len[BL_KEY_DONE];
     k.k[BL_KEY_OLD_FENCE] = f, k.len[BL_KEY_OLD_FENCE] = k.len[BL_KEY_FENCE];
